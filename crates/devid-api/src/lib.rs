@@ -1,0 +1,87 @@
+//! The devid HTTP API: one axum router per trust level, merged in [`router`]; one error
+//! type ([`problem::ApiError`]) that turns error kinds into RFC 9457 problem documents;
+//! the OpenAPI document generated from the handlers ([`openapi`]).
+//!
+//! Handlers are short: read → validate → call the authority → render. They never see keys
+//! or SQL.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod enroll;
+mod ops;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use devid_authority::Authority;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+/// Largest request body accepted, in bytes. A CSR is at most 16 KiB of DER; PEM and JSON
+/// add about a third.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The header carrying the request id, set on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The use cases.
+    pub authority: Arc<Authority>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "devid",
+        description = "Zero-touch device provisioning with its own PKI certificate authority.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    tags(
+        (name = "enroll", description = "Device enrollment"),
+        (name = "pki", description = "CA certificates"),
+        (name = "ops", description = "Health and readiness")
+    )
+)]
+struct ApiDoc;
+
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(enroll::routes()).merge(ops::routes())
+}
+
+/// The OpenAPI 3.1 document of every route, generated from the handlers.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, doc) = routes().split_for_parts();
+    doc
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let (router, _) = routes().split_for_parts();
+    let x_request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    router
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(CatchPanicLayer::custom(problem::panic_response))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+}

@@ -1,0 +1,124 @@
+//! Problem details for HTTP APIs (RFC 9457). Every error response is
+//! `application/problem+json` with a stable `type` URI (`urn:devid:problem:<code>`).
+//! Only this module maps error kinds to status codes; internal detail is logged inside the
+//! request span and never returned.
+
+use axum::extract::FromRequest;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use devid_authority::AuthorityError;
+use devid_core::ErrorKind;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// RFC 9457 §3.1 members.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI reference that identifies the problem type, e.g. `urn:devid:problem:token-used`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short, human-readable summary of the problem type.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// A human-readable explanation specific to this occurrence.
+    pub detail: String,
+}
+
+/// The media type of problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    /// A problem with an explicit status, code and public detail.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError { status, code, detail: detail.into() }
+    }
+}
+
+/// The one place where error kinds become status codes.
+pub fn status_for(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<AuthorityError> for ApiError {
+    fn from(e: AuthorityError) -> Self {
+        let status = status_for(e.kind());
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+        } else {
+            tracing::info!(error = %e, "request refused");
+        }
+        ApiError { status, code: e.code(), detail: e.public_detail() }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        // A body that is JSON but not the expected shape is a plain 400, like malformed JSON.
+        let status = match &r {
+            JsonRejection::JsonDataError(_) => StatusCode::BAD_REQUEST,
+            _ => r.status(),
+        };
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "body-too-large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+            _ => "invalid-request",
+        };
+        ApiError { status, code, detail: r.body_text() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error").to_string();
+        let body = Problem {
+            kind: format!("urn:devid:problem:{}", self.code),
+            title,
+            status: self.status.as_u16(),
+            detail: self.detail,
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        (self.status, [(header::CONTENT_TYPE, PROBLEM_JSON)], json).into_response()
+    }
+}
+
+/// A JSON body whose rejections (bad JSON, wrong content type, too large) are problems.
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// 404 for every unknown route.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route")
+}
+
+/// 405 for a known route with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "method not allowed on this route")
+}
+
+/// A handler panicked: log it and answer a plain 500 problem. (There should be none; this
+/// keeps a bug from dropping the connection.)
+pub fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+        .into_response()
+}

@@ -1,0 +1,189 @@
+use std::sync::Arc;
+
+use base64::Engine;
+use devid_ca::csr::VerifiedCsr;
+use devid_core::{DeviceId, Entropy, Serial, UnixTime};
+use devid_store::{CertRecord, CertStatus, DeviceStatus, PendingCert};
+
+use crate::issuer::ActiveIssuer;
+use crate::{Authority, AuthorityError};
+
+/// A one-time enrollment token: 256 random bits, base64url, prefixed `devid_et_` so that
+/// secret scanners can recognise a leaked one. Only its SHA-256 is stored: a 256-bit random
+/// value has no dictionary to guess from, so a slow password hash would add nothing.
+pub struct EnrollToken(String);
+
+impl EnrollToken {
+    const PREFIX: &'static str = "devid_et_";
+
+    /// A fresh token.
+    pub fn generate(rng: &dyn Entropy) -> EnrollToken {
+        let mut b = [0u8; 32];
+        rng.fill(&mut b);
+        EnrollToken(format!("{}{}", Self::PREFIX, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)))
+    }
+
+    /// The token in clear: show it once, never log it.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+
+    /// SHA-256 of the token text.
+    pub fn hash(&self) -> [u8; 32] {
+        hash_token(&self.0)
+    }
+}
+
+impl std::fmt::Debug for EnrollToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnrollToken(..redacted..)")
+    }
+}
+
+fn hash_token(t: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, t.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A certificate handed to a device: always already in the store.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The device.
+    pub device: DeviceId,
+    /// The serial number.
+    pub serial: Serial,
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// `issuing\nroot`, PEM.
+    pub chain_pem: String,
+    /// notAfter.
+    pub not_after: UnixTime,
+}
+
+impl Authority {
+    /// Enroll a device with its one-time token and a CSR.
+    ///
+    /// Idempotent per (device, CSR): a retry with the same token and the same CSR returns the
+    /// certificate issued the first time (or completes it, if the first attempt stopped
+    /// after recording the intent). The same token with another CSR is refused.
+    pub async fn enroll_with_token(&self, token: &str, csr: &[u8]) -> Result<Issued, AuthorityError> {
+        // Step 1: verify the evidence (the token) and the CSR's signature.
+        let csr = devid_ca::csr::parse_and_verify(csr)?;
+        let token_hash = hash_token(token);
+        let device =
+            self.store.device_by_token_hash(&token_hash).await?.ok_or(AuthorityError::TokenUnknown)?;
+        if device.status == DeviceStatus::Quarantined {
+            return Err(AuthorityError::DeviceQuarantined);
+        }
+        if device.token_used_at.is_some() {
+            return self.resume(&device.id, &csr).await;
+        }
+        // Step 2: policy. A token binds to one registered device; the CSR's key type was
+        // checked against the allowed list in step 1. (Enrollment groups add more here.)
+        self.issue(&device.id, &csr, Some(&token_hash)).await
+    }
+
+    /// A retry after the token was redeemed: hand back what was issued for this CSR.
+    async fn resume(&self, device: &DeviceId, csr: &VerifiedCsr) -> Result<Issued, AuthorityError> {
+        let prior = self.store.certificate_for_csr(device, &csr.sha256).await?;
+        match prior {
+            Some(c) if c.status == CertStatus::Issued => self.issued(c).await,
+            Some(c) if c.status == CertStatus::Pending => {
+                let issuer = self.issuer().await;
+                if c.issuer != issuer.id {
+                    return Err(AuthorityError::TokenUsed);
+                }
+                self.sign_and_store(&issuer, c.serial, c.tbs_der).await
+            }
+            _ => Err(AuthorityError::TokenUsed),
+        }
+    }
+
+    /// The issuance cycle (ARCHITECTURE.md), steps 3 to 6. Steps 1 and 2 (evidence and
+    /// policy) are the caller's, per enrollment method.
+    pub(crate) async fn issue(
+        &self,
+        device: &DeviceId,
+        csr: &VerifiedCsr,
+        redeem_token: Option<&[u8]>,
+    ) -> Result<Issued, AuthorityError> {
+        let issuer = self.issuer().await;
+        let now = self.clock.now();
+        // Step 3: a random serial (CSPRNG, 159 bits, positive) and the certificate built
+        // from the profile, never from the extensions the CSR asks for.
+        let serial = Serial::random(self.rng.as_ref());
+        let (tbs_der, validity) = devid_ca::profile::leaf_tbs(
+            &issuer.info,
+            issuer.signer.algorithm(),
+            &issuer.profile,
+            &serial,
+            device,
+            &csr.spki_der,
+            now,
+        )?;
+        // Step 4: record the intent (serial, device, TBS) — and redeem the token in the same
+        // transaction, so a token yields at most one certificate however many race for it.
+        let pending = PendingCert {
+            serial: serial.clone(),
+            issuer: issuer.id.clone(),
+            device: device.clone(),
+            not_before: validity.not_before,
+            not_after: validity.not_after,
+            csr_sha256: csr.sha256.to_vec(),
+            tbs_der: tbs_der.clone(),
+            created_at: now,
+        };
+        self.store.record_intent(&pending, redeem_token).await.map_err(|e| match e.kind() {
+            devid_core::ErrorKind::Conflict if redeem_token.is_some() => AuthorityError::TokenUsed,
+            _ => AuthorityError::Store(e),
+        })?;
+        self.sign_and_store(&issuer, serial, tbs_der).await
+    }
+
+    /// Steps 5 and 6: sign the recorded TBS (off the async executor: an HSM call blocks),
+    /// store the certificate, and only then answer.
+    async fn sign_and_store(
+        &self,
+        issuer: &Arc<ActiveIssuer>,
+        serial: Serial,
+        tbs_der: Vec<u8>,
+    ) -> Result<Issued, AuthorityError> {
+        // Step 5: sign once, through the Signer.
+        let signer = issuer.signer.clone();
+        let cert_der =
+            tokio::task::spawn_blocking(move || devid_ca::sign::sign_tbs(signer.as_ref(), &tbs_der))
+                .await
+                .map_err(|e| AuthorityError::Internal(format!("signing task: {e}")))??;
+        // Step 6: store the certificate; if a concurrent retry stored one first, theirs wins
+        // and this signature is discarded, so a serial is handed out once.
+        let stored = self.store.complete_issuance(&serial, &cert_der, self.clock.now()).await?;
+        tracing::info!(serial = %stored.serial, device = %stored.device, "certificate issued");
+        self.issued(stored).await
+    }
+
+    async fn issued(&self, c: CertRecord) -> Result<Issued, AuthorityError> {
+        let cert_der =
+            c.cert_der.ok_or_else(|| AuthorityError::Internal("issued certificate without DER".into()))?;
+        let issuer = self.issuer().await;
+        let chain_pem = if c.issuer == issuer.id {
+            issuer.chain_pem.clone()
+        } else {
+            // Issued by a CA that has since been replaced: hand back that CA's own chain.
+            self.chain_of(&c.issuer).await?
+        };
+        Ok(Issued { device: c.device, serial: c.serial, cert_der, chain_pem, not_after: c.not_after })
+    }
+
+    /// The PEM chain (issuing CA, then its root) of any CA in the store.
+    async fn chain_of(&self, id: &devid_core::CaId) -> Result<String, AuthorityError> {
+        let ca = self.store.get_ca(id).await?.ok_or(AuthorityError::NotFound("CA"))?;
+        let mut pem = crate::certificate_pem(&ca.cert_der);
+        if let Some(parent) = &ca.parent {
+            let root = self.store.get_ca(parent).await?.ok_or(AuthorityError::NotFound("CA"))?;
+            pem.push_str(&crate::certificate_pem(&root.cert_der));
+        }
+        Ok(pem)
+    }
+}

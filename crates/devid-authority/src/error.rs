@@ -1,0 +1,117 @@
+use devid_ca::CaError;
+use devid_core::ErrorKind;
+use devid_kms::KmsError;
+use devid_store::StoreError;
+
+/// The one error type of the authority. [`AuthorityError::code`] is a stable, public
+/// identifier (the API turns it into a problem `type`); [`AuthorityError::public_detail`]
+/// is safe to show to the caller. Everything else is for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    /// The CSR is malformed, its signature does not verify, or its key is not allowed.
+    #[error("{0}")]
+    BadCsr(CaError),
+    /// No device holds this enrollment token.
+    #[error("unknown enrollment token")]
+    TokenUnknown,
+    /// The enrollment token was already redeemed (for another CSR).
+    #[error("enrollment token already used")]
+    TokenUsed,
+    /// The device is quarantined.
+    #[error("device is quarantined")]
+    DeviceQuarantined,
+    /// A device with this id exists.
+    #[error("device '{0}' already exists")]
+    DeviceExists(String),
+    /// No CA has been set up.
+    #[error("no CA exists yet: run `devid ca init`")]
+    NoCa,
+    /// A CA exists and `--force` was not given.
+    #[error("a CA already exists; pass --force to replace it")]
+    CaExists,
+    /// Something named does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// Invalid input other than a CSR.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The key manager failed.
+    #[error("key manager: {0}")]
+    Kms(#[from] KmsError),
+    /// Certificate building or signing failed for a reason that is not the caller's.
+    #[error("CA: {0}")]
+    Ca(CaError),
+    /// A background task failed (a bug).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<CaError> for AuthorityError {
+    fn from(e: CaError) -> Self {
+        match e.kind() {
+            ErrorKind::InvalidInput => AuthorityError::BadCsr(e),
+            _ => AuthorityError::Ca(e),
+        }
+    }
+}
+
+impl AuthorityError {
+    /// The coarse kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            AuthorityError::BadCsr(_) | AuthorityError::Invalid(_) => ErrorKind::InvalidInput,
+            AuthorityError::TokenUnknown => ErrorKind::Unauthorized,
+            AuthorityError::TokenUsed | AuthorityError::DeviceExists(_) | AuthorityError::CaExists => {
+                ErrorKind::Conflict
+            }
+            AuthorityError::DeviceQuarantined => ErrorKind::Forbidden,
+            AuthorityError::NoCa => ErrorKind::Unavailable,
+            AuthorityError::NotFound(_) => ErrorKind::NotFound,
+            AuthorityError::Store(e) => e.kind(),
+            AuthorityError::Kms(e) => e.kind(),
+            AuthorityError::Ca(e) => e.kind(),
+            AuthorityError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// A stable identifier for the problem `type`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthorityError::BadCsr(_) => "bad-csr",
+            AuthorityError::TokenUnknown => "token-invalid",
+            AuthorityError::TokenUsed => "token-used",
+            AuthorityError::DeviceQuarantined => "device-quarantined",
+            AuthorityError::DeviceExists(_) => "device-exists",
+            AuthorityError::NoCa => "no-ca",
+            AuthorityError::CaExists => "ca-exists",
+            AuthorityError::NotFound(_) => "not-found",
+            AuthorityError::Invalid(_) => "invalid-request",
+            AuthorityError::Store(_)
+            | AuthorityError::Kms(_)
+            | AuthorityError::Ca(_)
+            | AuthorityError::Internal(_) => match self.kind() {
+                ErrorKind::Unavailable => "unavailable",
+                ErrorKind::Conflict => "conflict",
+                ErrorKind::NotFound => "not-found",
+                _ => "internal",
+            },
+        }
+    }
+
+    /// What the caller may be told. Internal detail (store, KMS, encoding) is never included.
+    pub fn public_detail(&self) -> String {
+        match self {
+            AuthorityError::Store(_)
+            | AuthorityError::Kms(_)
+            | AuthorityError::Ca(_)
+            | AuthorityError::Internal(_) => match self.kind() {
+                ErrorKind::Unavailable => "a backing service is unavailable; retry later".to_string(),
+                _ => "internal error; see the server log".to_string(),
+            },
+            other => other.to_string(),
+        }
+    }
+}

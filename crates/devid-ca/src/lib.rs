@@ -1,0 +1,33 @@
+//! Certificate building and signing for devid. Pure: no SQL, no HTTP, no clocks or random
+//! sources of its own (times and serials come in as arguments).
+//!
+//! - [`csr`]: parse a PKCS#10 CSR (RFC 2986) and verify its self-signature;
+//! - [`profile`]: the certificate profiles (root, issuing CA, device leaf) and the
+//!   TBSCertificate builder — a certificate is built from the profile only, never from
+//!   extensions the CSR asks for;
+//! - [`sign`]: sign a TBSCertificate through a [`devid_kms::Signer`], check the signature,
+//!   and assemble the certificate. The bytes signed are the bytes recorded.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod csr;
+mod error;
+pub mod profile;
+pub mod sign;
+
+pub use error::CaError;
+
+/// DER → PEM with the given label (`CERTIFICATE`, …), 64-column lines, trailing newline.
+pub fn to_pem(label: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(label, der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// SHA-256 fingerprint of a DER blob as colon-separated uppercase hex, as
+/// `openssl x509 -fingerprint -sha256` prints it.
+pub fn fingerprint_sha256(der: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}

@@ -1,0 +1,201 @@
+use std::fmt;
+
+use crate::Entropy;
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// Device ids are 1–128 characters of `A–Z a–z 0–9 . _ : -`, starting with a letter or digit.
+    #[error("device id must be 1-128 characters of A-Z a-z 0-9 . _ : - and start with a letter or digit")]
+    DeviceId,
+    /// Serial numbers are 1–20 bytes of hex, positive and non-zero (RFC 5280 §4.1.2.2).
+    #[error("serial number must be 1-20 bytes of hex, positive and non-zero")]
+    Serial,
+    /// CA ids are 1–64 characters of `a–z 0–9 -`.
+    #[error("CA id must be 1-64 characters of a-z 0-9 -")]
+    CaId,
+}
+
+/// A device's identifier. The character set is restricted so that the id can be put into
+/// a URI SAN, a subject CN and a file name without escaping.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct DeviceId(String);
+
+impl DeviceId {
+    /// Validate and wrap a device id.
+    pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+        let s = s.into();
+        let ok_len = !s.is_empty() && s.len() <= 128;
+        let ok_first = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        let ok_chars = s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+        if ok_len && ok_first && ok_chars { Ok(DeviceId(s)) } else { Err(IdError::DeviceId) }
+    }
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        DeviceId::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The identifier of a CA in the store (e.g. `root`, `issuing`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct CaId(String);
+
+impl CaId {
+    /// Validate and wrap a CA id.
+    pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+        let s = s.into();
+        if !s.is_empty()
+            && s.len() <= 64
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            Ok(CaId(s))
+        } else {
+            Err(IdError::CaId)
+        }
+    }
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A certificate serial number: the big-endian content octets of a positive DER INTEGER,
+/// minimal (no redundant leading zero), at most 20 octets (RFC 5280 §4.1.2.2:
+/// "Certificate users MUST be able to handle serialNumber values up to 20 octets").
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Serial(Vec<u8>);
+
+impl Serial {
+    /// A fresh random serial of 159 bits: 20 octets whose top bit is clear (so the INTEGER
+    /// is positive without a padding octet) and whose first octet is non-zero (so the
+    /// encoding is exactly 20 octets). Issuers MUST use unpredictable serials
+    /// (CA/Browser Forum BR §7.1: at least 64 bits from a CSPRNG).
+    pub fn random(rng: &dyn Entropy) -> Serial {
+        let mut b = [0u8; 20];
+        loop {
+            rng.fill(&mut b);
+            b[0] &= 0x7f;
+            if b[0] != 0 {
+                return Serial(b.to_vec());
+            }
+        }
+    }
+
+    /// Wrap big-endian bytes; leading zero octets are removed, then the value must be
+    /// positive, non-zero and at most 20 octets.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Serial, IdError> {
+        let first = bytes.iter().position(|&b| b != 0).ok_or(IdError::Serial)?;
+        let v = &bytes[first..];
+        // A positive INTEGER whose top bit is set needs a 0x00 pad octet in DER; the
+        // content (without the pad) may then be 20 octets only if the pad is counted out.
+        if v.len() > 20 || (v.len() == 20 && v[0] & 0x80 != 0) {
+            return Err(IdError::Serial);
+        }
+        Ok(Serial(v.to_vec()))
+    }
+
+    /// Parse lowercase or uppercase hex, with optional `:` separators.
+    pub fn from_hex(s: &str) -> Result<Serial, IdError> {
+        let clean: String = s.chars().filter(|c| *c != ':').collect();
+        if clean.is_empty() || clean.len() > 42 {
+            return Err(IdError::Serial);
+        }
+        let padded = if clean.len() % 2 == 1 { format!("0{clean}") } else { clean };
+        let bytes = hex::decode(padded).map_err(|_| IdError::Serial)?;
+        Serial::from_bytes(&bytes)
+    }
+
+    /// The big-endian magnitude octets.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Lowercase hex of the magnitude, the form used in the store and the API.
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+}
+
+impl fmt::Display for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Counter(std::sync::atomic::AtomicU8);
+    impl Entropy for Counter {
+        fn fill(&self, buf: &mut [u8]) {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            buf.fill(n);
+        }
+    }
+
+    #[test]
+    fn device_ids() {
+        assert!(DeviceId::new("sensor-0001").is_ok());
+        assert!(DeviceId::new("a:b.c_d-e").is_ok());
+        assert!(DeviceId::new("").is_err());
+        assert!(DeviceId::new("-x").is_err());
+        assert!(DeviceId::new("a b").is_err());
+        assert!(DeviceId::new("a/b").is_err());
+        assert!(DeviceId::new("x".repeat(129)).is_err());
+        assert!(DeviceId::new("x".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn random_serial_is_positive_20_octets_and_skips_zero_first_octet() {
+        // First fill is all 0x00 (first octet zero: rejected), second is all 0x01.
+        let rng = Counter(std::sync::atomic::AtomicU8::new(0));
+        let s = Serial::random(&rng);
+        assert_eq!(s.as_bytes().len(), 20);
+        assert_eq!(s.as_bytes()[0], 0x01);
+        // 0xff fills get their top bit cleared.
+        let rng = Counter(std::sync::atomic::AtomicU8::new(0xff));
+        let s = Serial::random(&rng);
+        assert_eq!(s.as_bytes()[0], 0x7f);
+    }
+
+    #[test]
+    fn serial_hex_round_trip_and_limits() {
+        let s = Serial::from_hex("00:0A:bc").expect("valid");
+        assert_eq!(s.to_hex(), "0abc");
+        assert_eq!(Serial::from_hex(&s.to_hex()), Ok(s));
+        assert!(Serial::from_hex("00").is_err());
+        assert!(Serial::from_hex("zz").is_err());
+        assert!(Serial::from_hex(&"7f".repeat(20)).is_ok());
+        assert!(Serial::from_hex(&"80".repeat(20)).is_err());
+        assert!(Serial::from_hex(&"01".repeat(21)).is_err());
+    }
+
+    #[test]
+    fn ca_ids() {
+        assert!(CaId::new("issuing-2026").is_ok());
+        assert!(CaId::new("Issuing").is_err());
+        assert!(CaId::new("").is_err());
+    }
+}

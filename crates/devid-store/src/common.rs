@@ -1,0 +1,703 @@
+//! What the two backends share: row shapes, row mapping, and the one body of the
+//! [`Store`](crate::Store) implementation ([`impl_store!`]), stamped out once per backend.
+//!
+//! The SQL text is the same for both backends: SQLite accepts `$1` placeholders (and a
+//! placeholder used twice), `TRUE`/`FALSE`, partial indexes and `LIMIT $n`. Every value read
+//! from the database is checked on the way out; a value that does not fit (an unknown status
+//! text, a malformed serial or id, an unknown reason code) is an [`ErrorKind::Internal`]
+//! error, never a panic.
+//!
+//! [`ErrorKind::Internal`]: devid_core::ErrorKind::Internal
+
+use devid_core::{CaId, DeviceId, RevocationReason, Serial, UnixTime};
+
+use crate::{CaKind, CaRecord, CertRecord, CertStatus, DeviceRecord, DeviceStatus, Page, StoreError};
+
+/// The largest page a list returns; smaller and larger requests are clamped to `1..=MAX_PAGE`.
+pub(crate) const MAX_PAGE: u32 = 1000;
+
+/// The limit to use for a list request.
+pub(crate) fn clamp_limit(limit: u32) -> u32 {
+    limit.clamp(1, MAX_PAGE)
+}
+
+/// Cut a result fetched with `LIMIT limit + 1` down to `limit` items; when there were more,
+/// `next` is the key of the last item returned.
+pub(crate) fn page<T>(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> String) -> Page<T> {
+    let limit = limit as usize;
+    if items.len() > limit {
+        items.truncate(limit);
+        let next = items.last().map(key);
+        Page { items, next }
+    } else {
+        Page { items, next: None }
+    }
+}
+
+pub(crate) fn ca_kind_text(kind: CaKind) -> &'static str {
+    match kind {
+        CaKind::Root => "root",
+        CaKind::Issuing => "issuing",
+    }
+}
+
+pub(crate) fn device_status_text(status: DeviceStatus) -> &'static str {
+    match status {
+        DeviceStatus::Registered => "registered",
+        DeviceStatus::Enrolled => "enrolled",
+        DeviceStatus::Quarantined => "quarantined",
+    }
+}
+
+fn ca_kind_from_text(s: &str) -> Result<CaKind, StoreError> {
+    match s {
+        "root" => Ok(CaKind::Root),
+        "issuing" => Ok(CaKind::Issuing),
+        other => Err(StoreError::internal(format!("unknown CA kind {other:?} in the store"))),
+    }
+}
+
+fn device_status_from_text(s: &str) -> Result<DeviceStatus, StoreError> {
+    match s {
+        "registered" => Ok(DeviceStatus::Registered),
+        "enrolled" => Ok(DeviceStatus::Enrolled),
+        "quarantined" => Ok(DeviceStatus::Quarantined),
+        other => Err(StoreError::internal(format!("unknown device status {other:?} in the store"))),
+    }
+}
+
+fn cert_status_from_text(s: &str) -> Result<CertStatus, StoreError> {
+    match s {
+        "pending" => Ok(CertStatus::Pending),
+        "issued" => Ok(CertStatus::Issued),
+        "revoked" => Ok(CertStatus::Revoked),
+        other => Err(StoreError::internal(format!("unknown certificate status {other:?} in the store"))),
+    }
+}
+
+fn ca_id(s: String) -> Result<CaId, StoreError> {
+    CaId::new(s.clone()).map_err(|e| StoreError::internal(format!("bad CA id {s:?} in the store: {e}")))
+}
+
+fn device_id(s: String) -> Result<DeviceId, StoreError> {
+    DeviceId::new(s.clone())
+        .map_err(|e| StoreError::internal(format!("bad device id {s:?} in the store: {e}")))
+}
+
+fn serial(s: &str) -> Result<Serial, StoreError> {
+    Serial::from_hex(s).map_err(|e| StoreError::internal(format!("bad serial {s:?} in the store: {e}")))
+}
+
+/// A `cas` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CaRow {
+    id: String,
+    kind: String,
+    parent_id: Option<String>,
+    cert_der: Vec<u8>,
+    key_ref: Option<String>,
+    ski: Vec<u8>,
+    not_before: i64,
+    not_after: i64,
+    active: bool,
+    created_at: i64,
+}
+
+impl TryFrom<CaRow> for CaRecord {
+    type Error = StoreError;
+    fn try_from(r: CaRow) -> Result<Self, StoreError> {
+        Ok(CaRecord {
+            id: ca_id(r.id)?,
+            kind: ca_kind_from_text(&r.kind)?,
+            parent: r.parent_id.map(ca_id).transpose()?,
+            cert_der: r.cert_der,
+            key_ref: r.key_ref,
+            ski: r.ski,
+            not_before: UnixTime(r.not_before),
+            not_after: UnixTime(r.not_after),
+            active: r.active,
+            created_at: UnixTime(r.created_at),
+        })
+    }
+}
+
+/// A `devices` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct DeviceRow {
+    id: String,
+    status: String,
+    token_hash: Option<Vec<u8>>,
+    token_used_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<DeviceRow> for DeviceRecord {
+    type Error = StoreError;
+    fn try_from(r: DeviceRow) -> Result<Self, StoreError> {
+        Ok(DeviceRecord {
+            id: device_id(r.id)?,
+            status: device_status_from_text(&r.status)?,
+            token_hash: r.token_hash,
+            token_used_at: r.token_used_at.map(UnixTime),
+            created_at: UnixTime(r.created_at),
+            updated_at: UnixTime(r.updated_at),
+        })
+    }
+}
+
+/// A `certificates` row left-joined with its `revocations` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CertRow {
+    serial: String,
+    issuer_id: String,
+    device_id: String,
+    status: String,
+    not_before: i64,
+    not_after: i64,
+    csr_sha256: Vec<u8>,
+    tbs_der: Vec<u8>,
+    cert_der: Option<Vec<u8>>,
+    created_at: i64,
+    reason: Option<i16>,
+    revoked_at: Option<i64>,
+}
+
+impl TryFrom<CertRow> for CertRecord {
+    type Error = StoreError;
+    fn try_from(r: CertRow) -> Result<Self, StoreError> {
+        let status = cert_status_from_text(&r.status)?;
+        let revocation = match (r.revoked_at, r.reason) {
+            (Some(at), Some(code)) => {
+                let reason =
+                    u8::try_from(code).ok().and_then(RevocationReason::from_code).ok_or_else(|| {
+                        StoreError::internal(format!(
+                            "unknown revocation reason {code} for serial {}",
+                            r.serial
+                        ))
+                    })?;
+                Some((UnixTime(at), reason))
+            }
+            (None, None) => None,
+            _ => return Err(StoreError::internal(format!("half a revocation row for serial {}", r.serial))),
+        };
+        if (status == CertStatus::Revoked) != revocation.is_some() {
+            return Err(StoreError::internal(format!(
+                "certificate {} has status {} but {} revocation row",
+                r.serial,
+                r.status,
+                if revocation.is_some() { "a" } else { "no" }
+            )));
+        }
+        Ok(CertRecord {
+            serial: serial(&r.serial)?,
+            issuer: ca_id(r.issuer_id)?,
+            device: device_id(r.device_id)?,
+            status,
+            not_before: UnixTime(r.not_before),
+            not_after: UnixTime(r.not_after),
+            csr_sha256: r.csr_sha256,
+            tbs_der: r.tbs_der,
+            cert_der: r.cert_der,
+            created_at: UnixTime(r.created_at),
+            revocation,
+        })
+    }
+}
+
+/// Convert fetched rows, failing on the first bad one.
+pub(crate) fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, StoreError> {
+    rows.into_iter().map(T::try_from).collect()
+}
+
+// --- SQL, shared by both backends. `concat!` needs literals, hence the macros. ---
+
+macro_rules! ca_select {
+    () => {
+        "SELECT id, kind, parent_id, cert_der, key_ref, ski, not_before, not_after, active, created_at \
+         FROM cas"
+    };
+}
+pub(crate) use ca_select;
+
+macro_rules! device_select {
+    () => {
+        "SELECT id, status, token_hash, token_used_at, created_at, updated_at FROM devices"
+    };
+}
+pub(crate) use device_select;
+
+macro_rules! cert_select {
+    () => {
+        "SELECT c.serial AS serial, c.issuer_id AS issuer_id, c.device_id AS device_id, \
+         c.status AS status, c.not_before AS not_before, c.not_after AS not_after, \
+         c.csr_sha256 AS csr_sha256, c.tbs_der AS tbs_der, c.cert_der AS cert_der, \
+         c.created_at AS created_at, r.reason AS reason, r.revoked_at AS revoked_at \
+         FROM certificates c LEFT JOIN revocations r ON r.serial = c.serial"
+    };
+}
+pub(crate) use cert_select;
+
+/// The body of `impl Store for $store`, the same for both backends.
+///
+/// The store type must have these inherent items:
+/// - `fn reader(&self) -> &sqlx::Pool<DB>`: the pool for single-statement reads;
+/// - `async fn begin(&self) -> Result<sqlx::Transaction<'static, DB>, StoreError>`: a write
+///   transaction;
+/// - `fn db_err(&self, e: sqlx::Error) -> StoreError`: [`crate::error::from_sqlx`] with the
+///   store's target description.
+macro_rules! impl_store {
+    ($store:ty, $backend:literal) => {
+        #[async_trait::async_trait]
+        impl $crate::Store for $store {
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn ping(&self) -> Result<(), $crate::StoreError> {
+                sqlx::query("SELECT 1").execute(self.reader()).await.map_err(|e| self.db_err(e))?;
+                Ok(())
+            }
+
+            // --- CAs ---
+
+            async fn put_ca_hierarchy(
+                &self,
+                root: &$crate::CaRecord,
+                issuing: &$crate::CaRecord,
+                replace: bool,
+            ) -> Result<(), $crate::StoreError> {
+                if root.kind != $crate::CaKind::Root || issuing.kind != $crate::CaKind::Issuing {
+                    return Err($crate::StoreError::new(
+                        devid_core::ErrorKind::InvalidInput,
+                        "put_ca_hierarchy takes a root CA and then an issuing CA".to_string(),
+                    ));
+                }
+                let mut tx = self.begin().await?;
+                if replace {
+                    sqlx::query("UPDATE cas SET active = FALSE WHERE active")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                } else {
+                    let any: Option<String> = sqlx::query_scalar("SELECT id FROM cas LIMIT 1")
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                    if let Some(id) = any {
+                        return Err($crate::StoreError::conflict(format!(
+                            "a CA already exists ({id}); replace the hierarchy explicitly"
+                        )));
+                    }
+                }
+                // Old rows are kept (their certificates reference them), so a new hierarchy
+                // needs new ids (e.g. `root-<8 hex>`): an id that exists is a Conflict, and
+                // the whole transaction (including the deactivation) rolls back. The new pair
+                // is stored active whatever the records' `active` field says.
+                for ca in [root, issuing] {
+                    sqlx::query(
+                        "INSERT INTO cas (id, kind, parent_id, cert_der, key_ref, ski, not_before, not_after, \
+                         active, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, TRUE, $9)",
+                    )
+                    .bind(ca.id.as_str())
+                    .bind($crate::common::ca_kind_text(ca.kind))
+                    .bind(ca.parent.as_ref().map(|p| p.as_str()))
+                    .bind(ca.cert_der.as_slice())
+                    .bind(ca.key_ref.as_deref())
+                    .bind(ca.ski.as_slice())
+                    .bind(ca.not_before.0)
+                    .bind(ca.not_after.0)
+                    .bind(ca.created_at.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| {
+                        self.db_err(e)
+                            .on_conflict(|| format!("a CA with id {} or an active {:?} CA already exists", ca.id, ca.kind))
+                    })?;
+                }
+                tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn get_ca(&self, id: &devid_core::CaId) -> Result<Option<$crate::CaRecord>, $crate::StoreError> {
+                let row: Option<$crate::common::CaRow> =
+                    sqlx::query_as(concat!($crate::common::ca_select!(), " WHERE id = $1"))
+                        .bind(id.as_str())
+                        .fetch_optional(self.reader())
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                row.map($crate::CaRecord::try_from).transpose()
+            }
+
+            async fn active_ca(
+                &self,
+                kind: $crate::CaKind,
+            ) -> Result<Option<$crate::CaRecord>, $crate::StoreError> {
+                let row: Option<$crate::common::CaRow> =
+                    sqlx::query_as(concat!($crate::common::ca_select!(), " WHERE kind = $1 AND active"))
+                        .bind($crate::common::ca_kind_text(kind))
+                        .fetch_optional(self.reader())
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                row.map($crate::CaRecord::try_from).transpose()
+            }
+
+            async fn list_cas(&self) -> Result<Vec<$crate::CaRecord>, $crate::StoreError> {
+                // Oldest first; within one hierarchy (same created_at) the root first.
+                let rows: Vec<$crate::common::CaRow> = sqlx::query_as(concat!(
+                    $crate::common::ca_select!(),
+                    " ORDER BY created_at, CASE kind WHEN 'root' THEN 0 ELSE 1 END, id"
+                ))
+                .fetch_all(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                $crate::common::convert(rows)
+            }
+
+            // --- devices ---
+
+            async fn insert_device(&self, device: &$crate::DeviceRecord) -> Result<(), $crate::StoreError> {
+                sqlx::query(
+                    "INSERT INTO devices (id, status, token_hash, token_used_at, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(device.id.as_str())
+                .bind($crate::common::device_status_text(device.status))
+                .bind(device.token_hash.as_deref())
+                .bind(device.token_used_at.map(|t| t.0))
+                .bind(device.created_at.0)
+                .bind(device.updated_at.0)
+                .execute(self.writer())
+                .await
+                .map_err(|e| {
+                    self.db_err(e).on_conflict(|| format!("device {} (or its token hash) already exists", device.id))
+                })?;
+                Ok(())
+            }
+
+            async fn get_device(
+                &self,
+                id: &devid_core::DeviceId,
+            ) -> Result<Option<$crate::DeviceRecord>, $crate::StoreError> {
+                let row: Option<$crate::common::DeviceRow> =
+                    sqlx::query_as(concat!($crate::common::device_select!(), " WHERE id = $1"))
+                        .bind(id.as_str())
+                        .fetch_optional(self.reader())
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                row.map($crate::DeviceRecord::try_from).transpose()
+            }
+
+            async fn device_by_token_hash(
+                &self,
+                token_hash: &[u8],
+            ) -> Result<Option<$crate::DeviceRecord>, $crate::StoreError> {
+                let row: Option<$crate::common::DeviceRow> =
+                    sqlx::query_as(concat!($crate::common::device_select!(), " WHERE token_hash = $1"))
+                        .bind(token_hash)
+                        .fetch_optional(self.reader())
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                row.map($crate::DeviceRecord::try_from).transpose()
+            }
+
+            async fn list_devices(
+                &self,
+                cursor: Option<&str>,
+                limit: u32,
+            ) -> Result<$crate::Page<$crate::DeviceRecord>, $crate::StoreError> {
+                let limit = $crate::common::clamp_limit(limit);
+                // Every id sorts after the empty string, so no cursor is the cursor "".
+                let rows: Vec<$crate::common::DeviceRow> = sqlx::query_as(concat!(
+                    $crate::common::device_select!(),
+                    " WHERE id > $1 ORDER BY id LIMIT $2"
+                ))
+                .bind(cursor.unwrap_or(""))
+                .bind(i64::from(limit) + 1)
+                .fetch_all(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                let items = $crate::common::convert(rows)?;
+                Ok($crate::common::page(items, limit, |d: &$crate::DeviceRecord| d.id.as_str().to_string()))
+            }
+
+            // --- the issuance cycle ---
+
+            async fn record_intent(
+                &self,
+                pending: &$crate::PendingCert,
+                redeem_token: Option<&[u8]>,
+            ) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                if let Some(token_hash) = redeem_token {
+                    // The conditional update is the single-use check: concurrent redeemers
+                    // serialize on the device row and all but the first match no row.
+                    let done = sqlx::query(
+                        "UPDATE devices SET token_used_at = $1, updated_at = $1 \
+                         WHERE id = $2 AND token_hash = $3 AND token_used_at IS NULL \
+                         AND status <> 'quarantined'",
+                    )
+                    .bind(pending.created_at.0)
+                    .bind(pending.device.as_str())
+                    .bind(token_hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                    if done.rows_affected() == 0 {
+                        // Dropping the transaction rolls it back.
+                        return Err($crate::StoreError::conflict(format!(
+                            "enrollment token already used (or device {} is quarantined or holds another token)",
+                            pending.device
+                        )));
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO certificates (serial, issuer_id, device_id, status, not_before, not_after, \
+                     csr_sha256, tbs_der, cert_der, created_at, updated_at) \
+                     VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, $8, $8)",
+                )
+                .bind(pending.serial.to_hex())
+                .bind(pending.issuer.as_str())
+                .bind(pending.device.as_str())
+                .bind(pending.not_before.0)
+                .bind(pending.not_after.0)
+                .bind(pending.csr_sha256.as_slice())
+                .bind(pending.tbs_der.as_slice())
+                .bind(pending.created_at.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e).on_conflict(|| format!("serial {} already exists", pending.serial)))?;
+                tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn complete_issuance(
+                &self,
+                serial: &devid_core::Serial,
+                cert_der: &[u8],
+                now: devid_core::UnixTime,
+            ) -> Result<$crate::CertRecord, $crate::StoreError> {
+                let hex = serial.to_hex();
+                let mut tx = self.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE certificates SET cert_der = $2, status = 'issued', updated_at = $3 \
+                     WHERE serial = $1 AND status = 'pending'",
+                )
+                .bind(hex.as_str())
+                .bind(cert_der)
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                if done.rows_affected() > 0 {
+                    sqlx::query(
+                        "UPDATE devices SET status = 'enrolled', updated_at = $2 \
+                         WHERE id = (SELECT device_id FROM certificates WHERE serial = $1) \
+                         AND status = 'registered'",
+                    )
+                    .bind(hex.as_str())
+                    .bind(now.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                }
+                // Whatever is stored now: ours, or the one a concurrent caller completed first.
+                let row: Option<$crate::common::CertRow> =
+                    sqlx::query_as(concat!($crate::common::cert_select!(), " WHERE c.serial = $1"))
+                        .bind(hex.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                let Some(row) = row else {
+                    return Err($crate::StoreError::not_found(format!("no certificate with serial {hex}")));
+                };
+                let record = $crate::CertRecord::try_from(row)?;
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(record)
+            }
+
+            async fn get_certificate(
+                &self,
+                serial: &devid_core::Serial,
+            ) -> Result<Option<$crate::CertRecord>, $crate::StoreError> {
+                let row: Option<$crate::common::CertRow> =
+                    sqlx::query_as(concat!($crate::common::cert_select!(), " WHERE c.serial = $1"))
+                        .bind(serial.to_hex())
+                        .fetch_optional(self.reader())
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                row.map($crate::CertRecord::try_from).transpose()
+            }
+
+            async fn certificate_for_csr(
+                &self,
+                device: &devid_core::DeviceId,
+                csr_sha256: &[u8],
+            ) -> Result<Option<$crate::CertRecord>, $crate::StoreError> {
+                let row: Option<$crate::common::CertRow> = sqlx::query_as(concat!(
+                    $crate::common::cert_select!(),
+                    " WHERE c.device_id = $1 AND c.csr_sha256 = $2 \
+                     ORDER BY c.created_at DESC, c.serial DESC LIMIT 1"
+                ))
+                .bind(device.as_str())
+                .bind(csr_sha256)
+                .fetch_optional(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                row.map($crate::CertRecord::try_from).transpose()
+            }
+
+            async fn list_certificates(
+                &self,
+                device: Option<&devid_core::DeviceId>,
+                cursor: Option<&str>,
+                limit: u32,
+            ) -> Result<$crate::Page<$crate::CertRecord>, $crate::StoreError> {
+                let limit = $crate::common::clamp_limit(limit);
+                let fetch = i64::from(limit) + 1;
+                // Serials are stored as lowercase hex; every serial sorts after the empty
+                // string, so no cursor is the cursor "".
+                let cursor = cursor.unwrap_or("").to_ascii_lowercase();
+                let rows: Vec<$crate::common::CertRow> = match device {
+                    Some(device) => {
+                        sqlx::query_as(concat!(
+                            $crate::common::cert_select!(),
+                            " WHERE c.device_id = $1 AND c.serial > $2 ORDER BY c.serial LIMIT $3"
+                        ))
+                        .bind(device.as_str())
+                        .bind(cursor.as_str())
+                        .bind(fetch)
+                        .fetch_all(self.reader())
+                        .await
+                    }
+                    None => {
+                        sqlx::query_as(concat!(
+                            $crate::common::cert_select!(),
+                            " WHERE c.serial > $1 ORDER BY c.serial LIMIT $2"
+                        ))
+                        .bind(cursor.as_str())
+                        .bind(fetch)
+                        .fetch_all(self.reader())
+                        .await
+                    }
+                }
+                .map_err(|e| self.db_err(e))?;
+                let items = $crate::common::convert(rows)?;
+                Ok($crate::common::page(items, limit, |c: &$crate::CertRecord| c.serial.to_hex()))
+            }
+
+            // --- revocation ---
+
+            async fn revoke(
+                &self,
+                serial: &devid_core::Serial,
+                reason: devid_core::RevocationReason,
+                at: devid_core::UnixTime,
+            ) -> Result<$crate::CertRecord, $crate::StoreError> {
+                let hex = serial.to_hex();
+                let mut tx = self.begin().await?;
+                // Conditional update first: concurrent revokers serialize on the row, and only
+                // the first one writes the revocation row.
+                let done = sqlx::query(
+                    "UPDATE certificates SET status = 'revoked', updated_at = $2 \
+                     WHERE serial = $1 AND status = 'issued'",
+                )
+                .bind(hex.as_str())
+                .bind(at.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                if done.rows_affected() > 0 {
+                    sqlx::query("INSERT INTO revocations (serial, reason, revoked_at) VALUES ($1, $2, $3)")
+                        .bind(hex.as_str())
+                        .bind(i16::from(reason.code()))
+                        .bind(at.0)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                }
+                let row: Option<$crate::common::CertRow> =
+                    sqlx::query_as(concat!($crate::common::cert_select!(), " WHERE c.serial = $1"))
+                        .bind(hex.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                let Some(row) = row else {
+                    return Err($crate::StoreError::not_found(format!("no certificate with serial {hex}")));
+                };
+                let record = $crate::CertRecord::try_from(row)?;
+                match record.status {
+                    $crate::CertStatus::Pending => {
+                        Err($crate::StoreError::conflict(format!("certificate {hex} is not issued")))
+                    }
+                    $crate::CertStatus::Issued => Err($crate::StoreError::internal(format!(
+                        "certificate {hex} is still issued after revoking it"
+                    ))),
+                    $crate::CertStatus::Revoked => {
+                        tx.commit().await.map_err(|e| self.db_err(e))?;
+                        Ok(record)
+                    }
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paging_math() {
+        assert_eq!(clamp_limit(0), 1);
+        assert_eq!(clamp_limit(5000), MAX_PAGE);
+        let p = page(vec![1, 2, 3], 2, |x| x.to_string());
+        assert_eq!(p.items, vec![1, 2]);
+        assert_eq!(p.next.as_deref(), Some("2"));
+        let p = page(vec![1, 2], 2, |x| x.to_string());
+        assert_eq!(p.next, None);
+    }
+
+    fn cert_row() -> CertRow {
+        CertRow {
+            serial: "0a".into(),
+            issuer_id: "issuing".into(),
+            device_id: "d1".into(),
+            status: "issued".into(),
+            not_before: 1,
+            not_after: 2,
+            csr_sha256: vec![1],
+            tbs_der: vec![2],
+            cert_der: Some(vec![3]),
+            created_at: 1,
+            reason: None,
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn bad_rows_are_internal_errors() {
+        use devid_core::ErrorKind;
+        assert!(CertRecord::try_from(cert_row()).is_ok());
+        let bad = [
+            CertRow { status: "weird".into(), ..cert_row() },
+            CertRow { serial: "zz".into(), ..cert_row() },
+            CertRow { device_id: "-bad".into(), ..cert_row() },
+            CertRow { issuer_id: "Upper".into(), ..cert_row() },
+            CertRow { reason: Some(1), ..cert_row() },
+            CertRow { status: "revoked".into(), ..cert_row() },
+            CertRow { status: "revoked".into(), reason: Some(7), revoked_at: Some(5), ..cert_row() },
+            CertRow { reason: Some(1), revoked_at: Some(5), ..cert_row() },
+        ];
+        for row in bad {
+            let e = CertRecord::try_from(row).err().map(|e| e.kind());
+            assert_eq!(e, Some(ErrorKind::Internal));
+        }
+        let ok = CertRecord::try_from(CertRow {
+            status: "revoked".into(),
+            reason: Some(1),
+            revoked_at: Some(5),
+            ..cert_row()
+        });
+        assert_eq!(ok.ok().and_then(|c| c.revocation), Some((UnixTime(5), RevocationReason::KeyCompromise)));
+    }
+}

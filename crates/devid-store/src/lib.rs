@@ -1,0 +1,256 @@
+//! The devid store: one [`Store`] trait with a PostgreSQL and a SQLite implementation.
+//!
+//! Both implementations run the same SQL text where the dialects agree (SQLite accepts
+//! `$1` placeholders); times are `BIGINT` Unix seconds in both so that one index shape
+//! serves both. Migrations live in `migrations/postgres` and `migrations/sqlite` at the
+//! top of the repository and run at start-up ([`connect`]).
+//!
+//! Every list is paged by key (a cursor), never by offset.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::sync::Arc;
+
+use devid_core::{CaId, DeviceId, ErrorKind, RevocationReason, Serial, UnixTime};
+
+mod common;
+mod error;
+mod postgres;
+mod sqlite;
+
+pub use error::StoreError;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Whether a CA is a self-signed root or an issuing (intermediate) CA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaKind {
+    /// A self-signed root.
+    Root,
+    /// An issuing CA, signed by a root; it signs device certificates.
+    Issuing,
+}
+
+/// A CA certificate and where its key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaRecord {
+    /// The CA's id (e.g. `root`, `issuing`).
+    pub id: CaId,
+    /// Root or issuing.
+    pub kind: CaKind,
+    /// The CA that signed this one (`None` for a root).
+    pub parent: Option<CaId>,
+    /// The CA certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// The key reference (`soft:…`, `pkcs11:…`), or `None` when the key is kept offline.
+    pub key_ref: Option<String>,
+    /// The subject key identifier (RFC 5280 §4.2.1.2).
+    pub ski: Vec<u8>,
+    /// notBefore.
+    pub not_before: UnixTime,
+    /// notAfter.
+    pub not_after: UnixTime,
+    /// Whether this is the CA in use for its kind (one active root and one active issuing CA).
+    pub active: bool,
+    /// When it was recorded.
+    pub created_at: UnixTime,
+}
+
+/// A device's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// Pre-registered, not yet enrolled.
+    Registered,
+    /// Holds (or held) a certificate.
+    Enrolled,
+    /// Refused enrollment and renewal until released.
+    Quarantined,
+}
+
+/// A device record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The device id.
+    pub id: DeviceId,
+    /// Its state.
+    pub status: DeviceStatus,
+    /// SHA-256 of its one-time enrollment token, if it has one. Tokens are 256-bit random
+    /// values, so a fast hash is enough (no dictionary to guess from).
+    pub token_hash: Option<Vec<u8>>,
+    /// When the token was redeemed, if it was.
+    pub token_used_at: Option<UnixTime>,
+    /// When the device was registered.
+    pub created_at: UnixTime,
+    /// When the record last changed.
+    pub updated_at: UnixTime,
+}
+
+/// A certificate's state in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertStatus {
+    /// The intent is recorded (serial and TBS), the signature not yet stored.
+    Pending,
+    /// Signed and stored.
+    Issued,
+    /// Revoked.
+    Revoked,
+}
+
+/// A certificate row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertRecord {
+    /// The serial number.
+    pub serial: Serial,
+    /// The issuing CA.
+    pub issuer: CaId,
+    /// The device it was issued to.
+    pub device: DeviceId,
+    /// Its state.
+    pub status: CertStatus,
+    /// notBefore.
+    pub not_before: UnixTime,
+    /// notAfter.
+    pub not_after: UnixTime,
+    /// SHA-256 of the CSR it was issued for (enrollment is idempotent per device and CSR).
+    pub csr_sha256: Vec<u8>,
+    /// The DER TBSCertificate that was (or will be) signed, byte for byte.
+    pub tbs_der: Vec<u8>,
+    /// The DER certificate, once signed.
+    pub cert_der: Option<Vec<u8>>,
+    /// When the intent was recorded.
+    pub created_at: UnixTime,
+    /// Revocation time and reason, if revoked.
+    pub revocation: Option<(UnixTime, RevocationReason)>,
+}
+
+/// What step 4 of the issuance cycle records: a certificate that is about to be signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCert {
+    /// The serial number.
+    pub serial: Serial,
+    /// The issuing CA.
+    pub issuer: CaId,
+    /// The device.
+    pub device: DeviceId,
+    /// notBefore.
+    pub not_before: UnixTime,
+    /// notAfter.
+    pub not_after: UnixTime,
+    /// SHA-256 of the CSR.
+    pub csr_sha256: Vec<u8>,
+    /// The DER TBSCertificate to be signed.
+    pub tbs_der: Vec<u8>,
+    /// Now.
+    pub created_at: UnixTime,
+}
+
+/// A page of a list, with the cursor for the next page (`None` at the end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items, in key order.
+    pub items: Vec<T>,
+    /// Pass this as the cursor to get the next page.
+    pub next: Option<String>,
+}
+
+/// The store. Methods are shaped after the use cases so that each is one transaction.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"postgres"` or `"sqlite"`.
+    fn backend(&self) -> &'static str;
+
+    /// A cheap round trip, for readiness checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    // --- CAs ---
+
+    /// Record a new CA hierarchy (root then issuing). If `replace` is false and any CA
+    /// exists, fails with [`ErrorKind::Conflict`]; if true, the existing CAs are marked
+    /// inactive (never deleted: their certificates stay verifiable) in the same transaction.
+    async fn put_ca_hierarchy(
+        &self,
+        root: &CaRecord,
+        issuing: &CaRecord,
+        replace: bool,
+    ) -> Result<(), StoreError>;
+    /// A CA by id.
+    async fn get_ca(&self, id: &CaId) -> Result<Option<CaRecord>, StoreError>;
+    /// The active CA of a kind.
+    async fn active_ca(&self, kind: CaKind) -> Result<Option<CaRecord>, StoreError>;
+    /// Every CA, oldest first.
+    async fn list_cas(&self) -> Result<Vec<CaRecord>, StoreError>;
+
+    // --- devices ---
+
+    /// Register a device. [`ErrorKind::Conflict`] if the id exists.
+    async fn insert_device(&self, device: &DeviceRecord) -> Result<(), StoreError>;
+    /// A device by id.
+    async fn get_device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+    /// The device holding this token hash (redeemed or not).
+    async fn device_by_token_hash(&self, token_hash: &[u8]) -> Result<Option<DeviceRecord>, StoreError>;
+    /// Devices in id order, after `cursor` (an id), at most `limit`.
+    async fn list_devices(&self, cursor: Option<&str>, limit: u32) -> Result<Page<DeviceRecord>, StoreError>;
+
+    // --- the issuance cycle ---
+
+    /// Step 4: record the intent. When `redeem_token` is given, the device's token is marked
+    /// used in the same transaction, and only if it was unused and the device is not
+    /// quarantined; otherwise nothing is written and [`ErrorKind::Conflict`] is returned.
+    /// A serial collision is also [`ErrorKind::Conflict`].
+    async fn record_intent(
+        &self,
+        pending: &PendingCert,
+        redeem_token: Option<&[u8]>,
+    ) -> Result<(), StoreError>;
+    /// Step 6: store the signed certificate for a pending serial and mark the device
+    /// enrolled. Returns the stored certificate: if another caller completed the same serial
+    /// first, theirs is returned and `cert_der` is discarded (a serial is handed out once).
+    async fn complete_issuance(
+        &self,
+        serial: &Serial,
+        cert_der: &[u8],
+        now: UnixTime,
+    ) -> Result<CertRecord, StoreError>;
+    /// A certificate by serial.
+    async fn get_certificate(&self, serial: &Serial) -> Result<Option<CertRecord>, StoreError>;
+    /// The newest certificate issued (or pending) for this device and CSR hash.
+    async fn certificate_for_csr(
+        &self,
+        device: &DeviceId,
+        csr_sha256: &[u8],
+    ) -> Result<Option<CertRecord>, StoreError>;
+    /// Certificates, optionally of one device, in serial order after `cursor` (hex serial).
+    async fn list_certificates(
+        &self,
+        device: Option<&DeviceId>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<CertRecord>, StoreError>;
+
+    // --- revocation ---
+
+    /// Revoke an issued certificate: status, time and reason, and a row in `revocations`.
+    /// Idempotent: revoking a revoked certificate returns it unchanged.
+    /// [`ErrorKind::NotFound`] for an unknown serial.
+    async fn revoke(
+        &self,
+        serial: &Serial,
+        reason: RevocationReason,
+        at: UnixTime,
+    ) -> Result<CertRecord, StoreError>;
+}
+
+/// Open the store named by a database URL (`sqlite:PATH`, `sqlite::memory:`,
+/// `postgres://…`), run its migrations, and return it.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(StoreError::new(
+            ErrorKind::InvalidInput,
+            "database URL must start with sqlite: or postgres://".to_string(),
+        ))
+    }
+}

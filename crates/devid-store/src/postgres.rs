@@ -1,0 +1,89 @@
+//! The PostgreSQL store.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::StoreError;
+use crate::common::impl_store;
+use crate::error::from_sqlx;
+
+/// How many connections the pool opens at most.
+const MAX_CONNECTIONS: u32 = 16;
+/// How long a caller waits for a connection (including the first connect) before the
+/// database counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// The store on PostgreSQL: one pool of up to 16 connections.
+///
+/// Transactions run at READ COMMITTED; the single-use and idempotency rules are conditional
+/// `UPDATE`s (`… WHERE token_used_at IS NULL`, `… WHERE status = 'pending'`), so concurrent
+/// callers serialize on the row and all but the first see no matching row.
+pub struct PgStore {
+    pool: PgPool,
+    /// `PostgreSQL at host:port/database`: names the database in errors, without credentials.
+    target: String,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connect to `url` (`postgres://user:password@host:port/database?…`), run the
+    /// migrations in `migrations/postgres`, and return the store.
+    ///
+    /// Fails with [`ErrorKind::Unavailable`](devid_core::ErrorKind::Unavailable) when the
+    /// server cannot be reached within 5 seconds, and
+    /// [`ErrorKind::InvalidInput`](devid_core::ErrorKind::InvalidInput) for a malformed URL.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::new(devid_core::ErrorKind::InvalidInput, format!("invalid PostgreSQL URL: {e}"))
+        })?;
+        let target = format!(
+            "PostgreSQL at {}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_else(|| options.get_username())
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| from_sqlx(e, &target))?;
+        MIGRATOR.run(&pool).await.map_err(|e| from_sqlx(e.into(), &target))?;
+        tracing::debug!(database = %target, "store connected and migrated");
+        Ok(PgStore { pool, target })
+    }
+
+    /// Close the pool: wait for checked-out connections to come back, then close them all.
+    /// Calls after this fail with [`ErrorKind::Unavailable`](devid_core::ErrorKind::Unavailable).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.pool.begin().await.map_err(|e| self.db_err(e))
+    }
+
+    fn db_err(&self, e: sqlx::Error) -> StoreError {
+        from_sqlx(e, &self.target)
+    }
+}
+
+impl_store!(PgStore, "postgres");

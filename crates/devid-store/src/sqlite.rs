@@ -1,0 +1,149 @@
+//! The SQLite store.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::StoreError;
+use crate::common::impl_store;
+use crate::error::from_sqlx;
+
+/// How long SQLite waits on a lock held by another connection (or process) before giving up
+/// with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits for a pooled connection before the store counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read connections on a file database.
+const READERS: u32 = 4;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// The store on SQLite, for single-node installations and tests.
+///
+/// SQLite has one writer at a time, so the store has exactly **one write connection** (a
+/// pool of one): writers queue in the pool, in process, instead of racing for the database
+/// lock and failing with `SQLITE_BUSY`, and a write transaction is never upgraded from a
+/// read lock. Write transactions start with `BEGIN IMMEDIATE`, so that a writer in another
+/// process (a `devid` command run next to the server) makes them wait up to the 5-second
+/// `busy_timeout` instead of failing. Single-statement reads go to a separate pool of
+/// read-only (`query_only`) connections: in WAL mode readers never block the writer nor
+/// wait for it, and see everything committed before they start.
+///
+/// Every connection runs with `journal_mode=WAL`, `synchronous=NORMAL` (durable across a
+/// process crash; the last transactions may be lost on power failure), `foreign_keys=ON`
+/// and `busy_timeout=5s`. The file is created if missing.
+///
+/// An in-memory database (`sqlite::memory:`) lives as long as its connection, so it gets
+/// one connection that serves both reads and writes, and is never closed while the store
+/// lives.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    /// `SQLite database PATH` or `SQLite in-memory database`: names the database in errors.
+    target: String,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore").field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+/// Whether a SQLite URL names an in-memory database (`sqlite::memory:`,
+/// `sqlite:file:x?mode=memory`).
+fn is_in_memory(url: &str) -> bool {
+    let rest = url.strip_prefix("sqlite:").unwrap_or(url);
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    path == ":memory:" || query.split('&').any(|kv| kv == "mode=memory")
+}
+
+impl SqliteStore {
+    /// Open the database at `url` (`sqlite:PATH`, `sqlite://PATH`, `sqlite::memory:`),
+    /// creating the file if it is missing, run the migrations in `migrations/sqlite`, and
+    /// return the store.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| {
+                StoreError::new(devid_core::ErrorKind::InvalidInput, format!("invalid SQLite URL: {e}"))
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let in_memory = is_in_memory(url);
+        let target = if in_memory {
+            "SQLite in-memory database".to_string()
+        } else {
+            format!("SQLite database {}", options.get_filename().display())
+        };
+
+        let writer_options = SqlitePoolOptions::new().max_connections(1).acquire_timeout(ACQUIRE_TIMEOUT);
+        let writer_options = if in_memory {
+            // The database goes away with its last connection: keep this one forever.
+            writer_options.min_connections(1).idle_timeout(None).max_lifetime(None)
+        } else {
+            writer_options
+        };
+        let writer = writer_options.connect_with(options.clone()).await.map_err(|e| from_sqlx(e, &target))?;
+        MIGRATOR.run(&writer).await.map_err(|e| from_sqlx(e.into(), &target))?;
+
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(READERS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.pragma("query_only", "ON"))
+                .await
+                .map_err(|e| from_sqlx(e, &target))?
+        };
+        tracing::debug!(database = %target, "store connected and migrated");
+        Ok(SqliteStore { writer, reader, target })
+    }
+
+    /// Close both pools: wait for checked-out connections to come back, then close them all
+    /// (which checkpoints the WAL). Calls after this fail with
+    /// [`ErrorKind::Unavailable`](devid_core::ErrorKind::Unavailable).
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.db_err(e))
+    }
+
+    fn db_err(&self, e: sqlx::Error) -> StoreError {
+        from_sqlx(e, &self.target)
+    }
+}
+
+impl_store!(SqliteStore, "sqlite");
+
+#[cfg(test)]
+mod tests {
+    use super::is_in_memory;
+
+    #[test]
+    fn in_memory_urls() {
+        assert!(is_in_memory("sqlite::memory:"));
+        assert!(is_in_memory("sqlite://:memory:"));
+        assert!(is_in_memory("sqlite:file:x?mode=memory&cache=shared"));
+        assert!(!is_in_memory("sqlite:/tmp/devid.db"));
+        assert!(!is_in_memory("sqlite:///tmp/devid.db?mode=rwc"));
+    }
+}

@@ -1,0 +1,699 @@
+//! The store against both backends: every case runs once on SQLite and once on PostgreSQL
+//! (a fresh database each), as `<case>::sqlite` and `<case>::postgres`.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devid_core::{CaId, DeviceId, ErrorKind, RevocationReason, Serial, UnixTime};
+use devid_store::{
+    CaKind, CaRecord, CertStatus, DeviceRecord, DeviceStatus, PendingCert, PgStore, SqliteStore, Store,
+};
+use devid_testkit::db::{Backend, TestDb};
+
+/// Generate `mod <case> { fn sqlite(); fn postgres(); }` for each `async fn <case>(Backend)`.
+macro_rules! both_backends {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sqlite() {
+                    super::$case(super::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    super::$case(super::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+both_backends!(
+    ping_and_backend,
+    ca_hierarchy,
+    devices,
+    device_paging,
+    issuance_round_trip,
+    certificate_for_csr_is_newest,
+    certificate_paging,
+    token_is_single_use,
+    concurrent_redeems_one_wins,
+    concurrent_completions_agree,
+    quarantined_device_cannot_redeem,
+    revoke,
+    serial_collision,
+    migrations_run_twice,
+);
+
+// --- fixtures ---
+
+const T0: i64 = 1_800_000_000;
+
+fn t(n: i64) -> UnixTime {
+    UnixTime(T0 + n)
+}
+
+async fn open(db: &TestDb) -> Arc<dyn Store> {
+    devid_store::connect(&db.url).await.unwrap()
+}
+
+fn ca(id: &str, kind: CaKind, parent: Option<&str>, created: i64) -> CaRecord {
+    CaRecord {
+        id: CaId::new(id).unwrap(),
+        kind,
+        parent: parent.map(|p| CaId::new(p).unwrap()),
+        cert_der: format!("cert of {id}").into_bytes(),
+        key_ref: Some(format!("soft:{id}")),
+        ski: id.as_bytes().to_vec(),
+        not_before: t(created),
+        not_after: t(created + 86_400 * 365),
+        active: true,
+        created_at: t(created),
+    }
+}
+
+/// A root and an issuing CA named `root-<n>` and `issuing-<n>`.
+fn hierarchy(n: u32, created: i64) -> (CaRecord, CaRecord) {
+    let root = format!("root-{n}");
+    (
+        ca(&root, CaKind::Root, None, created),
+        ca(&format!("issuing-{n}"), CaKind::Issuing, Some(&root), created),
+    )
+}
+
+async fn with_ca(store: &dyn Store) -> CaId {
+    let (root, issuing) = hierarchy(1, 0);
+    store.put_ca_hierarchy(&root, &issuing, false).await.unwrap();
+    issuing.id
+}
+
+fn device(id: &str, token_hash: Option<&[u8]>) -> DeviceRecord {
+    DeviceRecord {
+        id: DeviceId::new(id).unwrap(),
+        status: DeviceStatus::Registered,
+        token_hash: token_hash.map(<[u8]>::to_vec),
+        token_used_at: None,
+        created_at: t(1),
+        updated_at: t(1),
+    }
+}
+
+fn serial(n: u64) -> Serial {
+    // 20 octets with a non-zero top octet, like Serial::random, so hex order = numeric order.
+    let mut b = [0x11u8; 20];
+    b[12..].copy_from_slice(&n.to_be_bytes());
+    Serial::from_bytes(&b).unwrap()
+}
+
+fn pending(serial: &Serial, issuer: &CaId, device: &DeviceId, csr: &[u8], created: i64) -> PendingCert {
+    PendingCert {
+        serial: serial.clone(),
+        issuer: issuer.clone(),
+        device: device.clone(),
+        not_before: t(created),
+        not_after: t(created + 86_400),
+        csr_sha256: csr.to_vec(),
+        tbs_der: [b"tbs:".as_slice(), serial.as_bytes()].concat(),
+        created_at: t(created),
+    }
+}
+
+fn kind<T>(r: Result<T, devid_store::StoreError>) -> ErrorKind {
+    match r {
+        Ok(_) => panic!("expected an error, got Ok"),
+        Err(e) => e.kind(),
+    }
+}
+
+// --- cases ---
+
+async fn ping_and_backend(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    store.ping().await.unwrap();
+    let expected = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    assert_eq!(store.backend(), expected);
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn ca_hierarchy(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    assert_eq!(store.active_ca(CaKind::Root).await.unwrap(), None);
+    assert!(store.list_cas().await.unwrap().is_empty());
+
+    // The first hierarchy.
+    let (root1, issuing1) = hierarchy(1, 0);
+    store.put_ca_hierarchy(&root1, &issuing1, false).await.unwrap();
+    assert_eq!(store.get_ca(&root1.id).await.unwrap(), Some(root1.clone()));
+    assert_eq!(store.get_ca(&issuing1.id).await.unwrap(), Some(issuing1.clone()));
+    assert_eq!(store.get_ca(&CaId::new("nope").unwrap()).await.unwrap(), None);
+    assert_eq!(store.active_ca(CaKind::Root).await.unwrap(), Some(root1.clone()));
+    assert_eq!(store.active_ca(CaKind::Issuing).await.unwrap(), Some(issuing1.clone()));
+
+    // Without replace: a CA exists.
+    let (root2, issuing2) = hierarchy(2, 10);
+    assert_eq!(kind(store.put_ca_hierarchy(&root2, &issuing2, false).await), ErrorKind::Conflict);
+    assert_eq!(store.list_cas().await.unwrap().len(), 2);
+
+    // Kinds must be root then issuing.
+    assert_eq!(kind(store.put_ca_hierarchy(&issuing2, &root2, true).await), ErrorKind::InvalidInput);
+
+    // Replace: the old pair stays, inactive; the new pair is active.
+    store.put_ca_hierarchy(&root2, &issuing2, true).await.unwrap();
+    assert_eq!(store.active_ca(CaKind::Root).await.unwrap(), Some(root2.clone()));
+    assert_eq!(store.active_ca(CaKind::Issuing).await.unwrap(), Some(issuing2.clone()));
+    let old = store.get_ca(&root1.id).await.unwrap().unwrap();
+    assert!(!old.active);
+    let ids: Vec<(String, bool)> =
+        store.list_cas().await.unwrap().into_iter().map(|c| (c.id.to_string(), c.active)).collect();
+    assert_eq!(
+        ids,
+        [("root-1", false), ("issuing-1", false), ("root-2", true), ("issuing-2", true)]
+            .map(|(i, a)| (i.to_string(), a))
+    );
+
+    // Replacing with ids that exist collides, and the transaction leaves everything as it was.
+    let (root3, _) = hierarchy(3, 20);
+    assert_eq!(kind(store.put_ca_hierarchy(&root3, &issuing2, true).await), ErrorKind::Conflict);
+    assert_eq!(store.active_ca(CaKind::Root).await.unwrap(), Some(root2.clone()));
+    assert_eq!(store.active_ca(CaKind::Issuing).await.unwrap(), Some(issuing2.clone()));
+    assert_eq!(store.get_ca(&root3.id).await.unwrap(), None);
+
+    // A root held offline has no key reference.
+    let (mut root4, issuing4) = hierarchy(4, 30);
+    root4.key_ref = None;
+    store.put_ca_hierarchy(&root4, &issuing4, true).await.unwrap();
+    assert_eq!(store.active_ca(CaKind::Root).await.unwrap(), Some(root4));
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn devices(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let d1 = device("sensor-1", Some(&[1; 32]));
+    store.insert_device(&d1).await.unwrap();
+    assert_eq!(store.get_device(&d1.id).await.unwrap(), Some(d1.clone()));
+    assert_eq!(store.get_device(&DeviceId::new("nope").unwrap()).await.unwrap(), None);
+
+    // The same id again; another id with the same token hash.
+    let e = store.insert_device(&device("sensor-1", None)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert!(e.to_string().contains("sensor-1"), "{e}");
+    assert_eq!(kind(store.insert_device(&device("sensor-2", Some(&[1; 32]))).await), ErrorKind::Conflict);
+
+    // Devices without a token; one with every field set.
+    store.insert_device(&device("sensor-2", None)).await.unwrap();
+    store.insert_device(&device("sensor-3", None)).await.unwrap();
+    let full = DeviceRecord {
+        status: DeviceStatus::Quarantined,
+        token_used_at: Some(t(5)),
+        updated_at: t(6),
+        ..device("sensor-4", Some(&[4; 32]))
+    };
+    store.insert_device(&full).await.unwrap();
+    assert_eq!(store.get_device(&full.id).await.unwrap(), Some(full.clone()));
+
+    assert_eq!(store.device_by_token_hash(&[1; 32]).await.unwrap(), Some(d1));
+    assert_eq!(store.device_by_token_hash(&[4; 32]).await.unwrap(), Some(full));
+    assert_eq!(store.device_by_token_hash(&[9; 32]).await.unwrap(), None);
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn device_paging(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    // Inserted out of order; ids sort byte-wise.
+    let mut ids: Vec<String> = (0..25).rev().map(|i| format!("dev-{i:02}")).collect();
+    for id in &ids {
+        store.insert_device(&device(id, None)).await.unwrap();
+    }
+    ids.sort();
+
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store.list_devices(cursor.as_deref(), 10).await.unwrap();
+        sizes.push(page.items.len());
+        if let Some(next) = &page.next {
+            assert_eq!(Some(next.as_str()), page.items.last().map(|d| d.id.as_str()));
+        }
+        seen.extend(page.items.into_iter().map(|d| d.id.to_string()));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [10, 10, 5]);
+    assert_eq!(seen, ids);
+
+    // Exactly `limit` left: no next page.
+    let page = store.list_devices(Some("dev-14"), 10).await.unwrap();
+    assert_eq!(page.items.len(), 10);
+    assert_eq!(page.next, None);
+    // A cursor between keys and past the end.
+    let page = store.list_devices(Some("dev-19x"), 10).await.unwrap();
+    assert_eq!(page.items.first().map(|d| d.id.as_str()), Some("dev-20"));
+    let page = store.list_devices(Some("zzz"), 10).await.unwrap();
+    assert!(page.items.is_empty() && page.next.is_none());
+    // Limits are clamped to 1..=1000.
+    let page = store.list_devices(None, 0).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.next.as_deref(), Some("dev-00"));
+    let page = store.list_devices(None, u32::MAX).await.unwrap();
+    assert_eq!(page.items.len(), 25);
+    assert_eq!(page.next, None);
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn issuance_round_trip(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let token = [7u8; 32];
+    let dev = device("sensor-1", Some(&token));
+    store.insert_device(&dev).await.unwrap();
+
+    // Step 4: the intent, redeeming the token.
+    let s = serial(1);
+    let p = pending(&s, &issuer, &dev.id, &[0xcc; 32], 100);
+    store.record_intent(&p, Some(&token)).await.unwrap();
+    let c = store.get_certificate(&s).await.unwrap().unwrap();
+    assert_eq!(c.status, CertStatus::Pending);
+    assert_eq!(c.cert_der, None);
+    assert_eq!(c.tbs_der, p.tbs_der);
+    assert_eq!(
+        (c.serial.clone(), c.issuer.clone(), c.device.clone()),
+        (s.clone(), issuer.clone(), dev.id.clone())
+    );
+    assert_eq!((c.not_before, c.not_after, c.created_at), (p.not_before, p.not_after, p.created_at));
+    assert_eq!(c.csr_sha256, p.csr_sha256);
+    assert_eq!(c.revocation, None);
+    let d = store.get_device(&dev.id).await.unwrap().unwrap();
+    assert_eq!(d.token_used_at, Some(t(100)));
+    assert_eq!(d.updated_at, t(100));
+    assert_eq!(d.status, DeviceStatus::Registered);
+
+    // Step 6: the signed certificate; bytes come back identical (including 0x00 and 0xff).
+    let der: Vec<u8> = (0..=255u8).cycle().take(1500).collect();
+    let issued = store.complete_issuance(&s, &der, t(101)).await.unwrap();
+    assert_eq!(issued.status, CertStatus::Issued);
+    assert_eq!(issued.cert_der.as_deref(), Some(der.as_slice()));
+    assert_eq!(issued.tbs_der, p.tbs_der);
+    assert_eq!(store.get_certificate(&s).await.unwrap(), Some(issued.clone()));
+    let d = store.get_device(&dev.id).await.unwrap().unwrap();
+    assert_eq!(d.status, DeviceStatus::Enrolled);
+    assert_eq!(d.updated_at, t(101));
+
+    // Completing again keeps the first certificate.
+    let again = store.complete_issuance(&s, b"other", t(102)).await.unwrap();
+    assert_eq!(again, issued);
+    // Unknown serial.
+    assert_eq!(kind(store.complete_issuance(&serial(99), b"x", t(102)).await), ErrorKind::NotFound);
+    assert_eq!(store.get_certificate(&serial(99)).await.unwrap(), None);
+
+    // A renewal (no token) for the same device.
+    let s2 = serial(2);
+    store.record_intent(&pending(&s2, &issuer, &dev.id, &[0xdd; 32], 200), None).await.unwrap();
+    store.complete_issuance(&s2, b"second", t(201)).await.unwrap();
+    let all = store.list_certificates(Some(&dev.id), None, 10).await.unwrap();
+    assert_eq!(all.items.iter().map(|c| c.serial.clone()).collect::<Vec<_>>(), [s, s2]);
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn certificate_for_csr_is_newest(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let a = device("dev-a", None);
+    let b = device("dev-b", None);
+    store.insert_device(&a).await.unwrap();
+    store.insert_device(&b).await.unwrap();
+    let csr = [0xab; 32];
+    assert_eq!(store.certificate_for_csr(&a.id, &csr).await.unwrap(), None);
+
+    // Older with a higher serial, newer with a lower serial: newest by time wins.
+    store.record_intent(&pending(&serial(9), &issuer, &a.id, &csr, 10), None).await.unwrap();
+    store.record_intent(&pending(&serial(5), &issuer, &a.id, &csr, 20), None).await.unwrap();
+    // Same time: the higher serial wins.
+    store.record_intent(&pending(&serial(3), &issuer, &a.id, &[0x01; 32], 30), None).await.unwrap();
+    store.record_intent(&pending(&serial(4), &issuer, &a.id, &[0x01; 32], 30), None).await.unwrap();
+    // The same CSR from another device.
+    store.record_intent(&pending(&serial(7), &issuer, &b.id, &csr, 40), None).await.unwrap();
+    store.complete_issuance(&serial(5), b"five", t(21)).await.unwrap();
+
+    let c = store.certificate_for_csr(&a.id, &csr).await.unwrap().unwrap();
+    assert_eq!(c.serial, serial(5));
+    assert_eq!(c.cert_der.as_deref(), Some(b"five".as_slice()));
+    let c = store.certificate_for_csr(&a.id, &[0x01; 32]).await.unwrap().unwrap();
+    assert_eq!(c.serial, serial(4));
+    let c = store.certificate_for_csr(&b.id, &csr).await.unwrap().unwrap();
+    assert_eq!(c.serial, serial(7));
+    assert_eq!(store.certificate_for_csr(&b.id, &[0x01; 32]).await.unwrap(), None);
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn certificate_paging(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let a = device("dev-a", None);
+    let b = device("dev-b", None);
+    store.insert_device(&a).await.unwrap();
+    store.insert_device(&b).await.unwrap();
+    for n in 0..12u64 {
+        let dev = if n % 3 == 0 { &b.id } else { &a.id };
+        store
+            .record_intent(&pending(&serial(n + 1), &issuer, dev, &[n as u8; 32], n as i64), None)
+            .await
+            .unwrap();
+    }
+
+    // All certificates, 5 at a time.
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list_certificates(None, cursor.as_deref(), 5).await.unwrap();
+        all.extend(page.items.iter().map(|c| c.serial.clone()));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(all, (1..=12).map(serial).collect::<Vec<_>>());
+    // A cursor in upper case (as a person might type it) pages the same way.
+    let upper = serial(3).to_hex().to_uppercase();
+    let page = store.list_certificates(None, Some(&upper), 2).await.unwrap();
+    assert_eq!(page.items.iter().map(|c| c.serial.clone()).collect::<Vec<_>>(), [serial(4), serial(5)]);
+
+    // One device's, 3 at a time: 8 of them.
+    let p1 = store.list_certificates(Some(&a.id), None, 3).await.unwrap();
+    assert_eq!(p1.items.len(), 3);
+    assert!(p1.items.iter().all(|c| c.device == a.id));
+    assert_eq!(p1.next, Some(p1.items[2].serial.to_hex()));
+    let p2 = store.list_certificates(Some(&a.id), p1.next.as_deref(), 3).await.unwrap();
+    let p3 = store.list_certificates(Some(&a.id), p2.next.as_deref(), 3).await.unwrap();
+    assert_eq!((p2.items.len(), p3.items.len(), p3.next.clone()), (3, 2, None));
+    let b_all = store.list_certificates(Some(&b.id), None, 1000).await.unwrap();
+    assert_eq!(b_all.items.len(), 4);
+    let none = store.list_certificates(Some(&DeviceId::new("nobody").unwrap()), None, 10).await.unwrap();
+    assert!(none.items.is_empty());
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn token_is_single_use(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let token = [3u8; 32];
+    let dev = device("dev-1", Some(&token));
+    let other = device("dev-2", Some(&[4u8; 32]));
+    store.insert_device(&dev).await.unwrap();
+    store.insert_device(&other).await.unwrap();
+
+    // Another device's token does not redeem for this one.
+    let e = store.record_intent(&pending(&serial(1), &issuer, &other.id, &[1; 32], 5), Some(&token)).await;
+    assert_eq!(kind(e), ErrorKind::Conflict);
+
+    store.record_intent(&pending(&serial(2), &issuer, &dev.id, &[1; 32], 10), Some(&token)).await.unwrap();
+    let e = store.record_intent(&pending(&serial(3), &issuer, &dev.id, &[2; 32], 11), Some(&token)).await;
+    assert_eq!(kind(e), ErrorKind::Conflict);
+    // Nothing was written by the refused calls.
+    assert_eq!(store.get_certificate(&serial(1)).await.unwrap(), None);
+    assert_eq!(store.get_certificate(&serial(3)).await.unwrap(), None);
+    assert_eq!(store.get_device(&dev.id).await.unwrap().unwrap().token_used_at, Some(t(10)));
+    assert_eq!(store.get_device(&other.id).await.unwrap().unwrap().token_used_at, None);
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn concurrent_redeems_one_wins(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let token = [5u8; 32];
+    let dev = device("dev-1", Some(&token));
+    store.insert_device(&dev).await.unwrap();
+
+    let start = Arc::new(tokio::sync::Barrier::new(50));
+    let mut tasks = Vec::new();
+    for n in 0..50u64 {
+        let store = Arc::clone(&store);
+        let start = Arc::clone(&start);
+        let p = pending(&serial(n + 1), &issuer, &dev.id, &[n as u8; 32], 10);
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            store.record_intent(&p, Some(&token)).await
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    let certs = store.list_certificates(Some(&dev.id), None, 1000).await.unwrap();
+    assert_eq!(certs.items.len(), 1);
+    assert_eq!(store.list_certificates(None, None, 1000).await.unwrap().items.len(), 1);
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn concurrent_completions_agree(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let dev = device("dev-1", None);
+    store.insert_device(&dev).await.unwrap();
+    let s = serial(1);
+    store.record_intent(&pending(&s, &issuer, &dev.id, &[1; 32], 10), None).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for n in 0..10u8 {
+        let store = Arc::clone(&store);
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move { store.complete_issuance(&s, &[n; 8], t(11)).await }));
+    }
+    let mut ders = Vec::new();
+    for task in tasks {
+        ders.push(task.await.unwrap().unwrap().cert_der.unwrap());
+    }
+    assert!(ders.windows(2).all(|w| w[0] == w[1]), "{ders:?}");
+    assert_eq!(store.get_certificate(&s).await.unwrap().unwrap().cert_der, Some(ders[0].clone()));
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn quarantined_device_cannot_redeem(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let token = [6u8; 32];
+    let dev = DeviceRecord { status: DeviceStatus::Quarantined, ..device("dev-q", Some(&token)) };
+    store.insert_device(&dev).await.unwrap();
+
+    let e = store.record_intent(&pending(&serial(1), &issuer, &dev.id, &[1; 32], 10), Some(&token)).await;
+    assert_eq!(kind(e), ErrorKind::Conflict);
+    assert_eq!(store.get_device(&dev.id).await.unwrap(), Some(dev.clone()));
+    assert_eq!(store.get_certificate(&serial(1)).await.unwrap(), None);
+
+    // A quarantined device stays quarantined when a certificate (recorded without a token,
+    // e.g. before the quarantine) is completed.
+    store.record_intent(&pending(&serial(2), &issuer, &dev.id, &[2; 32], 10), None).await.unwrap();
+    store.complete_issuance(&serial(2), b"der", t(11)).await.unwrap();
+    assert_eq!(store.get_device(&dev.id).await.unwrap().unwrap().status, DeviceStatus::Quarantined);
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn revoke(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let dev = device("dev-1", None);
+    store.insert_device(&dev).await.unwrap();
+
+    assert_eq!(
+        kind(store.revoke(&serial(1), RevocationReason::KeyCompromise, t(50)).await),
+        ErrorKind::NotFound
+    );
+
+    store.record_intent(&pending(&serial(1), &issuer, &dev.id, &[1; 32], 10), None).await.unwrap();
+    let e = store.revoke(&serial(1), RevocationReason::KeyCompromise, t(50)).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert!(e.to_string().contains("not issued"), "{e}");
+    assert_eq!(store.get_certificate(&serial(1)).await.unwrap().unwrap().status, CertStatus::Pending);
+
+    let issued = store.complete_issuance(&serial(1), b"der", t(11)).await.unwrap();
+    let revoked = store.revoke(&serial(1), RevocationReason::KeyCompromise, t(50)).await.unwrap();
+    assert_eq!(revoked.status, CertStatus::Revoked);
+    assert_eq!(revoked.revocation, Some((t(50), RevocationReason::KeyCompromise)));
+    assert_eq!(revoked.cert_der, issued.cert_der);
+    assert_eq!(store.get_certificate(&serial(1)).await.unwrap(), Some(revoked.clone()));
+
+    // Idempotent: a second revocation changes nothing, whatever its reason and time.
+    let again = store.revoke(&serial(1), RevocationReason::Superseded, t(60)).await.unwrap();
+    assert_eq!(again, revoked);
+    // Revoked certificates show up in lists and in the CSR lookup with their revocation.
+    let listed = store.list_certificates(Some(&dev.id), None, 10).await.unwrap();
+    assert_eq!(listed.items, vec![revoked.clone()]);
+    assert_eq!(store.certificate_for_csr(&dev.id, &[1; 32]).await.unwrap(), Some(revoked));
+    // Completing a revoked certificate does not un-revoke it.
+    let done = store.complete_issuance(&serial(1), b"other", t(70)).await.unwrap();
+    assert_eq!(done.status, CertStatus::Revoked);
+
+    // Every reason round-trips.
+    let reasons = [
+        RevocationReason::Unspecified,
+        RevocationReason::CaCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::CessationOfOperation,
+        RevocationReason::PrivilegeWithdrawn,
+        RevocationReason::AaCompromise,
+    ];
+    for (i, reason) in reasons.into_iter().enumerate() {
+        let s = serial(100 + i as u64);
+        store.record_intent(&pending(&s, &issuer, &dev.id, &[2; 32], 10), None).await.unwrap();
+        store.complete_issuance(&s, b"der", t(11)).await.unwrap();
+        let r = store.revoke(&s, reason, t(80)).await.unwrap();
+        assert_eq!(r.revocation, Some((t(80), reason)));
+    }
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn serial_collision(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let token = [8u8; 32];
+    let a = device("dev-a", None);
+    let b = device("dev-b", Some(&token));
+    store.insert_device(&a).await.unwrap();
+    store.insert_device(&b).await.unwrap();
+
+    store.record_intent(&pending(&serial(1), &issuer, &a.id, &[1; 32], 10), None).await.unwrap();
+    let e = store.record_intent(&pending(&serial(1), &issuer, &a.id, &[2; 32], 11), None).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict);
+    assert!(e.to_string().contains(&serial(1).to_hex()), "{e}");
+
+    // A collision while redeeming a token rolls the redemption back: the token still works.
+    let e = store.record_intent(&pending(&serial(1), &issuer, &b.id, &[3; 32], 12), Some(&token)).await;
+    assert_eq!(kind(e), ErrorKind::Conflict);
+    assert_eq!(store.get_device(&b.id).await.unwrap().unwrap().token_used_at, None);
+    store.record_intent(&pending(&serial(2), &issuer, &b.id, &[3; 32], 13), Some(&token)).await.unwrap();
+
+    // The original is untouched.
+    let c = store.get_certificate(&serial(1)).await.unwrap().unwrap();
+    assert_eq!((c.device, c.csr_sha256), (a.id, vec![1; 32]));
+
+    drop(store);
+    db.cleanup().await;
+}
+
+async fn migrations_run_twice(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let first = open(&db).await;
+    first.insert_device(&device("dev-1", None)).await.unwrap();
+    // A second store on the same database while the first is open, then after it is gone.
+    let second = open(&db).await;
+    assert!(second.get_device(&DeviceId::new("dev-1").unwrap()).await.unwrap().is_some());
+    drop(first);
+    drop(second);
+    let third = open(&db).await;
+    assert!(third.get_device(&DeviceId::new("dev-1").unwrap()).await.unwrap().is_some());
+    drop(third);
+    db.cleanup().await;
+}
+
+// --- single-backend cases ---
+
+#[tokio::test]
+async fn unreachable_postgres_is_unavailable() {
+    let started = Instant::now();
+    let e = PgStore::connect("postgres://devid:s3cret-pw@127.0.0.1:1/devid").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("127.0.0.1:1/devid"), "{e}");
+    assert!(!e.to_string().contains("s3cret"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn closed_stores_are_unavailable() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let pg = PgStore::connect(&db.url).await.unwrap();
+    pg.ping().await.unwrap();
+    pg.close().await;
+    assert_eq!(kind(pg.ping().await), ErrorKind::Unavailable);
+    db.cleanup().await;
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let lite = SqliteStore::connect(&db.url).await.unwrap();
+    lite.ping().await.unwrap();
+    lite.close().await;
+    assert_eq!(kind(lite.ping().await), ErrorKind::Unavailable);
+    assert_eq!(kind(lite.insert_device(&device("d", None)).await), ErrorKind::Unavailable);
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn unopenable_sqlite_file_is_unavailable() {
+    let e = SqliteStore::connect("sqlite:/nonexistent-devid-dir/sub/devid.db").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+}
+
+#[tokio::test]
+async fn connect_dispatches_on_the_url() {
+    assert_eq!(kind(devid_store::connect("mysql://x/y").await), ErrorKind::InvalidInput);
+
+    // In memory: one shared connection, so what is written is read back.
+    let store = devid_store::connect("sqlite::memory:").await.unwrap();
+    assert_eq!(store.backend(), "sqlite");
+    let issuer = with_ca(&*store).await;
+    let dev = device("dev-1", Some(&[1; 32]));
+    store.insert_device(&dev).await.unwrap();
+    store.record_intent(&pending(&serial(1), &issuer, &dev.id, &[1; 32], 10), Some(&[1; 32])).await.unwrap();
+    let c = store.complete_issuance(&serial(1), b"der", t(11)).await.unwrap();
+    assert_eq!(store.get_certificate(&serial(1)).await.unwrap(), Some(c));
+    assert_eq!(store.list_devices(None, 10).await.unwrap().items.len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_file_is_created_and_persists() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let path = db.url.strip_prefix("sqlite:").unwrap().to_string();
+    assert!(!std::path::Path::new(&path).exists());
+    let store = SqliteStore::connect(&db.url).await.unwrap();
+    store.insert_device(&device("dev-1", None)).await.unwrap();
+    store.close().await;
+    assert!(std::path::Path::new(&path).exists());
+    let store = SqliteStore::connect(&db.url).await.unwrap();
+    assert!(store.get_device(&DeviceId::new("dev-1").unwrap()).await.unwrap().is_some());
+    store.close().await;
+    db.cleanup().await;
+}

@@ -1,0 +1,13 @@
+//! Test helpers for devid (a dev-dependency only): a fresh database per test on PostgreSQL
+//! or SQLite ([`db`]), the SoftHSM2 token prepared by `tests/run.sh` ([`hsm`]), and
+//! device-side PKI material: keys, CSRs and `openssl` checks ([`pki`]).
+//!
+//! Nothing here skips: a missing PostgreSQL, SoftHSM2 or openssl fails the test with the
+//! command that fixes it.
+#![forbid(unsafe_code)]
+#![allow(missing_docs)]
+#![allow(clippy::unwrap_used)]
+
+pub mod db;
+pub mod hsm;
+pub mod pki;

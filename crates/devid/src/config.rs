@@ -1,0 +1,483 @@
+//! Configuration: defaults, then a TOML file (`--config`), then `DEVID_*` environment
+//! variables (nested keys with `__`, e.g. `DEVID_ISSUANCE__VALIDITY=12h`), then flags.
+//! Every error names the key it is about.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
+
+/// A secret from the configuration: never printed, wiped when dropped.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret text: pass it straight to the part that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..redacted..)")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// The raw configuration, as read. Unknown keys in the file are errors.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// HTTP listen address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Data directory (SQLite database, software keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite:PATH` or `postgres://…`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// The public base URL printed into certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Issuance policy.
+    pub issuance: IssuanceRaw,
+    /// Key management.
+    pub kms: KmsRaw,
+    /// Logging.
+    pub log: LogRaw,
+}
+
+/// `[issuance]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuanceRaw {
+    /// Device certificate lifetime, e.g. `24h`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validity: Option<String>,
+    /// notBefore backdating, e.g. `1m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backdate: Option<String>,
+    /// URI SAN prefix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_uri_prefix: Option<String>,
+}
+
+/// `[kms]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KmsRaw {
+    /// Software key directory (default `<data_dir>/keys`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soft_dir: Option<PathBuf>,
+    /// Passphrase for the software keys' key-encryption key (Argon2id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<Secret>,
+    /// A file holding a 32-byte key-encryption key (hex or base64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kek_file: Option<PathBuf>,
+    /// PKCS#11.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pkcs11: Option<Pkcs11Raw>,
+}
+
+/// `[kms.pkcs11]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pkcs11Raw {
+    /// The PKCS#11 module (shared library).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<PathBuf>,
+    /// The user PIN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<Secret>,
+    /// A file holding the user PIN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_file: Option<PathBuf>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogRaw {
+    /// `text` or `json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// A tracing filter, e.g. `info` or `devid=debug,info`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+}
+
+/// Where the software keys' key-encryption key comes from.
+#[derive(Debug, Clone)]
+pub enum KekSource {
+    /// A passphrase (Argon2id).
+    Passphrase(Secret),
+    /// A key file.
+    File(PathBuf),
+    /// Nothing configured: a generated key file in the data directory (development only).
+    Generated(PathBuf),
+}
+
+/// PKCS#11 settings.
+#[derive(Debug, Clone)]
+pub struct Pkcs11Config {
+    /// The module.
+    pub module: PathBuf,
+    /// The PIN.
+    pub pin: Secret,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Database URL.
+    pub database_url: String,
+    /// Public base URL; `None` means "http://<bound address>".
+    pub public_url: Option<url::Url>,
+    /// Device certificate lifetime.
+    pub validity: Duration,
+    /// notBefore backdating.
+    pub backdate: Duration,
+    /// URI SAN prefix.
+    pub device_uri_prefix: String,
+    /// Software key directory.
+    pub soft_dir: PathBuf,
+    /// KEK source.
+    pub kek: KekSource,
+    /// PKCS#11, if configured.
+    pub pkcs11: Option<Pkcs11Config>,
+    /// Log format is JSON.
+    pub log_json: bool,
+    /// Log filter.
+    pub log_level: String,
+}
+
+/// A configuration error, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(key: &str, msg: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("key `{key}`: {msg}"))
+}
+
+/// The top-level keys, used to keep unrelated `DEVID_*` variables (e.g. the test
+/// runner's `DEVID_TEST_*`) out of the configuration.
+const KEYS: [&str; 7] = ["listen", "data_dir", "database_url", "public_url", "issuance", "kms", "log"];
+
+/// Whether a `DEVID_`-stripped, lowercased variable name is one of ours (`listen`,
+/// `kms__passphrase`, …), as opposed to e.g. the test runner's `DEVID_TEST_*`.
+fn is_config_var(name: &str) -> bool {
+    KEYS.iter().any(|key| name == *key || name.strip_prefix(key).is_some_and(|rest| rest.starts_with("__")))
+}
+
+/// `DEVID_*` variables as configuration, every value a string. (figment's own `Env` infers
+/// types, which turns a PIN like `0123` into the number 123.)
+struct EnvStrings(Vec<(String, String)>);
+
+impl EnvStrings {
+    fn from_process() -> Self {
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let name = k.to_str()?.strip_prefix("DEVID_")?.to_ascii_lowercase();
+                is_config_var(&name).then(|| (name, v.to_string_lossy().into_owned()))
+            })
+            .collect();
+        EnvStrings(vars)
+    }
+}
+
+fn insert_path(dict: &mut Dict, path: &[&str], value: &str) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert((*last).to_string(), Value::from(value.to_string()));
+        }
+        [first, rest @ ..] => {
+            let entry = dict.entry((*first).to_string()).or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+impl Provider for EnvStrings {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("`DEVID_` environment variable(s)")
+    }
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (name, value) in &self.0 {
+            let path: Vec<&str> = name.split("__").collect();
+            insert_path(&mut dict, &path, value);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Read the configuration: defaults < file < environment < `overrides` (flags).
+pub fn load(file: Option<&Path>, overrides: &RawConfig) -> Result<Config, ConfigError> {
+    let mut fig = Figment::new();
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError(format!("config file {} does not exist", path.display())));
+        }
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    fig = fig.merge(EnvStrings::from_process()).merge(Serialized::defaults(overrides));
+    let raw: RawConfig = fig.extract().map_err(|e| {
+        let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+        ConfigError(msgs.join("; "))
+    })?;
+    validate(raw)
+}
+
+fn duration(
+    key: &str,
+    v: Option<&str>,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = match v {
+        None => default,
+        Some(s) => {
+            humantime::parse_duration(s).map_err(|e| bad(key, format!("invalid duration '{s}': {e}")))?
+        }
+    };
+    if d < min || d > max {
+        return Err(bad(
+            key,
+            format!(
+                "{} is out of range ({} to {})",
+                humantime::format_duration(d),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| bad("listen", format!("'{listen_text}' is not an address like 127.0.0.1:8080")))?;
+    let data_dir = raw.data_dir.clone().unwrap_or_else(|| PathBuf::from("./devid-data"));
+    let database_url = match raw.database_url.as_deref() {
+        None => format!("sqlite:{}", data_dir.join("devid.db").display()),
+        Some(u)
+            if u.starts_with("sqlite:") || u.starts_with("postgres://") || u.starts_with("postgresql://") =>
+        {
+            u.to_string()
+        }
+        Some(_) => return Err(bad("database_url", "must start with sqlite: or postgres://")),
+    };
+    let public_url = match raw.public_url.as_deref() {
+        None => None,
+        Some(s) => {
+            let u = url::Url::parse(s).map_err(|e| bad("public_url", format!("'{s}' is not a URL: {e}")))?;
+            if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+                return Err(bad(
+                    "public_url",
+                    format!("'{s}' must be an http:// or https:// URL with a host"),
+                ));
+            }
+            if u.query().is_some() || u.fragment().is_some() {
+                return Err(bad("public_url", "must not have a query or fragment"));
+            }
+            Some(u)
+        }
+    };
+    let validity = duration(
+        "issuance.validity",
+        raw.issuance.validity.as_deref(),
+        Duration::from_secs(24 * 3600),
+        Duration::from_secs(5 * 60),
+        Duration::from_secs(397 * 24 * 3600),
+    )?;
+    let backdate = duration(
+        "issuance.backdate",
+        raw.issuance.backdate.as_deref(),
+        Duration::from_secs(60),
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    )?;
+    let device_uri_prefix = raw
+        .issuance
+        .device_uri_prefix
+        .clone()
+        .unwrap_or_else(|| devid_ca::profile::DEFAULT_DEVICE_URI_PREFIX.to_string());
+    if url::Url::parse(&format!("{device_uri_prefix}x")).is_err()
+        || device_uri_prefix.contains(char::is_whitespace)
+    {
+        return Err(bad(
+            "issuance.device_uri_prefix",
+            format!("'{device_uri_prefix}' + a device id is not a URI"),
+        ));
+    }
+    let soft_dir = raw.kms.soft_dir.clone().unwrap_or_else(|| data_dir.join("keys"));
+    let kek = match (&raw.kms.passphrase, &raw.kms.kek_file) {
+        (Some(_), Some(_)) => {
+            return Err(bad("kms.passphrase", "set either kms.passphrase or kms.kek_file, not both"));
+        }
+        (Some(p), None) if p.expose().chars().count() < 12 => {
+            return Err(bad("kms.passphrase", "must be at least 12 characters"));
+        }
+        (Some(p), None) => KekSource::Passphrase(p.clone()),
+        (None, Some(f)) => KekSource::File(f.clone()),
+        (None, None) => KekSource::Generated(data_dir.join("kek")),
+    };
+    let pkcs11 = match &raw.kms.pkcs11 {
+        None => None,
+        Some(p) => {
+            let module = p
+                .module
+                .clone()
+                .ok_or_else(|| bad("kms.pkcs11.module", "is required when [kms.pkcs11] is set"))?;
+            if !module.is_file() {
+                return Err(bad("kms.pkcs11.module", format!("{} does not exist", module.display())));
+            }
+            let pin = match (&p.pin, &p.pin_file) {
+                (Some(pin), None) => pin.clone(),
+                (None, Some(f)) => {
+                    let text = std::fs::read_to_string(f).map_err(|e| {
+                        bad("kms.pkcs11.pin_file", format!("cannot read {}: {e}", f.display()))
+                    })?;
+                    Secret(text.trim().to_string())
+                }
+                _ => {
+                    return Err(bad(
+                        "kms.pkcs11.pin",
+                        "set exactly one of kms.pkcs11.pin and kms.pkcs11.pin_file",
+                    ));
+                }
+            };
+            Some(Pkcs11Config { module, pin })
+        }
+    };
+    let log_json = match raw.log.format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => return Err(bad("log.format", format!("'{other}' is not text or json"))),
+    };
+    let log_level = raw.log.level.clone().unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        return Err(bad("log.level", format!("'{log_level}' is not a valid filter")));
+    }
+    Ok(Config {
+        listen,
+        data_dir,
+        database_url,
+        public_url,
+        validity,
+        backdate,
+        device_uri_prefix,
+        soft_dir,
+        kek,
+        pkcs11,
+        log_json,
+        log_level,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            Figment::new().merge(Toml::string(text)).extract().map_err(|e| ConfigError(e.to_string()))?;
+        validate(raw)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = from_toml("").expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./devid-data"));
+        assert_eq!(c.database_url, "sqlite:./devid-data/devid.db");
+        assert_eq!(c.validity, Duration::from_secs(86400));
+        assert!(matches!(c.kek, KekSource::Generated(_)));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("listen = 'nope'", "listen"),
+            ("database_url = 'mysql://x'", "database_url"),
+            ("public_url = 'ftp://x'", "public_url"),
+            ("[issuance]\nvalidity = 'forever'", "issuance.validity"),
+            ("[issuance]\nvalidity = '1s'", "issuance.validity"),
+            ("[kms]\npassphrase = 'short'", "kms.passphrase"),
+            ("[kms.pkcs11]\npin = '1234'", "kms.pkcs11.module"),
+            ("[log]\nformat = 'xml'", "log.format"),
+            ("listne = '1'", "listne"),
+        ] {
+            let err = from_toml(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn unset_flags_do_not_hide_the_file() {
+        // Flags that were not given must not override what lower layers set.
+        let raw: RawConfig = Figment::new()
+            .merge(Toml::string("listen = '127.0.0.1:9999'\n[issuance]\nvalidity = '2h'"))
+            .merge(Serialized::defaults(RawConfig::default()))
+            .extract()
+            .expect("extract");
+        let c = validate(raw).expect("valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.validity, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn only_our_variables_are_configuration() {
+        for ours in ["listen", "data_dir", "kms__passphrase", "issuance__validity", "kms__pkcs11__pin"] {
+            assert!(is_config_var(ours), "{ours}");
+        }
+        for theirs in ["test_database_url", "test_pkcs11_pin", "listener", "kmsx__a", "config"] {
+            assert!(!is_config_var(theirs), "{theirs}");
+        }
+    }
+
+    #[test]
+    fn environment_values_stay_strings() {
+        let env = EnvStrings(vec![
+            ("kms__pkcs11__pin".into(), "0123".into()),
+            ("kms__pkcs11__module".into(), "/bin/sh".into()),
+            ("issuance__validity".into(), "2h".into()),
+        ]);
+        let raw: RawConfig = Figment::new().merge(env).extract().expect("extract");
+        assert_eq!(raw.kms.pkcs11.as_ref().and_then(|p| p.pin.as_ref()).map(|p| p.expose()), Some("0123"));
+        assert_eq!(raw.issuance.validity.as_deref(), Some("2h"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret("hunter2hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let c = from_toml("[kms]\npassphrase = 'correct horse battery'").expect("valid");
+        assert!(!format!("{c:?}").contains("horse"));
+    }
+}

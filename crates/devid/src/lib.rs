@@ -1,0 +1,485 @@
+//! The `devid` command: configuration, CLI, wiring and tracing. The logic lives in the
+//! library crates; this crate only puts them together.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod config;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use devid_authority::{Authority, AuthorityConfig, CaInitParams};
+use devid_ca::profile::CaSubject;
+use devid_core::{Clock, DeviceId, Entropy, KeyRef, OsEntropy, SystemClock};
+use devid_kms::{Kms, soft::Kek, soft::SoftKeyStore};
+use devid_store::{CaKind, Store};
+
+use crate::config::{Config, KekSource, RawConfig};
+
+/// devid: zero-touch device provisioning with its own PKI certificate authority.
+#[derive(Debug, Parser)]
+#[command(name = "devid", version, about, propagate_version = true)]
+pub struct Cli {
+    /// A TOML configuration file. Every key can also be set with a DEVID_* variable
+    /// (nested keys joined by "__", e.g. DEVID_ISSUANCE__VALIDITY=12h).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory: SQLite database and software keys [default: ./devid-data].
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database: sqlite:PATH or postgres://USER@HOST/DB [default: sqlite:<data-dir>/devid.db].
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service. With no configuration: ./devid-data, SQLite, software keys, a
+    /// development CA, HTTP on 127.0.0.1:8080.
+    Serve(ServeArgs),
+    /// CA operations.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Device operations.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Print the OpenAPI 3.1 document of the HTTP API.
+    Openapi,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// HTTP listen address [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Public base URL put into certificates (OCSP, CA issuers, CRL) [default: http://<listen address>].
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KmsKind {
+    /// Encrypted software keys in the key directory.
+    Soft,
+    /// A PKCS#11 token ([kms.pkcs11] module and PIN from the configuration).
+    Pkcs11,
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// The CA ceremony: create the root and the issuing CA, with keys in a KMS.
+    Init(Box<CaInitArgs>),
+    /// Show the CAs in the store.
+    Show {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CaInitArgs {
+    /// Where the keys are created.
+    #[arg(long, value_enum, default_value = "soft")]
+    kms: KmsKind,
+    /// The PKCS#11 token label (with --kms pkcs11).
+    #[arg(long, value_name = "LABEL", required_if_eq("kms", "pkcs11"))]
+    token: Option<String>,
+    /// The root key reference [default: generated in the chosen KMS].
+    #[arg(long, value_name = "KEYREF")]
+    root_key: Option<String>,
+    /// The issuing key reference [default: generated in the chosen KMS].
+    #[arg(long, value_name = "KEYREF")]
+    issuing_key: Option<String>,
+    /// Keep the root key offline: it is not recorded in the store and the service never uses it.
+    #[arg(long)]
+    offline_root: bool,
+    /// With --offline-root and soft keys: create the root key in this directory (e.g. removable media).
+    #[arg(long, value_name = "DIR", requires = "offline_root")]
+    root_keystore: Option<PathBuf>,
+    /// Organization name in both CA subjects.
+    #[arg(long, default_value = "devid")]
+    organization: String,
+    /// Root CA common name.
+    #[arg(long, default_value = "devid Root CA")]
+    root_cn: String,
+    /// Issuing CA common name.
+    #[arg(long, default_value = "devid Issuing CA")]
+    issuing_cn: String,
+    /// Root lifetime.
+    #[arg(long, default_value = "20y", value_parser = parse_duration)]
+    root_validity: std::time::Duration,
+    /// Issuing CA lifetime.
+    #[arg(long, default_value = "5y", value_parser = parse_duration)]
+    issuing_validity: std::time::Duration,
+    /// Replace an existing CA (the old CAs stay in the store, inactive).
+    #[arg(long)]
+    force: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Register a device and print its one-time enrollment token.
+    Add {
+        /// The device id (1-128 of A-Z a-z 0-9 . _ : -).
+        #[arg(long)]
+        id: String,
+        /// Print {"id": …, "token": …}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// A command failed: the message is for the operator.
+#[derive(Debug)]
+pub struct CliError(String);
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError(e.to_string())
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let mut overrides = RawConfig {
+        data_dir: cli.data_dir.clone(),
+        database_url: cli.database_url.clone(),
+        ..Default::default()
+    };
+    if let Command::Serve(a) = &cli.command {
+        overrides.listen = a.listen.clone();
+        overrides.public_url = a.public_url.clone();
+    }
+    let cfg = config::load(cli.config.as_deref(), &overrides)?;
+    init_tracing(&cfg);
+    match cli.command {
+        Command::Serve(_) => serve(cfg).await,
+        Command::Ca(CaCommand::Init(args)) => ca_init(&cfg, *args).await,
+        Command::Ca(CaCommand::Show { json }) => ca_show(&cfg, json).await,
+        Command::Device(DeviceCommand::Add { id, json }) => device_add(&cfg, &id, json).await,
+        Command::Openapi => {
+            println!("{}", openapi_json()?);
+            Ok(())
+        }
+    }
+}
+
+/// The OpenAPI document as pretty JSON (what is committed under `openapi/`).
+pub fn openapi_json() -> Result<String, CliError> {
+    Ok(devid_api::openapi().to_pretty_json()?)
+}
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // try_init: a second initialisation (tests) is not an error worth stopping for.
+    let _ = if cfg.log_json { builder.json().try_init() } else { builder.try_init() };
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), CliError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| CliError(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
+fn kek(cfg: &Config) -> Result<Kek, CliError> {
+    Ok(match &cfg.kek {
+        KekSource::Passphrase(p) => Kek::Passphrase(zeroize::Zeroizing::new(p.expose().to_string())),
+        KekSource::File(f) => Kek::from_key_file(f)?,
+        KekSource::Generated(f) => {
+            if !f.exists() {
+                create_private_dir(&cfg.data_dir)?;
+                Kek::generate_key_file(f)?;
+                tracing::warn!(
+                    path = %f.display(),
+                    "generated a key-encryption key next to the data; for production set kms.passphrase or kms.kek_file"
+                );
+            }
+            Kek::from_key_file(f)?
+        }
+    })
+}
+
+fn build_kms(cfg: &Config) -> Result<Kms, CliError> {
+    let mut kms = Kms::new().with_soft(SoftKeyStore::open(&cfg.soft_dir, kek(cfg)?)?);
+    if let Some(p) = &cfg.pkcs11 {
+        let m = devid_kms::pkcs11::Pkcs11KeyManager::new(
+            &p.module,
+            zeroize::Zeroizing::new(p.pin.expose().to_string()),
+        )?;
+        kms = kms.with_pkcs11(m);
+    }
+    Ok(kms)
+}
+
+async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, CliError> {
+    if cfg.database_url.starts_with("sqlite:") {
+        create_private_dir(&cfg.data_dir)?;
+    }
+    devid_store::connect(&cfg.database_url)
+        .await
+        .map_err(|e| CliError(format!("database {}: {e}", redact_url(&cfg.database_url))))
+}
+
+/// A database URL without its password, for messages.
+fn redact_url(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => u.to_string(),
+    }
+}
+
+fn random_suffix(rng: &dyn Entropy) -> String {
+    let mut b = [0u8; 4];
+    rng.fill(&mut b);
+    hex::encode(b)
+}
+
+fn subject(org: &str, cn: &str) -> CaSubject {
+    CaSubject { common_name: cn.to_string(), organization: org.to_string() }
+}
+
+async fn serve(cfg: Config) -> Result<(), CliError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let rng: Arc<dyn Entropy> = Arc::new(OsEntropy);
+    let store = open_store(&cfg).await?;
+    let kms = Arc::new(build_kms(&cfg)?);
+    if store.active_ca(CaKind::Issuing).await?.is_none() {
+        // First start on a bare machine: a development CA with software keys.
+        let sfx = random_suffix(rng.as_ref());
+        let params = CaInitParams {
+            root_key: KeyRef::soft(&format!("devid-root-{sfx}"))?,
+            issuing_key: KeyRef::soft(&format!("devid-issuing-{sfx}"))?,
+            root_subject: subject("devid", "devid Development Root CA"),
+            issuing_subject: subject("devid", "devid Development Issuing CA"),
+            root_validity_secs: 10 * 365 * 86400,
+            issuing_validity_secs: 5 * 365 * 86400,
+            offline_root: false,
+            force: false,
+        };
+        devid_authority::init_ca(
+            store.as_ref(),
+            kms.clone(),
+            kms.clone(),
+            clock.as_ref(),
+            rng.as_ref(),
+            &params,
+        )
+        .await?;
+        println!("created a development CA (software keys in {})", cfg.soft_dir.display());
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| CliError(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let addr = listener.local_addr()?;
+    let public_url = match &cfg.public_url {
+        Some(u) => u.clone(),
+        None => url::Url::parse(&format!("http://{addr}"))?,
+    };
+    let authority = Authority::load(
+        store.clone(),
+        kms,
+        clock,
+        rng,
+        AuthorityConfig {
+            public_url: public_url.clone(),
+            leaf_validity_secs: cfg.validity.as_secs() as i64,
+            backdate_secs: cfg.backdate.as_secs() as i64,
+            device_uri_prefix: cfg.device_uri_prefix.clone(),
+        },
+    )
+    .await?;
+    let issuer = authority.issuer().await;
+    let base = public_url.as_str().trim_end_matches('/');
+    println!("devid {}", env!("CARGO_PKG_VERSION"));
+    println!("store: {} ({})", store.backend(), redact_url(&cfg.database_url));
+    println!("root CA SHA-256 fingerprint: {}", devid_ca::fingerprint_sha256(&issuer.root_der));
+    println!("issuing CA: {}", issuer.id);
+    println!("enroll: POST {base}/v1/enroll   chain: GET {base}/v1/ca/chain   API: GET {base}/openapi.json");
+    println!("listening on http://{addr}");
+    let app = devid_api::router(devid_api::AppState { authority: Arc::new(authority) });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn ca_init(cfg: &Config, a: CaInitArgs) -> Result<(), CliError> {
+    let clock = SystemClock;
+    let rng = OsEntropy;
+    let store = open_store(cfg).await?;
+    let kms: Arc<Kms> = Arc::new(build_kms(cfg)?);
+    let sfx = random_suffix(&rng);
+    let default_ref = |role: &str| -> Result<KeyRef, CliError> {
+        let object = format!("devid-{role}-{sfx}");
+        Ok(match a.kms {
+            KmsKind::Soft => KeyRef::soft(&object)?,
+            KmsKind::Pkcs11 => {
+                let token = a
+                    .token
+                    .clone()
+                    .ok_or_else(|| CliError("--token is required with --kms pkcs11".into()))?;
+                format!("pkcs11:token={token};object={object}").parse()?
+            }
+        })
+    };
+    let root_key = match &a.root_key {
+        Some(r) => r.parse::<KeyRef>()?,
+        None => default_ref("root")?,
+    };
+    let issuing_key = match &a.issuing_key {
+        Some(r) => r.parse::<KeyRef>()?,
+        None => default_ref("issuing")?,
+    };
+    if a.kms == KmsKind::Pkcs11 && cfg.pkcs11.is_none() {
+        return Err(CliError(
+            "--kms pkcs11 needs [kms.pkcs11] module and pin in the configuration (or DEVID_KMS__PKCS11__MODULE and DEVID_KMS__PKCS11__PIN)".into(),
+        ));
+    }
+    let root_kms: Arc<dyn devid_kms::KeyManager> = match &a.root_keystore {
+        Some(dir) => Arc::new(Kms::new().with_soft(SoftKeyStore::open(dir, kek(cfg)?)?)),
+        None => kms.clone(),
+    };
+    let params = CaInitParams {
+        root_key,
+        issuing_key,
+        root_subject: subject(&a.organization, &a.root_cn),
+        issuing_subject: subject(&a.organization, &a.issuing_cn),
+        root_validity_secs: a.root_validity.as_secs() as i64,
+        issuing_validity_secs: a.issuing_validity.as_secs() as i64,
+        offline_root: a.offline_root,
+        force: a.force,
+    };
+    let report = devid_authority::init_ca(store.as_ref(), root_kms, kms, &clock, &rng, &params).await?;
+    let fp = devid_ca::fingerprint_sha256(&report.root_der);
+    if a.json {
+        let v = serde_json::json!({
+            "root_id": report.root_id.to_string(),
+            "issuing_id": report.issuing_id.to_string(),
+            "root_key": params.root_key.to_string(),
+            "issuing_key": params.issuing_key.to_string(),
+            "offline_root": params.offline_root,
+            "root_fingerprint_sha256": fp,
+            "root_pem": devid_ca::to_pem("CERTIFICATE", &report.root_der),
+            "issuing_pem": devid_ca::to_pem("CERTIFICATE", &report.issuing_der),
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "root CA {} (key {}{})",
+            report.root_id,
+            params.root_key,
+            if a.offline_root { ", offline" } else { "" }
+        );
+        println!("issuing CA {} (key {})", report.issuing_id, params.issuing_key);
+        println!("root CA SHA-256 fingerprint: {fp}");
+    }
+    Ok(())
+}
+
+async fn ca_show(cfg: &Config, json: bool) -> Result<(), CliError> {
+    let store = open_store(cfg).await?;
+    let cas = store.list_cas().await?;
+    if cas.is_empty() {
+        return Err(CliError("no CA exists yet: run `devid ca init` (or start `devid serve` once)".into()));
+    }
+    let rows: Vec<serde_json::Value> = cas
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "id": c.id.to_string(),
+                "kind": match c.kind { CaKind::Root => "root", CaKind::Issuing => "issuing" },
+                "active": c.active,
+                "key": c.key_ref.clone().unwrap_or_else(|| "offline".to_string()),
+                "not_after": c.not_after.to_rfc3339(),
+                "fingerprint_sha256": devid_ca::fingerprint_sha256(&c.cert_der),
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for r in rows {
+            println!(
+                "{} {} active={} key={} not_after={} sha256={}",
+                r["id"].as_str().unwrap_or(""),
+                r["kind"].as_str().unwrap_or(""),
+                r["active"],
+                r["key"].as_str().unwrap_or(""),
+                r["not_after"].as_str().unwrap_or(""),
+                r["fingerprint_sha256"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn device_add(cfg: &Config, id: &str, json: bool) -> Result<(), CliError> {
+    let id = DeviceId::new(id).map_err(|e| CliError(format!("--id: {e}")))?;
+    let store = open_store(cfg).await?;
+    let (_, token) =
+        devid_authority::register_device(store.as_ref(), &SystemClock, &OsEntropy, &id, true).await?;
+    let token = token.ok_or_else(|| CliError("no token was generated".into()))?;
+    if json {
+        println!("{}", serde_json::json!({ "id": id.to_string(), "token": token.reveal() }));
+    } else {
+        println!("device {id} registered; one-time enrollment token (shown once):");
+        println!("{}", token.reveal());
+    }
+    Ok(())
+}

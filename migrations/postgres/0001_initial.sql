@@ -1,0 +1,62 @@
+-- devid schema, PostgreSQL. Times are Unix seconds (BIGINT) and ids are TEXT, as in the
+-- SQLite schema, so that both backends run the same SQL text and use the same index shapes.
+-- Key columns use the "C" collation: byte order, the same order as SQLite's BINARY, so
+-- cursor paging is independent of the database's locale.
+
+-- CA certificates. Rows are never deleted: certificates reference their issuer for as long
+-- as they exist. A hierarchy is replaced by marking the old rows inactive and inserting new
+-- rows under new ids.
+CREATE TABLE cas (
+    id          TEXT COLLATE "C" PRIMARY KEY,
+    kind        TEXT NOT NULL CHECK (kind IN ('root', 'issuing')),
+    parent_id   TEXT COLLATE "C" NULL REFERENCES cas (id),
+    cert_der    BYTEA NOT NULL,
+    key_ref     TEXT NULL,
+    ski         BYTEA NOT NULL,
+    not_before  BIGINT NOT NULL,
+    not_after   BIGINT NOT NULL,
+    active      BOOLEAN NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+-- At most one active CA of each kind.
+CREATE UNIQUE INDEX cas_one_active_per_kind ON cas (kind) WHERE active;
+
+CREATE TABLE devices (
+    id             TEXT COLLATE "C" PRIMARY KEY,
+    status         TEXT NOT NULL CHECK (status IN ('registered', 'enrolled', 'quarantined')),
+    -- SHA-256 of the one-time enrollment token.
+    token_hash     BYTEA NULL UNIQUE,
+    token_used_at  BIGINT NULL,
+    created_at     BIGINT NOT NULL,
+    updated_at     BIGINT NOT NULL
+);
+
+CREATE TABLE certificates (
+    -- Lowercase hex of the serial's magnitude (Serial::to_hex).
+    serial      TEXT COLLATE "C" PRIMARY KEY,
+    issuer_id   TEXT COLLATE "C" NOT NULL REFERENCES cas (id),
+    device_id   TEXT COLLATE "C" NOT NULL REFERENCES devices (id),
+    status      TEXT NOT NULL CHECK (status IN ('pending', 'issued', 'revoked')),
+    not_before  BIGINT NOT NULL,
+    not_after   BIGINT NOT NULL,
+    csr_sha256  BYTEA NOT NULL,
+    -- The TBSCertificate recorded before signing (step 4), byte for byte.
+    tbs_der     BYTEA NOT NULL,
+    -- The signed certificate (step 6); present exactly when the certificate is not pending.
+    cert_der    BYTEA NULL,
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL,
+    CONSTRAINT certificates_signed_unless_pending CHECK ((status = 'pending') = (cert_der IS NULL))
+);
+CREATE INDEX certificates_device_serial ON certificates (device_id, serial);
+CREATE INDEX certificates_device_csr ON certificates (device_id, csr_sha256);
+CREATE INDEX certificates_status_not_after ON certificates (status, not_after);
+CREATE INDEX certificates_issuer_status_not_after ON certificates (issuer_id, status, not_after);
+
+CREATE TABLE revocations (
+    serial      TEXT COLLATE "C" PRIMARY KEY REFERENCES certificates (serial),
+    -- The RFC 5280 CRLReason code.
+    reason      SMALLINT NOT NULL,
+    revoked_at  BIGINT NOT NULL
+);
+CREATE INDEX revocations_revoked_at ON revocations (revoked_at);

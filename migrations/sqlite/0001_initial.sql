@@ -1,0 +1,63 @@
+-- devid schema, SQLite. Times are Unix seconds (INTEGER, i.e. 64-bit) and ids are TEXT, as
+-- in the PostgreSQL schema, so that both backends run the same SQL text and use the same
+-- index shapes. Tables are STRICT: a value of the wrong type is refused, not coerced.
+-- Booleans are INTEGER 0/1 (STRICT tables have no BOOLEAN type). Text compares with the
+-- BINARY collation (byte order), as the PostgreSQL key columns do with "C".
+
+-- CA certificates. Rows are never deleted: certificates reference their issuer for as long
+-- as they exist. A hierarchy is replaced by marking the old rows inactive and inserting new
+-- rows under new ids.
+CREATE TABLE cas (
+    id          TEXT PRIMARY KEY NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('root', 'issuing')),
+    parent_id   TEXT NULL REFERENCES cas (id),
+    cert_der    BLOB NOT NULL,
+    key_ref     TEXT NULL,
+    ski         BLOB NOT NULL,
+    not_before  INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    active      INTEGER NOT NULL CHECK (active IN (0, 1)),
+    created_at  INTEGER NOT NULL
+) STRICT;
+-- At most one active CA of each kind.
+CREATE UNIQUE INDEX cas_one_active_per_kind ON cas (kind) WHERE active;
+
+CREATE TABLE devices (
+    id             TEXT PRIMARY KEY NOT NULL,
+    status         TEXT NOT NULL CHECK (status IN ('registered', 'enrolled', 'quarantined')),
+    -- SHA-256 of the one-time enrollment token.
+    token_hash     BLOB NULL UNIQUE,
+    token_used_at  INTEGER NULL,
+    created_at     INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE certificates (
+    -- Lowercase hex of the serial's magnitude (Serial::to_hex).
+    serial      TEXT PRIMARY KEY NOT NULL,
+    issuer_id   TEXT NOT NULL REFERENCES cas (id),
+    device_id   TEXT NOT NULL REFERENCES devices (id),
+    status      TEXT NOT NULL CHECK (status IN ('pending', 'issued', 'revoked')),
+    not_before  INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    csr_sha256  BLOB NOT NULL,
+    -- The TBSCertificate recorded before signing (step 4), byte for byte.
+    tbs_der     BLOB NOT NULL,
+    -- The signed certificate (step 6); present exactly when the certificate is not pending.
+    cert_der    BLOB NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    CONSTRAINT certificates_signed_unless_pending CHECK ((status = 'pending') = (cert_der IS NULL))
+) STRICT;
+CREATE INDEX certificates_device_serial ON certificates (device_id, serial);
+CREATE INDEX certificates_device_csr ON certificates (device_id, csr_sha256);
+CREATE INDEX certificates_status_not_after ON certificates (status, not_after);
+CREATE INDEX certificates_issuer_status_not_after ON certificates (issuer_id, status, not_after);
+
+CREATE TABLE revocations (
+    serial      TEXT PRIMARY KEY NOT NULL REFERENCES certificates (serial),
+    -- The RFC 5280 CRLReason code.
+    reason      INTEGER NOT NULL,
+    revoked_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX revocations_revoked_at ON revocations (revoked_at);

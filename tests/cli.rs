@@ -1,0 +1,173 @@
+//! The command line: configuration errors name their key, the CA ceremony refuses to
+//! overwrite without --force and can keep the root offline, a wrong passphrase is a clear
+//! error, and bad device ids are refused.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Backend, Install, devid_bin, enroll};
+use devid_testkit::pki;
+
+on_both_backends!(
+    ca_init_refuses_to_overwrite_and_force_replaces,
+    offline_root_keeps_the_root_key_out_of_the_service,
+    wrong_passphrase_is_a_clear_error,
+    device_add_refuses_bad_and_duplicate_ids,
+);
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_configuration_fails_at_start_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("devid.toml");
+    std::fs::write(&cfg, "listen = '127.0.0.1:0'\n[issuance]\nvalidty = '1h'\n").unwrap();
+    type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["serve".into(), "--listen".into(), "nope".into()], vec![], "listen"),
+        (vec!["serve".into(), "--public-url".into(), "ftp://x".into()], vec![], "public_url"),
+        (vec!["serve".into(), "--database-url".into(), "mysql://x".into()], vec![], "database_url"),
+        (vec!["serve".into()], vec![("DEVID_ISSUANCE__VALIDITY", "forever")], "issuance.validity"),
+        (vec!["serve".into()], vec![("DEVID_LOG__FORMAT", "xml")], "log.format"),
+        (vec!["serve".into(), "--config".into(), cfg.display().to_string()], vec![], "validty"),
+        (vec!["serve".into(), "--config".into(), "/does/not/exist.toml".into()], vec![], "does not exist"),
+    ];
+    for (args, env, key) in cases {
+        let mut c = std::process::Command::new(devid_bin());
+        c.args(&args).arg("--data-dir").arg(&data).stdin(std::process::Stdio::null());
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+        let out = common::run_bounded(c);
+        assert!(!out.status.success(), "{args:?} {env:?} should fail");
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(err.contains(key), "{args:?} {env:?}: message must name {key}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(!data.exists(), "a bad configuration must not create anything");
+}
+
+async fn ca_init_refuses_to_overwrite_and_force_replaces(backend: Backend) {
+    let install = Install::new(backend).await;
+    let first: serde_json::Value =
+        serde_json::from_str(install.run_ok(&["ca", "init", "--json"]).trim()).unwrap();
+    let out = install.run(&["ca", "init"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+
+    let server = install.serve();
+    assert_eq!(server.root_fingerprint(), first["root_fingerprint_sha256"].as_str().unwrap());
+    assert!(!server.banner.iter().any(|l| l.contains("development CA")));
+    drop(server);
+
+    let second: serde_json::Value = serde_json::from_str(
+        install.run_ok(&["ca", "init", "--force", "--json", "--root-cn", "Second Root"]).trim(),
+    )
+    .unwrap();
+    assert_ne!(first["root_fingerprint_sha256"], second["root_fingerprint_sha256"]);
+    let cas: serde_json::Value =
+        serde_json::from_str(install.run_ok(&["ca", "show", "--json"]).trim()).unwrap();
+    let cas = cas.as_array().unwrap();
+    assert_eq!(cas.len(), 4, "old CAs are kept: {cas:?}");
+    assert_eq!(cas.iter().filter(|c| c["active"] == true).count(), 2);
+
+    // The service now issues from the new hierarchy, and the chain verifies against it.
+    let server = install.serve();
+    assert_eq!(server.root_fingerprint(), second["root_fingerprint_sha256"].as_str().unwrap());
+    let token = install.add_device("after-force");
+    let (_k, csr) = pki::csr_p256("x");
+    let (s, body, _) = enroll(&server, &token, &csr).await;
+    assert_eq!(s, 200, "{body}");
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = pki::openssl_verify(
+        dir.path(),
+        second["root_pem"].as_str().unwrap(),
+        second["issuing_pem"].as_str().unwrap(),
+        body["certificate"].as_str().unwrap(),
+    );
+    assert!(ok, "{out}");
+    drop(server);
+    install.cleanup().await;
+}
+
+async fn offline_root_keeps_the_root_key_out_of_the_service(backend: Backend) {
+    let install = Install::new(backend).await;
+    let offline = tempfile::tempdir().unwrap();
+    let offline_dir = offline.path().join("usb");
+    let report: serde_json::Value = serde_json::from_str(
+        install
+            .run_ok(&[
+                "ca",
+                "init",
+                "--offline-root",
+                "--root-keystore",
+                offline_dir.to_str().unwrap(),
+                "--json",
+            ])
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(report["offline_root"], true);
+    let root_key = report["root_key"].as_str().unwrap().strip_prefix("soft:").unwrap().to_string();
+    assert!(offline_dir.join(format!("{root_key}.key")).is_file(), "root key is in the offline key store");
+    let keys = install.data_dir().join("data/keys");
+    assert!(!keys.join(format!("{root_key}.key")).exists(), "root key is not in the service's key store");
+
+    let cas: serde_json::Value =
+        serde_json::from_str(install.run_ok(&["ca", "show", "--json"]).trim()).unwrap();
+    let root = cas.as_array().unwrap().iter().find(|c| c["kind"] == "root").unwrap().clone();
+    assert_eq!(root["key"], "offline");
+
+    // The running service needs only the issuing key.
+    let server = install.serve();
+    let token = install.add_device("offline-root-device");
+    let (_k, csr) = pki::csr_p256("x");
+    let (s, body, _) = enroll(&server, &token, &csr).await;
+    assert_eq!(s, 200, "{body}");
+    drop(server);
+    install.cleanup().await;
+}
+
+async fn wrong_passphrase_is_a_clear_error(backend: Backend) {
+    let mut install = Install::new(backend).await;
+    install.env.push(("DEVID_KMS__PASSPHRASE".into(), "correct horse battery staple".into()));
+    install.run_ok(&["ca", "init"]);
+    // No generated key-encryption key file when a passphrase is configured.
+    assert!(!install.data_dir().join("data/kek").exists());
+    let key_files: Vec<_> = std::fs::read_dir(install.data_dir().join("data/keys")).unwrap().collect();
+    assert_eq!(key_files.len(), 2);
+
+    install.env[0].1 = "incorrect horse battery staple".into();
+    let out = install.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("cannot decrypt key"), "{err}");
+    assert!(err.contains("wrong passphrase"), "{err}");
+    assert!(!err.contains("incorrect horse"), "the passphrase must not be printed: {err}");
+
+    install.env[0].1 = "short".into();
+    let out = install.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("kms.passphrase"), "{}", stderr(&out));
+    install.cleanup().await;
+}
+
+async fn device_add_refuses_bad_and_duplicate_ids(backend: Backend) {
+    let install = Install::new(backend).await;
+    for bad in ["", "has space", "../etc", "-dash-first", &"x".repeat(129)] {
+        let out = install.run(&["device", "add", &format!("--id={bad}")]);
+        assert!(!out.status.success(), "{bad:?} accepted");
+        assert!(stderr(&out).contains("device id"), "{}", stderr(&out));
+    }
+    let text = install.run_ok(&["device", "add", "--id", "dup-1"]);
+    assert!(text.contains("devid_et_"), "{text}");
+    let out = install.run(&["device", "add", "--id", "dup-1"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    install.cleanup().await;
+}
