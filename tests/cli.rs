@@ -171,3 +171,18 @@ async fn device_add_refuses_bad_and_duplicate_ids(backend: Backend) {
     assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
     install.cleanup().await;
 }
+
+#[test]
+fn example_production_configuration_parses() {
+    let dir = tempfile::tempdir().unwrap();
+    let pin = dir.path().join("pin");
+    std::fs::write(&pin, "0123\n").unwrap();
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/devid.production.toml");
+    let mut c = std::process::Command::new(devid_bin());
+    // `openapi` reads the configuration but touches neither the database nor the HSM.
+    c.args(["--config", cfg, "openapi"])
+        .env("DEVID_KMS__PKCS11__PIN_FILE", &pin)
+        .env("DEVID_KMS__PKCS11__MODULE", devid_testkit::hsm::token().module);
+    let out = common::run_bounded(c);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
