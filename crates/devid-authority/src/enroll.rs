@@ -158,7 +158,14 @@ impl Authority {
                 .map_err(|e| AuthorityError::Internal(format!("signing task: {e}")))??;
         // Step 6: store the certificate; if a concurrent retry stored one first, theirs wins
         // and this signature is discarded, so a serial is handed out once.
-        let stored = self.store.complete_issuance(&serial, &cert_der, self.clock.now()).await?;
+        let stored =
+            self.store.complete_issuance(&serial, &cert_der, self.clock.now()).await.map_err(|e| match e
+                .kind()
+            {
+                // Quarantined while this certificate was being signed: the store kept it, revoked.
+                devid_core::ErrorKind::Forbidden => AuthorityError::DeviceQuarantined,
+                _ => AuthorityError::Store(e),
+            })?;
         tracing::info!(serial = %stored.serial, device = %stored.device, "certificate issued");
         self.issued(stored).await
     }

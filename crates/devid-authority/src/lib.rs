@@ -8,6 +8,7 @@ mod ca_init;
 mod enroll;
 mod error;
 mod issuer;
+mod revocation;
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ pub use ca_init::{CaInitParams, CaInitReport, init_ca};
 pub use enroll::{EnrollToken, Issued};
 pub use error::AuthorityError;
 pub use issuer::ActiveIssuer;
+pub use revocation::{quarantine, release, revoke_certificate, revoke_device};
 
 /// Settings of the issuance policy that do not live in the store.
 #[derive(Debug, Clone)]

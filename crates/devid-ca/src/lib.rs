@@ -5,13 +5,18 @@
 //! - [`profile`]: the certificate profiles (root, issuing CA, device leaf) and the
 //!   TBSCertificate builder — a certificate is built from the profile only, never from
 //!   extensions the CSR asks for;
+//! - [`crl`]: certificate revocation lists (RFC 5280 §5), encoded as a stream;
+//! - [`ocsp`]: OCSP requests and pre-signable responses (RFC 6960, RFC 5019), and the
+//!   delegated OCSP responder certificate profile;
 //! - [`sign`]: sign a TBSCertificate through a [`devid_kms::Signer`], check the signature,
 //!   and assemble the certificate. The bytes signed are the bytes recorded.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod crl;
 pub mod csr;
 mod error;
+pub mod ocsp;
 pub mod profile;
 pub mod sign;
 

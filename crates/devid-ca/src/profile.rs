@@ -251,7 +251,7 @@ pub fn algorithm_identifier(alg: SignatureAlgorithm) -> AlgorithmIdentifierOwned
     }
 }
 
-fn aki(key_identifier: &[u8]) -> Result<AuthorityKeyIdentifier, CaError> {
+pub(crate) fn aki(key_identifier: &[u8]) -> Result<AuthorityKeyIdentifier, CaError> {
     Ok(AuthorityKeyIdentifier {
         key_identifier: Some(OctetString::new(key_identifier)?),
         authority_cert_issuer: None,
@@ -259,12 +259,12 @@ fn aki(key_identifier: &[u8]) -> Result<AuthorityKeyIdentifier, CaError> {
     })
 }
 
-fn ca_name(s: &CaSubject) -> Result<Name, CaError> {
+pub(crate) fn ca_name(s: &CaSubject) -> Result<Name, CaError> {
     name(&[(rfc4519::O, s.organization.as_str()), (rfc4519::CN, s.common_name.as_str())])
 }
 
 /// A Name with one attribute per RDN, as UTF8String (RFC 5280 §4.1.2.4).
-fn name(attrs: &[(ObjectIdentifier, &str)]) -> Result<Name, CaError> {
+pub(crate) fn name(attrs: &[(ObjectIdentifier, &str)]) -> Result<Name, CaError> {
     let mut rdns = Vec::with_capacity(attrs.len());
     for (oid, value) in attrs {
         let atv =
@@ -274,14 +274,14 @@ fn name(attrs: &[(ObjectIdentifier, &str)]) -> Result<Name, CaError> {
     Ok(RdnSequence(rdns))
 }
 
-fn ext<T: AssociatedOid + Encode>(value: &T, critical: bool) -> Result<Extension, CaError> {
+pub(crate) fn ext<T: AssociatedOid + Encode>(value: &T, critical: bool) -> Result<Extension, CaError> {
     Ok(Extension { extn_id: T::OID, critical, extn_value: OctetString::new(value.to_der()?)? })
 }
 
 /// RFC 5280 §4.1.2.5: "CAs conforming to this profile MUST always encode certificate
 /// validity dates through the year 2049 as UTCTime; certificate validity dates in 2050 or
 /// later MUST be encoded as GeneralizedTime."
-fn time(t: UnixTime) -> Result<Time, CaError> {
+pub(crate) fn time(t: UnixTime) -> Result<Time, CaError> {
     let dt = der::DateTime::from_unix_duration(std::time::Duration::from_secs(t.0.max(0) as u64))?;
     if dt.year() < 2050 {
         Ok(Time::UtcTime(UtcTime::from_date_time(dt)?))

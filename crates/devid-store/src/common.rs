@@ -238,6 +238,39 @@ macro_rules! cert_select {
 }
 pub(crate) use cert_select;
 
+/// Revoke every issued certificate of a device inside an open transaction `$tx`; evaluates
+/// to the serials revoked. The status update comes first (`RETURNING`), then exactly those
+/// rows get their revocation entry, so a certificate issued concurrently is either revoked
+/// with its entry or not touched.
+macro_rules! revoke_device_rows {
+    ($self:ident, $tx:ident, $device:ident, $reason:ident, $at:ident) => {{
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "UPDATE certificates SET status = 'revoked', updated_at = $2 \
+             WHERE device_id = $1 AND status = 'issued' RETURNING serial",
+        )
+        .bind($device.as_str())
+        .bind($at.0)
+        .fetch_all(&mut *$tx)
+        .await
+        .map_err(|e| $self.db_err(e))?;
+        let mut serials = Vec::with_capacity(rows.len());
+        for (hex,) in rows {
+            sqlx::query("INSERT INTO revocations (serial, reason, revoked_at) VALUES ($1, $2, $3)")
+                .bind(hex.as_str())
+                .bind(i16::from($reason.code()))
+                .bind($at.0)
+                .execute(&mut *$tx)
+                .await
+                .map_err(|e| $self.db_err(e))?;
+            serials.push(devid_core::Serial::from_hex(&hex).map_err(|e| {
+                $crate::StoreError::internal(format!("bad serial {hex:?} in the store: {e}"))
+            })?);
+        }
+        serials
+    }};
+}
+pub(crate) use revoke_device_rows;
+
 /// The body of `impl Store for $store`, the same for both backends.
 ///
 /// The store type must have these inherent items:
@@ -488,6 +521,32 @@ macro_rules! impl_store {
                 .await
                 .map_err(|e| self.db_err(e))?;
                 if done.rows_affected() > 0 {
+                    // A device quarantined between step 4 and now must not leave with a valid
+                    // certificate: revoke it in the same transaction and refuse to hand it out.
+                    let caught = sqlx::query(
+                        "UPDATE certificates SET status = 'revoked', updated_at = $2 \
+                         WHERE serial = $1 AND status = 'issued' AND device_id IN \
+                         (SELECT id FROM devices WHERE status = 'quarantined')",
+                    )
+                    .bind(hex.as_str())
+                    .bind(now.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                    if caught.rows_affected() > 0 {
+                        sqlx::query("INSERT INTO revocations (serial, reason, revoked_at) VALUES ($1, $2, $3)")
+                            .bind(hex.as_str())
+                            .bind(i16::from(devid_core::RevocationReason::PrivilegeWithdrawn.code()))
+                            .bind(now.0)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| self.db_err(e))?;
+                        tx.commit().await.map_err(|e| self.db_err(e))?;
+                        return Err($crate::StoreError::new(
+                            devid_core::ErrorKind::Forbidden,
+                            format!("device was quarantined while certificate {hex} was being issued; it is revoked"),
+                        ));
+                    }
                     sqlx::query(
                         "UPDATE devices SET status = 'enrolled', updated_at = $2 \
                          WHERE id = (SELECT device_id FROM certificates WHERE serial = $1) \
@@ -636,6 +695,74 @@ macro_rules! impl_store {
                         Ok(record)
                     }
                 }
+            }
+
+            async fn revoke_device_certificates(
+                &self,
+                device: &devid_core::DeviceId,
+                reason: devid_core::RevocationReason,
+                at: devid_core::UnixTime,
+            ) -> Result<Vec<devid_core::Serial>, $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM devices WHERE id = $1")
+                    .bind(device.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                if exists.is_none() {
+                    return Err($crate::StoreError::not_found(format!("no device {device}")));
+                }
+                let serials = $crate::common::revoke_device_rows!(self, tx, device, reason, at);
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(serials)
+            }
+
+            async fn quarantine_device(
+                &self,
+                device: &devid_core::DeviceId,
+                reason: devid_core::RevocationReason,
+                at: devid_core::UnixTime,
+            ) -> Result<Vec<devid_core::Serial>, $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                let done = sqlx::query("UPDATE devices SET status = 'quarantined', updated_at = $2 WHERE id = $1")
+                    .bind(device.as_str())
+                    .bind(at.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::not_found(format!("no device {device}")));
+                }
+                let serials = $crate::common::revoke_device_rows!(self, tx, device, reason, at);
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(serials)
+            }
+
+            async fn release_device(
+                &self,
+                device: &devid_core::DeviceId,
+                at: devid_core::UnixTime,
+            ) -> Result<bool, $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE devices SET status = 'registered', updated_at = $2 \
+                     WHERE id = $1 AND status = 'quarantined'",
+                )
+                .bind(device.as_str())
+                .bind(at.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM devices WHERE id = $1")
+                    .bind(device.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                if exists.is_none() {
+                    return Err($crate::StoreError::not_found(format!("no device {device}")));
+                }
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(done.rows_affected() > 0)
             }
         }
     };

@@ -203,7 +203,8 @@ pub trait Store: Send + Sync + 'static {
         redeem_token: Option<&[u8]>,
     ) -> Result<(), StoreError>;
     /// Step 6: store the signed certificate for a pending serial and mark the device
-    /// enrolled. Returns the stored certificate: if another caller completed the same serial
+    /// enrolled. If the device was quarantined meanwhile, the certificate is stored revoked
+    /// (privilegeWithdrawn) and [`ErrorKind::Forbidden`] is returned: it must not be handed out. Returns the stored certificate: if another caller completed the same serial
     /// first, theirs is returned and `cert_der` is discarded (a serial is handed out once).
     async fn complete_issuance(
         &self,
@@ -238,6 +239,27 @@ pub trait Store: Send + Sync + 'static {
         reason: RevocationReason,
         at: UnixTime,
     ) -> Result<CertRecord, StoreError>;
+    /// Revoke every issued certificate of a device; returns the serials this call revoked.
+    /// [`ErrorKind::NotFound`] for an unknown device.
+    async fn revoke_device_certificates(
+        &self,
+        device: &DeviceId,
+        reason: RevocationReason,
+        at: UnixTime,
+    ) -> Result<Vec<Serial>, StoreError>;
+    /// Quarantine a device: its status becomes quarantined (enrollment and renewal are
+    /// refused) and every issued certificate of it is revoked, in one transaction.
+    /// Idempotent; returns the serials this call revoked. [`ErrorKind::NotFound`] for an
+    /// unknown device.
+    async fn quarantine_device(
+        &self,
+        device: &DeviceId,
+        reason: RevocationReason,
+        at: UnixTime,
+    ) -> Result<Vec<Serial>, StoreError>;
+    /// Release a quarantined device (back to registered: it must enroll again). Returns
+    /// whether it was quarantined. [`ErrorKind::NotFound`] for an unknown device.
+    async fn release_device(&self, device: &DeviceId, at: UnixTime) -> Result<bool, StoreError>;
 }
 
 /// Open the store named by a database URL (`sqlite:PATH`, `sqlite::memory:`,

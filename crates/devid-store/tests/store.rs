@@ -42,6 +42,8 @@ both_backends!(
     concurrent_completions_agree,
     quarantined_device_cannot_redeem,
     revoke,
+    quarantine_revokes_everything_and_release_restores,
+    quarantine_during_issuance_revokes_the_new_certificate,
     serial_collision,
     migrations_run_twice,
 );
@@ -520,10 +522,11 @@ async fn quarantined_device_cannot_redeem(backend: Backend) {
     assert_eq!(store.get_device(&dev.id).await.unwrap(), Some(dev.clone()));
     assert_eq!(store.get_certificate(&serial(1)).await.unwrap(), None);
 
-    // A quarantined device stays quarantined when a certificate (recorded without a token,
-    // e.g. before the quarantine) is completed.
+    // A certificate recorded without a token (e.g. before the quarantine) is not handed out
+    // when completed: it is stored revoked, and the device stays quarantined.
     store.record_intent(&pending(&serial(2), &issuer, &dev.id, &[2; 32], 10), None).await.unwrap();
-    store.complete_issuance(&serial(2), b"der", t(11)).await.unwrap();
+    assert_eq!(kind(store.complete_issuance(&serial(2), b"der", t(11)).await), ErrorKind::Forbidden);
+    assert_eq!(store.get_certificate(&serial(2)).await.unwrap().unwrap().status, CertStatus::Revoked);
     assert_eq!(store.get_device(&dev.id).await.unwrap().unwrap().status, DeviceStatus::Quarantined);
 
     drop(store);
@@ -584,6 +587,87 @@ async fn revoke(backend: Backend) {
     }
 
     drop(store);
+    db.cleanup().await;
+}
+
+async fn quarantine_revokes_everything_and_release_restores(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(store.as_ref()).await;
+    let (dev, other) = (device("q-1", None), device("q-2", None));
+    store.insert_device(&dev).await.unwrap();
+    store.insert_device(&other).await.unwrap();
+    // Two issued certificates and one pending for q-1; one issued for q-2.
+    for n in 1..=3 {
+        store.record_intent(&pending(&serial(n), &issuer, &dev.id, b"csr", 10), None).await.unwrap();
+    }
+    store.complete_issuance(&serial(1), b"der1", t(11)).await.unwrap();
+    store.complete_issuance(&serial(2), b"der2", t(11)).await.unwrap();
+    store.record_intent(&pending(&serial(9), &issuer, &other.id, b"csr", 10), None).await.unwrap();
+    store.complete_issuance(&serial(9), b"der9", t(11)).await.unwrap();
+
+    let unknown = DeviceId::new("nobody").unwrap();
+    assert_eq!(
+        kind(store.quarantine_device(&unknown, RevocationReason::KeyCompromise, t(20)).await),
+        ErrorKind::NotFound
+    );
+    assert_eq!(kind(store.release_device(&unknown, t(20)).await), ErrorKind::NotFound);
+    assert_eq!(
+        kind(store.revoke_device_certificates(&unknown, RevocationReason::KeyCompromise, t(20)).await),
+        ErrorKind::NotFound
+    );
+
+    let mut revoked = store.quarantine_device(&dev.id, RevocationReason::KeyCompromise, t(20)).await.unwrap();
+    revoked.sort();
+    assert_eq!(revoked, vec![serial(1), serial(2)]);
+    assert_eq!(store.get_device(&dev.id).await.unwrap().unwrap().status, DeviceStatus::Quarantined);
+    for n in [1, 2] {
+        let c = store.get_certificate(&serial(n)).await.unwrap().unwrap();
+        assert_eq!(c.status, CertStatus::Revoked);
+        assert_eq!(c.revocation, Some((t(20), RevocationReason::KeyCompromise)));
+    }
+    // The pending one is untouched; the other device's certificate too.
+    assert_eq!(store.get_certificate(&serial(3)).await.unwrap().unwrap().status, CertStatus::Pending);
+    assert_eq!(store.get_certificate(&serial(9)).await.unwrap().unwrap().status, CertStatus::Issued);
+    // Idempotent: nothing more to revoke, status unchanged.
+    assert!(
+        store.quarantine_device(&dev.id, RevocationReason::KeyCompromise, t(21)).await.unwrap().is_empty()
+    );
+    assert_eq!(
+        store.get_certificate(&serial(1)).await.unwrap().unwrap().revocation,
+        Some((t(20), RevocationReason::KeyCompromise))
+    );
+
+    assert!(store.release_device(&dev.id, t(30)).await.unwrap());
+    assert_eq!(store.get_device(&dev.id).await.unwrap().unwrap().status, DeviceStatus::Registered);
+    assert!(!store.release_device(&dev.id, t(31)).await.unwrap(), "releasing twice is a no-op");
+    // Release does not un-revoke.
+    assert_eq!(store.get_certificate(&serial(1)).await.unwrap().unwrap().status, CertStatus::Revoked);
+
+    // Revoking a device's certificates leaves the device's status alone.
+    let got = store.revoke_device_certificates(&other.id, RevocationReason::Superseded, t(40)).await.unwrap();
+    assert_eq!(got, vec![serial(9)]);
+    assert_eq!(store.get_device(&other.id).await.unwrap().unwrap().status, DeviceStatus::Enrolled);
+    db.cleanup().await;
+}
+
+async fn quarantine_during_issuance_revokes_the_new_certificate(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(store.as_ref()).await;
+    let dev = device("q-race", None);
+    store.insert_device(&dev).await.unwrap();
+    store.record_intent(&pending(&serial(1), &issuer, &dev.id, b"csr", 10), None).await.unwrap();
+    // Quarantined between step 4 (intent) and step 6 (store the signed certificate).
+    assert!(
+        store.quarantine_device(&dev.id, RevocationReason::KeyCompromise, t(11)).await.unwrap().is_empty()
+    );
+    assert_eq!(kind(store.complete_issuance(&serial(1), b"der1", t(12)).await), ErrorKind::Forbidden);
+    let c = store.get_certificate(&serial(1)).await.unwrap().unwrap();
+    assert_eq!(c.status, CertStatus::Revoked, "stored, and revoked: never handed out as good");
+    assert_eq!(c.cert_der.as_deref(), Some(b"der1".as_slice()));
+    assert_eq!(c.revocation, Some((t(12), RevocationReason::PrivilegeWithdrawn)));
+    assert_eq!(store.get_device(&dev.id).await.unwrap().unwrap().status, DeviceStatus::Quarantined);
     db.cleanup().await;
 }
 

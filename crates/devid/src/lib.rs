@@ -12,7 +12,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use devid_authority::{Authority, AuthorityConfig, CaInitParams};
 use devid_ca::profile::CaSubject;
-use devid_core::{Clock, DeviceId, Entropy, KeyRef, OsEntropy, SystemClock};
+use devid_core::{Clock, DeviceId, Entropy, KeyRef, OsEntropy, RevocationReason, Serial, SystemClock};
 use devid_kms::{Kms, soft::Kek, soft::SoftKeyStore};
 use devid_store::{CaKind, Store};
 
@@ -47,8 +47,48 @@ enum Command {
     /// Device operations.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Revoke a certificate by serial, or every certificate of a device.
+    Revoke(RevokeArgs),
+    /// Quarantine a device: revoke everything it holds and refuse its enrollment and
+    /// renewal until it is released.
+    Quarantine {
+        /// The device id.
+        device_id: String,
+        /// The RFC 5280 reason recorded for the revoked certificates.
+        #[arg(long, default_value = "privilegeWithdrawn", value_parser = parse_reason)]
+        reason: RevocationReason,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a quarantined device (it must enroll again).
+    Release {
+        /// The device id.
+        device_id: String,
+    },
     /// Print the OpenAPI 3.1 document of the HTTP API.
     Openapi,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["serial", "device"])))]
+struct RevokeArgs {
+    /// The certificate's serial number, hex (colons allowed).
+    serial: Option<String>,
+    /// Revoke every issued certificate of this device instead.
+    #[arg(long, value_name = "DEVICE_ID")]
+    device: Option<String>,
+    /// An RFC 5280 reason: unspecified, keyCompromise, cACompromise, affiliationChanged,
+    /// superseded, cessationOfOperation, privilegeWithdrawn, aACompromise.
+    #[arg(long, default_value = "unspecified", value_parser = parse_reason)]
+    reason: RevocationReason,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_reason(s: &str) -> Result<RevocationReason, String> {
+    s.parse()
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +227,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ca(CaCommand::Init(args)) => ca_init(&cfg, *args).await,
         Command::Ca(CaCommand::Show { json }) => ca_show(&cfg, json).await,
         Command::Device(DeviceCommand::Add { id, json }) => device_add(&cfg, &id, json).await,
+        Command::Revoke(args) => revoke(&cfg, args).await,
+        Command::Quarantine { device_id, reason, json } => quarantine(&cfg, &device_id, reason, json).await,
+        Command::Release { device_id } => release(&cfg, &device_id).await,
         Command::Openapi => {
             println!("{}", openapi_json()?);
             Ok(())
@@ -480,6 +523,70 @@ async fn device_add(cfg: &Config, id: &str, json: bool) -> Result<(), CliError> 
     } else {
         println!("device {id} registered; one-time enrollment token (shown once):");
         println!("{}", token.reveal());
+    }
+    Ok(())
+}
+
+fn device_id_arg(id: &str) -> Result<DeviceId, CliError> {
+    DeviceId::new(id).map_err(|e| CliError(format!("device id '{id}': {e}")))
+}
+
+fn serials_json(serials: &[Serial]) -> serde_json::Value {
+    serde_json::Value::Array(serials.iter().map(|s| serde_json::Value::String(s.to_hex())).collect())
+}
+
+async fn revoke(cfg: &Config, a: RevokeArgs) -> Result<(), CliError> {
+    let store = open_store(cfg).await?;
+    if let Some(device) = &a.device {
+        let device = device_id_arg(device)?;
+        let serials = devid_authority::revoke_device(store.as_ref(), &SystemClock, &device, a.reason).await?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({ "device": device.to_string(), "revoked": serials_json(&serials) })
+            );
+        } else {
+            println!("revoked {} certificate(s) of device {device} ({})", serials.len(), a.reason);
+        }
+        return Ok(());
+    }
+    let text = a.serial.as_deref().unwrap_or_default();
+    let serial = Serial::from_hex(text).map_err(|e| CliError(format!("serial '{text}': {e}")))?;
+    let c = devid_authority::revoke_certificate(store.as_ref(), &SystemClock, &serial, a.reason).await?;
+    let (at, reason) = c.revocation.map(|(t, r)| (t.to_rfc3339(), r.name())).unwrap_or_default();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "serial": c.serial.to_hex(), "device": c.device.to_string(), "revoked_at": at, "reason": reason })
+        );
+    } else {
+        println!("certificate {} of device {} revoked at {at} ({reason})", c.serial, c.device);
+    }
+    Ok(())
+}
+
+async fn quarantine(cfg: &Config, id: &str, reason: RevocationReason, json: bool) -> Result<(), CliError> {
+    let device = device_id_arg(id)?;
+    let store = open_store(cfg).await?;
+    let serials = devid_authority::quarantine(store.as_ref(), &SystemClock, &device, reason).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "device": device.to_string(), "quarantined": true, "revoked": serials_json(&serials) })
+        );
+    } else {
+        println!("device {device} quarantined; {} certificate(s) revoked", serials.len());
+    }
+    Ok(())
+}
+
+async fn release(cfg: &Config, id: &str) -> Result<(), CliError> {
+    let device = device_id_arg(id)?;
+    let store = open_store(cfg).await?;
+    if devid_authority::release(store.as_ref(), &SystemClock, &device).await? {
+        println!("device {device} released; it must enroll again");
+    } else {
+        println!("device {device} was not quarantined");
     }
     Ok(())
 }

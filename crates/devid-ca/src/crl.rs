@@ -1,0 +1,1 @@
+//! Certificate revocation lists (RFC 5280 §5). (being written)

@@ -1,0 +1,1 @@
+//! OCSP (RFC 6960). (being written)
