@@ -57,6 +57,45 @@ CREATE TABLE revocations (
     serial      TEXT COLLATE "C" PRIMARY KEY REFERENCES certificates (serial),
     -- The RFC 5280 CRLReason code.
     reason      SMALLINT NOT NULL,
-    revoked_at  BIGINT NOT NULL
+    revoked_at  BIGINT NOT NULL,
+    -- Copied from the certificate, so that a CRL is one index range scan of this table:
+    -- every revoked, unexpired certificate of an issuer (RFC 5280 §5: expired ones drop off).
+    issuer_id   TEXT COLLATE "C" NOT NULL REFERENCES cas (id),
+    not_after   BIGINT NOT NULL
 );
 CREATE INDEX revocations_revoked_at ON revocations (revoked_at);
+CREATE INDEX revocations_issuer_not_after ON revocations (issuer_id, not_after) INCLUDE (serial, reason, revoked_at);
+
+-- Every change of a certificate's status, in commit order as far as a sequence allows.
+-- Each node polls it to refresh its OCSP answers and CRLs; readers tolerate gaps from
+-- transactions that commit out of sequence order.
+CREATE TABLE cert_events (
+    seq        BIGSERIAL PRIMARY KEY,
+    serial     TEXT COLLATE "C" NOT NULL,
+    issuer_id  TEXT COLLATE "C" NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('issued', 'revoked')),
+    at         BIGINT NOT NULL
+);
+
+-- The newest CRL of each issuer (and shard), served by every node. crl_number only grows.
+CREATE TABLE crls (
+    issuer_id    TEXT COLLATE "C" NOT NULL REFERENCES cas (id),
+    shard        BIGINT NOT NULL,
+    crl_number   BIGINT NOT NULL,
+    this_update  BIGINT NOT NULL,
+    next_update  BIGINT NOT NULL,
+    der          BYTEA NOT NULL,
+    PRIMARY KEY (issuer_id, shard)
+);
+
+-- Delegated OCSP responder certificates (RFC 6960 §4.2.2.2), newest first per issuer.
+CREATE TABLE ocsp_responders (
+    id          TEXT COLLATE "C" PRIMARY KEY,
+    issuer_id   TEXT COLLATE "C" NOT NULL REFERENCES cas (id),
+    cert_der    BYTEA NOT NULL,
+    key_ref     TEXT NOT NULL,
+    not_before  BIGINT NOT NULL,
+    not_after   BIGINT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+CREATE INDEX ocsp_responders_issuer_not_after ON ocsp_responders (issuer_id, not_after);

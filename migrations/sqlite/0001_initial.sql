@@ -58,6 +58,44 @@ CREATE TABLE revocations (
     serial      TEXT PRIMARY KEY NOT NULL REFERENCES certificates (serial),
     -- The RFC 5280 CRLReason code.
     reason      INTEGER NOT NULL,
-    revoked_at  INTEGER NOT NULL
+    revoked_at  INTEGER NOT NULL,
+    -- Copied from the certificate, so that a CRL is one index range scan of this table:
+    -- every revoked, unexpired certificate of an issuer (RFC 5280 §5: expired ones drop off).
+    issuer_id   TEXT NOT NULL REFERENCES cas (id),
+    not_after   INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX revocations_revoked_at ON revocations (revoked_at);
+CREATE INDEX revocations_issuer_not_after ON revocations (issuer_id, not_after, serial, reason, revoked_at);
+
+-- Every change of a certificate's status, in commit order (SQLite has one writer).
+-- Each node polls it to refresh its OCSP answers and CRLs.
+CREATE TABLE cert_events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    serial     TEXT NOT NULL,
+    issuer_id  TEXT NOT NULL,
+    kind       TEXT NOT NULL CHECK (kind IN ('issued', 'revoked')),
+    at         INTEGER NOT NULL
+) STRICT;
+
+-- The newest CRL of each issuer (and shard), served by every node. crl_number only grows.
+CREATE TABLE crls (
+    issuer_id    TEXT NOT NULL REFERENCES cas (id),
+    shard        INTEGER NOT NULL,
+    crl_number   INTEGER NOT NULL,
+    this_update  INTEGER NOT NULL,
+    next_update  INTEGER NOT NULL,
+    der          BLOB NOT NULL,
+    PRIMARY KEY (issuer_id, shard)
+) STRICT;
+
+-- Delegated OCSP responder certificates (RFC 6960 §4.2.2.2), newest first per issuer.
+CREATE TABLE ocsp_responders (
+    id          TEXT PRIMARY KEY NOT NULL,
+    issuer_id   TEXT NOT NULL REFERENCES cas (id),
+    cert_der    BLOB NOT NULL,
+    key_ref     TEXT NOT NULL,
+    not_before  INTEGER NOT NULL,
+    not_after   INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX ocsp_responders_issuer_not_after ON ocsp_responders (issuer_id, not_after);

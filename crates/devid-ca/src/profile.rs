@@ -319,3 +319,62 @@ fn tbs(
 
 /// Keeps `BitString` in scope for the signing module's use of the same type.
 pub(crate) type SignatureBits = BitString;
+
+/// Build a delegated OCSP responder TBSCertificate signed by `issuer`, RFC 6960 §4.2.2.2
+/// ("Authorized Responders"): the responder's certificate is issued directly by the CA
+/// whose certificates it answers for and includes
+///
+/// ```text
+/// id-kp-OCSPSigning OBJECT IDENTIFIER ::= { id-kp 9 }
+/// ```
+///
+/// in extKeyUsage. Profile: subject `O=<the issuer's O>, CN=<subject_cn>` (just the CN when
+/// the issuer has no O); basicConstraints `cA=FALSE` (critical); keyUsage
+/// `digitalSignature` (critical); extKeyUsage `id-kp-OCSPSigning`; id-pkix-ocsp-nocheck
+/// (RFC 6960 §4.2.2.2.1, "the value of the extension SHALL be NULL": clients need not
+/// check the responder certificate's own revocation, so keep its lifetime short); SKI;
+/// AKI. notBefore is one minute before `now`; notAfter is clipped to the issuer's.
+pub fn ocsp_responder_tbs(
+    issuer: &IssuerInfo,
+    alg: SignatureAlgorithm,
+    serial: &Serial,
+    spki_der: &[u8],
+    subject_cn: &str,
+    now: UnixTime,
+    validity_secs: i64,
+) -> Result<Vec<u8>, CaError> {
+    if validity_secs <= 0 {
+        return Err(CaError::Encoding("OCSP responder validity must be positive".into()));
+    }
+    let spki = SubjectPublicKeyInfoOwned::from_der(spki_der)?;
+    let validity =
+        Validity { not_before: now.plus(-60), not_after: now.plus(validity_secs).min(issuer.not_after) };
+    if validity.not_after <= now {
+        return Err(CaError::InvalidCertificate("the issuing CA has expired".into()));
+    }
+    // The issuer's organizationName, copied as encoded, then the responder's CN.
+    let mut rdns: Vec<RelativeDistinguishedName> = issuer
+        .name
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .filter(|atv| atv.oid == rfc4519::O)
+        .take(1)
+        .map(|atv| SetOfVec::try_from(vec![atv.clone()]).map(RelativeDistinguishedName))
+        .collect::<Result<_, _>>()?;
+    rdns.extend(name(&[(rfc4519::CN, subject_cn)])?.0);
+    let no_check = Extension {
+        extn_id: const_oid::db::rfc6960::ID_PKIX_OCSP_NOCHECK,
+        critical: false,
+        extn_value: OctetString::new(der::asn1::Null.to_der()?)?,
+    };
+    let extensions = vec![
+        ext(&BasicConstraints { ca: false, path_len_constraint: None }, true)?,
+        ext(&KeyUsage(KeyUsages::DigitalSignature.into()), true)?,
+        ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_OCSP_SIGNING]), false)?,
+        no_check,
+        ext(&SubjectKeyIdentifier(OctetString::new(key_id(&spki))?), false)?,
+        ext(&aki(&issuer.ski)?, false)?,
+    ];
+    tbs(serial, alg, issuer.name.clone(), validity, RdnSequence(rdns), spki, extensions)
+}

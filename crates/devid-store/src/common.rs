@@ -210,6 +210,68 @@ pub(crate) fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Res
     rows.into_iter().map(T::try_from).collect()
 }
 
+/// A change-log row.
+pub(crate) fn event_from_row(
+    row: (i64, String, String, String, i64),
+) -> Result<crate::CertEvent, StoreError> {
+    let (seq, serial, issuer, kind, at) = row;
+    let kind = match kind.as_str() {
+        "issued" => crate::CertEventKind::Issued,
+        "revoked" => crate::CertEventKind::Revoked,
+        other => return Err(StoreError::internal(format!("unknown event kind {other:?} in the store"))),
+    };
+    Ok(crate::CertEvent {
+        seq,
+        serial: serial_checked(&serial)?,
+        issuer: ca_id(issuer)?,
+        kind,
+        at: UnixTime(at),
+    })
+}
+
+/// An OCSP responder row.
+pub(crate) fn responder_from_row(
+    row: (String, String, Vec<u8>, String, i64, i64, i64),
+) -> Result<crate::OcspResponderRecord, StoreError> {
+    let (id, issuer, cert_der, key_ref, not_before, not_after, created_at) = row;
+    Ok(crate::OcspResponderRecord {
+        id,
+        issuer: ca_id(issuer)?,
+        cert_der,
+        key_ref,
+        not_before: UnixTime(not_before),
+        not_after: UnixTime(not_after),
+        created_at: UnixTime(created_at),
+    })
+}
+
+/// A CRL row.
+pub(crate) fn crl_from_row(
+    row: (String, i64, i64, i64, i64, Vec<u8>),
+) -> Result<crate::CrlRecord, StoreError> {
+    let (issuer, shard, number, this_update, next_update, der) = row;
+    Ok(crate::CrlRecord {
+        issuer: ca_id(issuer)?,
+        shard: shard_checked(shard)?,
+        crl_number: number.max(0) as u64,
+        this_update: UnixTime(this_update),
+        next_update: UnixTime(next_update),
+        der,
+    })
+}
+
+pub(crate) fn ca_id_checked(s: String) -> Result<CaId, StoreError> {
+    ca_id(s)
+}
+
+pub(crate) fn shard_checked(shard: i64) -> Result<u16, StoreError> {
+    u16::try_from(shard).map_err(|_| StoreError::internal(format!("bad CRL shard {shard} in the store")))
+}
+
+fn serial_checked(hex: &str) -> Result<Serial, StoreError> {
+    Serial::from_hex(hex).map_err(|e| StoreError::internal(format!("bad serial {hex:?} in the store: {e}")))
+}
+
 // --- SQL, shared by both backends. `concat!` needs literals, hence the macros. ---
 
 macro_rules! ca_select {
@@ -238,6 +300,27 @@ macro_rules! cert_select {
 }
 pub(crate) use cert_select;
 
+/// Record a revocation: the `revocations` row (with the certificate's issuer and notAfter
+/// copied for CRL building) and a `revoked` change event. Binds: `$1` serial, `$2` reason
+/// code, `$3` time. Two statements, run in the caller's transaction.
+macro_rules! insert_revocation {
+    () => {
+        "INSERT INTO revocations (serial, reason, revoked_at, issuer_id, not_after) \
+         SELECT serial, $2, $3, issuer_id, not_after FROM certificates WHERE serial = $1"
+    };
+}
+pub(crate) use insert_revocation;
+
+/// A change event for a certificate. Binds: `$1` serial, `$2` kind (`issued`, `revoked`),
+/// `$3` time.
+macro_rules! insert_event {
+    () => {
+        "INSERT INTO cert_events (serial, issuer_id, kind, at) SELECT serial, issuer_id, $2, $3 \
+         FROM certificates WHERE serial = $1"
+    };
+}
+pub(crate) use insert_event;
+
 /// Revoke every issued certificate of a device inside an open transaction `$tx`; evaluates
 /// to the serials revoked. The status update comes first (`RETURNING`), then exactly those
 /// rows get their revocation entry, so a certificate issued concurrently is either revoked
@@ -255,9 +338,16 @@ macro_rules! revoke_device_rows {
         .map_err(|e| $self.db_err(e))?;
         let mut serials = Vec::with_capacity(rows.len());
         for (hex,) in rows {
-            sqlx::query("INSERT INTO revocations (serial, reason, revoked_at) VALUES ($1, $2, $3)")
+            sqlx::query($crate::common::insert_revocation!())
                 .bind(hex.as_str())
                 .bind(i16::from($reason.code()))
+                .bind($at.0)
+                .execute(&mut *$tx)
+                .await
+                .map_err(|e| $self.db_err(e))?;
+            sqlx::query($crate::common::insert_event!())
+                .bind(hex.as_str())
+                .bind("revoked")
                 .bind($at.0)
                 .execute(&mut *$tx)
                 .await
@@ -534,9 +624,16 @@ macro_rules! impl_store {
                     .await
                     .map_err(|e| self.db_err(e))?;
                     if caught.rows_affected() > 0 {
-                        sqlx::query("INSERT INTO revocations (serial, reason, revoked_at) VALUES ($1, $2, $3)")
+                        sqlx::query($crate::common::insert_revocation!())
                             .bind(hex.as_str())
                             .bind(i16::from(devid_core::RevocationReason::PrivilegeWithdrawn.code()))
+                            .bind(now.0)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|e| self.db_err(e))?;
+                        sqlx::query($crate::common::insert_event!())
+                            .bind(hex.as_str())
+                            .bind("revoked")
                             .bind(now.0)
                             .execute(&mut *tx)
                             .await
@@ -547,6 +644,13 @@ macro_rules! impl_store {
                             format!("device was quarantined while certificate {hex} was being issued; it is revoked"),
                         ));
                     }
+                    sqlx::query($crate::common::insert_event!())
+                        .bind(hex.as_str())
+                        .bind("issued")
+                        .bind(now.0)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
                     sqlx::query(
                         "UPDATE devices SET status = 'enrolled', updated_at = $2 \
                          WHERE id = (SELECT device_id FROM certificates WHERE serial = $1) \
@@ -665,9 +769,16 @@ macro_rules! impl_store {
                 .await
                 .map_err(|e| self.db_err(e))?;
                 if done.rows_affected() > 0 {
-                    sqlx::query("INSERT INTO revocations (serial, reason, revoked_at) VALUES ($1, $2, $3)")
+                    sqlx::query($crate::common::insert_revocation!())
                         .bind(hex.as_str())
                         .bind(i16::from(reason.code()))
+                        .bind(at.0)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                    sqlx::query($crate::common::insert_event!())
+                        .bind(hex.as_str())
+                        .bind("revoked")
                         .bind(at.0)
                         .execute(&mut *tx)
                         .await
@@ -695,6 +806,161 @@ macro_rules! impl_store {
                         Ok(record)
                     }
                 }
+            }
+
+            async fn events_after(
+                &self,
+                after_seq: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::CertEvent>, $crate::StoreError> {
+                let rows: Vec<(i64, String, String, String, i64)> = sqlx::query_as(
+                    "SELECT seq, serial, issuer_id, kind, at FROM cert_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(after_seq)
+                .bind(i64::from($crate::common::clamp_limit(limit)))
+                .fetch_all(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                rows.into_iter().map($crate::common::event_from_row).collect()
+            }
+
+            async fn last_event_seq(&self) -> Result<i64, $crate::StoreError> {
+                let (seq,): (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM cert_events")
+                    .fetch_one(self.reader())
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                Ok(seq.unwrap_or(0))
+            }
+
+            async fn put_ocsp_responder(&self, r: &$crate::OcspResponderRecord) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                sqlx::query(
+                    "INSERT INTO ocsp_responders (id, issuer_id, cert_der, key_ref, not_before, not_after, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(r.id.as_str())
+                .bind(r.issuer.as_str())
+                .bind(r.cert_der.as_slice())
+                .bind(r.key_ref.as_str())
+                .bind(r.not_before.0)
+                .bind(r.not_after.0)
+                .bind(r.created_at.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn latest_ocsp_responder(
+                &self,
+                issuer: &devid_core::CaId,
+            ) -> Result<Option<$crate::OcspResponderRecord>, $crate::StoreError> {
+                let row: Option<(String, String, Vec<u8>, String, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT id, issuer_id, cert_der, key_ref, not_before, not_after, created_at FROM ocsp_responders \
+                     WHERE issuer_id = $1 ORDER BY not_after DESC, id DESC LIMIT 1",
+                )
+                .bind(issuer.as_str())
+                .fetch_optional(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                row.map($crate::common::responder_from_row).transpose()
+            }
+
+            async fn get_crl(
+                &self,
+                issuer: &devid_core::CaId,
+                shard: u16,
+            ) -> Result<Option<$crate::CrlRecord>, $crate::StoreError> {
+                let row: Option<(String, i64, i64, i64, i64, Vec<u8>)> = sqlx::query_as(
+                    "SELECT issuer_id, shard, crl_number, this_update, next_update, der FROM crls \
+                     WHERE issuer_id = $1 AND shard = $2",
+                )
+                .bind(issuer.as_str())
+                .bind(i64::from(shard))
+                .fetch_optional(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                row.map($crate::common::crl_from_row).transpose()
+            }
+
+            async fn crl_versions(&self) -> Result<Vec<(devid_core::CaId, u16, u64)>, $crate::StoreError> {
+                let rows: Vec<(String, i64, i64)> = sqlx::query_as("SELECT issuer_id, shard, crl_number FROM crls")
+                    .fetch_all(self.reader())
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                rows.into_iter()
+                    .map(|(issuer, shard, number)| {
+                        Ok(($crate::common::ca_id_checked(issuer)?, $crate::common::shard_checked(shard)?, number.max(0) as u64))
+                    })
+                    .collect()
+            }
+
+            async fn rebuild_crl(
+                &self,
+                issuer: &devid_core::CaId,
+                shard: u16,
+                now: devid_core::UnixTime,
+                sink: &mut dyn $crate::CrlSink,
+            ) -> Result<Option<$crate::CrlRecord>, $crate::StoreError> {
+                use futures_util::TryStreamExt;
+                let mut tx = self.begin().await?;
+                if !self.try_crl_lock(&mut tx, issuer, shard).await? {
+                    return Ok(None);
+                }
+                let prev: Option<(i64,)> =
+                    sqlx::query_as("SELECT crl_number FROM crls WHERE issuer_id = $1 AND shard = $2")
+                        .bind(issuer.as_str())
+                        .bind(i64::from(shard))
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                let number = prev.map(|p| p.0.max(0) as u64).unwrap_or(0) + 1;
+                let sink_err = |e: String| $crate::StoreError::internal(format!("CRL of {issuer}: {e}"));
+                sink.begin(number).map_err(sink_err)?;
+                {
+                    // One index range scan of revocations (issuer_id, not_after), streamed.
+                    let mut rows = sqlx::query_as::<_, (String, i16, i64)>(
+                        "SELECT serial, reason, revoked_at FROM revocations WHERE issuer_id = $1 AND not_after > $2",
+                    )
+                    .bind(issuer.as_str())
+                    .bind(now.0)
+                    .fetch(&mut *tx);
+                    while let Some((hex, reason, at)) = rows.try_next().await.map_err(|e| self.db_err(e))? {
+                        let serial = devid_core::Serial::from_hex(&hex)
+                            .map_err(|e| $crate::StoreError::internal(format!("bad serial {hex:?}: {e}")))?;
+                        let reason = u8::try_from(reason)
+                            .ok()
+                            .and_then(devid_core::RevocationReason::from_code)
+                            .ok_or_else(|| $crate::StoreError::internal(format!("bad reason code {reason} for {hex}")))?;
+                        sink.entry(&serial, devid_core::UnixTime(at), reason).map_err(sink_err)?;
+                    }
+                }
+                let (this_update, next_update, der) = sink.finish().map_err(sink_err)?;
+                sqlx::query(
+                    "INSERT INTO crls (issuer_id, shard, crl_number, this_update, next_update, der) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (issuer_id, shard) DO UPDATE SET crl_number = excluded.crl_number, \
+                     this_update = excluded.this_update, next_update = excluded.next_update, der = excluded.der \
+                     WHERE crls.crl_number < excluded.crl_number",
+                )
+                .bind(issuer.as_str())
+                .bind(i64::from(shard))
+                .bind(number as i64)
+                .bind(this_update.0)
+                .bind(next_update.0)
+                .bind(der.as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(Some($crate::CrlRecord {
+                    issuer: issuer.clone(),
+                    shard,
+                    crl_number: number,
+                    this_update,
+                    next_update,
+                    der,
+                }))
             }
 
             async fn revoke_device_certificates(

@@ -153,6 +153,83 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
+/// What happened to a certificate (the `cert_events` change log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertEventKind {
+    /// Issued (step 6 completed).
+    Issued,
+    /// Revoked.
+    Revoked,
+}
+
+/// One entry of the change log that every node polls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertEvent {
+    /// Position in the log (grows; may have gaps).
+    pub seq: i64,
+    /// The certificate.
+    pub serial: Serial,
+    /// Its issuer.
+    pub issuer: CaId,
+    /// What happened.
+    pub kind: CertEventKind,
+    /// When.
+    pub at: UnixTime,
+}
+
+/// The newest CRL of an issuer (and shard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlRecord {
+    /// The issuing CA.
+    pub issuer: CaId,
+    /// The shard (0 when the CRL is not partitioned).
+    pub shard: u16,
+    /// cRLNumber (RFC 5280 §5.2.3), monotonically increasing per issuer and shard.
+    pub crl_number: u64,
+    /// thisUpdate.
+    pub this_update: UnixTime,
+    /// nextUpdate.
+    pub next_update: UnixTime,
+    /// The DER CertificateList.
+    pub der: Vec<u8>,
+}
+
+/// A delegated OCSP responder certificate and where its key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspResponderRecord {
+    /// Its id.
+    pub id: String,
+    /// The CA that issued it (and whose certificates it answers for).
+    pub issuer: CaId,
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// The key reference.
+    pub key_ref: String,
+    /// notBefore.
+    pub not_before: UnixTime,
+    /// notAfter.
+    pub not_after: UnixTime,
+    /// When it was recorded.
+    pub created_at: UnixTime,
+}
+
+/// Receives a CRL's entries as the store streams them, and produces the signed CRL. The
+/// store knows nothing of encoding or signing; the sink knows nothing of SQL.
+pub trait CrlSink: Send {
+    /// The CRL number the new CRL gets: one more than the stored one.
+    fn begin(&mut self, crl_number: u64) -> Result<(), String>;
+    /// One revoked, unexpired certificate of the issuer. A sharded sink skips the entries
+    /// of other shards.
+    fn entry(
+        &mut self,
+        serial: &Serial,
+        revoked_at: UnixTime,
+        reason: RevocationReason,
+    ) -> Result<(), String>;
+    /// The signed CRL: (thisUpdate, nextUpdate, DER).
+    fn finish(&mut self) -> Result<(UnixTime, UnixTime, Vec<u8>), String>;
+}
+
 /// The store. Methods are shaped after the use cases so that each is one transaction.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -260,6 +337,33 @@ pub trait Store: Send + Sync + 'static {
     /// Release a quarantined device (back to registered: it must enroll again). Returns
     /// whether it was quarantined. [`ErrorKind::NotFound`] for an unknown device.
     async fn release_device(&self, device: &DeviceId, at: UnixTime) -> Result<bool, StoreError>;
+
+    // --- publishing (OCSP, CRL) ---
+
+    /// Change events after `after_seq`, in sequence order, at most `limit`.
+    async fn events_after(&self, after_seq: i64, limit: u32) -> Result<Vec<CertEvent>, StoreError>;
+    /// The highest event sequence number (0 when the log is empty).
+    async fn last_event_seq(&self) -> Result<i64, StoreError>;
+    /// Record a delegated OCSP responder certificate.
+    async fn put_ocsp_responder(&self, r: &OcspResponderRecord) -> Result<(), StoreError>;
+    /// The responder of an issuer with the latest notAfter.
+    async fn latest_ocsp_responder(&self, issuer: &CaId) -> Result<Option<OcspResponderRecord>, StoreError>;
+    /// The stored CRL of an issuer and shard.
+    async fn get_crl(&self, issuer: &CaId, shard: u16) -> Result<Option<CrlRecord>, StoreError>;
+    /// (issuer, shard, crl_number) of every stored CRL: a cheap poll for newer CRLs.
+    async fn crl_versions(&self) -> Result<Vec<(CaId, u16, u64)>, StoreError>;
+    /// Build the next CRL of an issuer and shard: under a lock that one node holds at a time
+    /// (a PostgreSQL advisory transaction lock; SQLite's write transaction), stream every
+    /// revoked certificate of the issuer whose notAfter is after `now` into `sink`, and store
+    /// what it produces with the next CRL number. Returns `None` when another node holds the
+    /// lock (it is building the same CRL right now).
+    async fn rebuild_crl(
+        &self,
+        issuer: &CaId,
+        shard: u16,
+        now: UnixTime,
+        sink: &mut dyn CrlSink,
+    ) -> Result<Option<CrlRecord>, StoreError>;
 }
 
 /// Open the store named by a database URL (`sqlite:PATH`, `sqlite::memory:`,

@@ -87,3 +87,21 @@ impl PgStore {
 }
 
 impl_store!(PgStore, "postgres");
+
+impl PgStore {
+    /// The CRL build lock of (issuer, shard): a transaction-scoped advisory lock, so that one
+    /// node builds a CRL at a time and the lock goes with the transaction however it ends.
+    async fn try_crl_lock(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        issuer: &devid_core::CaId,
+        shard: u16,
+    ) -> Result<bool, StoreError> {
+        let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("devid-crl:{issuer}:{shard}"))
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| self.db_err(e))?;
+        Ok(got)
+    }
+}

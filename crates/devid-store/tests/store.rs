@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use devid_core::{CaId, DeviceId, ErrorKind, RevocationReason, Serial, UnixTime};
 use devid_store::{
-    CaKind, CaRecord, CertStatus, DeviceRecord, DeviceStatus, PendingCert, PgStore, SqliteStore, Store,
+    CaKind, CaRecord, CertEventKind, CertStatus, CrlSink, DeviceRecord, DeviceStatus, OcspResponderRecord,
+    PendingCert, PgStore, SqliteStore, Store,
 };
 use devid_testkit::db::{Backend, TestDb};
 
@@ -44,6 +45,10 @@ both_backends!(
     revoke,
     quarantine_revokes_everything_and_release_restores,
     quarantine_during_issuance_revokes_the_new_certificate,
+    events_record_issuance_and_revocation,
+    ocsp_responders_newest_first,
+    crl_rebuild_streams_revoked_unexpired_and_numbers_grow,
+    crl_rebuild_is_one_node_at_a_time,
     serial_collision,
     migrations_run_twice,
 );
@@ -779,5 +784,176 @@ async fn sqlite_file_is_created_and_persists() {
     let store = SqliteStore::connect(&db.url).await.unwrap();
     assert!(store.get_device(&DeviceId::new("dev-1").unwrap()).await.unwrap().is_some());
     store.close().await;
+    db.cleanup().await;
+}
+
+async fn events_record_issuance_and_revocation(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(store.as_ref()).await;
+    assert_eq!(store.last_event_seq().await.unwrap(), 0);
+    let dev = device("ev-1", None);
+    store.insert_device(&dev).await.unwrap();
+    for n in 1..=2 {
+        store.record_intent(&pending(&serial(n), &issuer, &dev.id, b"csr", 10), None).await.unwrap();
+        store.complete_issuance(&serial(n), b"der", t(11)).await.unwrap();
+    }
+    store.revoke(&serial(1), RevocationReason::KeyCompromise, t(12)).await.unwrap();
+    store.revoke(&serial(1), RevocationReason::KeyCompromise, t(13)).await.unwrap(); // idempotent: no event
+    store.quarantine_device(&dev.id, RevocationReason::PrivilegeWithdrawn, t(14)).await.unwrap();
+    let events = store.events_after(0, 100).await.unwrap();
+    let got: Vec<(Serial, CertEventKind, i64)> =
+        events.iter().map(|e| (e.serial.clone(), e.kind, e.at.0)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (serial(1), CertEventKind::Issued, T0 + 11),
+            (serial(2), CertEventKind::Issued, T0 + 11),
+            (serial(1), CertEventKind::Revoked, T0 + 12),
+            (serial(2), CertEventKind::Revoked, T0 + 14),
+        ]
+    );
+    assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(events.iter().all(|e| e.issuer == issuer));
+    let last = store.last_event_seq().await.unwrap();
+    assert_eq!(last, events[3].seq);
+    assert_eq!(store.events_after(events[1].seq, 100).await.unwrap().len(), 2);
+    assert_eq!(store.events_after(events[0].seq, 1).await.unwrap().len(), 1);
+    assert!(store.events_after(last, 100).await.unwrap().is_empty());
+    db.cleanup().await;
+}
+
+async fn ocsp_responders_newest_first(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(store.as_ref()).await;
+    assert_eq!(store.latest_ocsp_responder(&issuer).await.unwrap(), None);
+    let r = |id: &str, not_after: i64| OcspResponderRecord {
+        id: id.into(),
+        issuer: issuer.clone(),
+        cert_der: id.as_bytes().to_vec(),
+        key_ref: format!("soft:{id}"),
+        not_before: t(0),
+        not_after: t(not_after),
+        created_at: t(0),
+    };
+    store.put_ocsp_responder(&r("a", 100)).await.unwrap();
+    store.put_ocsp_responder(&r("b", 300)).await.unwrap();
+    store.put_ocsp_responder(&r("c", 200)).await.unwrap();
+    assert_eq!(store.latest_ocsp_responder(&issuer).await.unwrap(), Some(r("b", 300)));
+    assert_eq!(kind(store.put_ocsp_responder(&r("b", 400)).await), ErrorKind::Conflict);
+    db.cleanup().await;
+}
+
+/// A sink that records what it is given and "signs" by listing the serials.
+#[derive(Default)]
+struct ListSink {
+    number: u64,
+    entries: Vec<(Serial, i64, RevocationReason)>,
+    pause: Duration,
+}
+
+impl CrlSink for ListSink {
+    fn begin(&mut self, crl_number: u64) -> Result<(), String> {
+        self.number = crl_number;
+        Ok(())
+    }
+    fn entry(
+        &mut self,
+        serial: &Serial,
+        revoked_at: UnixTime,
+        reason: RevocationReason,
+    ) -> Result<(), String> {
+        self.entries.push((serial.clone(), revoked_at.0, reason));
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(UnixTime, UnixTime, Vec<u8>), String> {
+        std::thread::sleep(self.pause);
+        let mut der = format!("crl#{}:", self.number).into_bytes();
+        for (s, _, _) in &self.entries {
+            der.extend_from_slice(s.to_hex().as_bytes());
+        }
+        Ok((t(50), t(150), der))
+    }
+}
+
+async fn crl_rebuild_streams_revoked_unexpired_and_numbers_grow(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(store.as_ref()).await;
+    let dev = device("crl-1", None);
+    store.insert_device(&dev).await.unwrap();
+    // serial 1: revoked, valid until T0+10+86400; serial 2: revoked but expired by `now`;
+    // serial 3: issued, not revoked.
+    for n in 1..=3 {
+        let mut p = pending(&serial(n), &issuer, &dev.id, b"csr", 10);
+        if n == 2 {
+            p.not_after = t(20);
+        }
+        store.record_intent(&p, None).await.unwrap();
+        store.complete_issuance(&serial(n), b"der", t(11)).await.unwrap();
+    }
+    store.revoke(&serial(1), RevocationReason::KeyCompromise, t(12)).await.unwrap();
+    store.revoke(&serial(2), RevocationReason::Superseded, t(13)).await.unwrap();
+
+    let mut sink = ListSink::default();
+    let crl = store.rebuild_crl(&issuer, 0, t(30), &mut sink).await.unwrap().expect("built");
+    assert_eq!(crl.crl_number, 1);
+    assert_eq!(
+        sink.entries,
+        vec![(serial(1), T0 + 12, RevocationReason::KeyCompromise)],
+        "expired ones drop off"
+    );
+    assert_eq!(store.get_crl(&issuer, 0).await.unwrap(), Some(crl.clone()));
+    assert_eq!(store.crl_versions().await.unwrap(), vec![(issuer.clone(), 0, 1)]);
+
+    let mut sink = ListSink::default();
+    let crl2 = store.rebuild_crl(&issuer, 0, t(30), &mut sink).await.unwrap().expect("built");
+    assert_eq!(crl2.crl_number, 2, "the CRL number only grows");
+    assert_eq!(store.get_crl(&issuer, 0).await.unwrap().unwrap().crl_number, 2);
+    // Shards are numbered independently.
+    let crl_s1 =
+        store.rebuild_crl(&issuer, 1, t(30), &mut ListSink::default()).await.unwrap().expect("built");
+    assert_eq!(crl_s1.crl_number, 1);
+    assert_eq!(store.get_crl(&issuer, 7).await.unwrap(), None);
+    db.cleanup().await;
+}
+
+async fn crl_rebuild_is_one_node_at_a_time(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(store.as_ref()).await;
+    match backend {
+        Backend::Postgres => {
+            // Another node holds the build lock of (issuer, shard 0) in its transaction.
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            let mut tx = conn.begin().await.unwrap();
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("devid-crl:{issuer}:0"))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let blocked = store.rebuild_crl(&issuer, 0, t(30), &mut ListSink::default()).await.unwrap();
+            assert_eq!(blocked, None, "the other node is building this CRL");
+            // Other shards are not blocked.
+            assert!(store.rebuild_crl(&issuer, 1, t(30), &mut ListSink::default()).await.unwrap().is_some());
+            tx.commit().await.unwrap();
+            let built = store.rebuild_crl(&issuer, 0, t(30), &mut ListSink::default()).await.unwrap();
+            assert_eq!(built.map(|c| c.crl_number), Some(1));
+        }
+        Backend::Sqlite => {
+            // One writer: concurrent builds queue and number one after the other.
+            let other = open(&db).await;
+            let (s1, i1) = (store.clone(), issuer.clone());
+            let a =
+                tokio::spawn(async move { s1.rebuild_crl(&i1, 0, t(30), &mut ListSink::default()).await });
+            let b = other.rebuild_crl(&issuer, 0, t(30), &mut ListSink::default()).await.unwrap();
+            let a = a.await.unwrap().unwrap();
+            let mut numbers = vec![a.unwrap().crl_number, b.unwrap().crl_number];
+            numbers.sort();
+            assert_eq!(numbers, vec![1, 2]);
+        }
+    }
     db.cleanup().await;
 }
