@@ -40,7 +40,11 @@ async fn running_server_serves_the_committed_spec_and_every_route() {
     let paths = committed["paths"].as_object().unwrap();
     assert!(!paths.is_empty());
     for (path, ops) in paths {
-        let concrete = path.replace("{file}", &format!("{issuing_id}.cer"));
+        let concrete = if path.starts_with("/crl/") {
+            path.replace("{file}", &format!("{issuing_id}.crl"))
+        } else {
+            path.replace("{file}", &format!("{issuing_id}.cer")).replace("{request}", "MAo%3D")
+        };
         for method in ops.as_object().unwrap().keys() {
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r =

@@ -9,6 +9,7 @@
 
 mod enroll;
 mod ops;
+mod pki;
 pub mod problem;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use devid_authority::Authority;
+use devid_authority::publish::Publisher;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -37,6 +39,8 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct AppState {
     /// The use cases.
     pub authority: Arc<Authority>,
+    /// OCSP answers and CRLs.
+    pub publisher: Arc<Publisher>,
 }
 
 #[derive(OpenApi)]
@@ -48,14 +52,16 @@ pub struct AppState {
     ),
     tags(
         (name = "enroll", description = "Device enrollment"),
-        (name = "pki", description = "CA certificates"),
+        (name = "pki", description = "CA certificates, OCSP and CRLs"),
         (name = "ops", description = "Health and readiness")
     )
 )]
 struct ApiDoc;
 
 fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(enroll::routes()).merge(ops::routes())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(pki::WildcardDoc::openapi());
+    OpenApiRouter::with_openapi(doc).merge(enroll::routes()).merge(ops::routes()).merge(pki::routes())
 }
 
 /// The OpenAPI 3.1 document of every route, generated from the handlers.
@@ -67,6 +73,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
+    let router = router.merge(pki::wildcard_routes());
     let x_request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     router
         .fallback(problem::not_found)

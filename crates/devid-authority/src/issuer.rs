@@ -67,6 +67,7 @@ impl ActiveIssuer {
             backdate_secs: config.backdate_secs,
             device_uri_prefix: config.device_uri_prefix.clone(),
             urls: PublicUrls::for_issuer(&config.public_url, &ca.id),
+            crl_shards: config.crl_shards.max(1),
         };
         let chain_pem = format!(
             "{}{}",

@@ -8,6 +8,7 @@ mod ca_init;
 mod enroll;
 mod error;
 mod issuer;
+pub mod publish;
 mod revocation;
 
 use std::sync::Arc;
@@ -34,6 +35,8 @@ pub struct AuthorityConfig {
     pub backdate_secs: i64,
     /// URI SAN prefix for device certificates.
     pub device_uri_prefix: String,
+    /// CRL shards per CA (must equal the publisher's).
+    pub crl_shards: u16,
 }
 
 /// The authority: owns the store, the key manager and the active issuing CA, and runs the

@@ -86,6 +86,7 @@ fn bench(c: &mut Criterion) {
             &url::Url::parse("https://ca.example.net").expect("url"),
             &CaId::new("issuing-1").expect("id"),
         ),
+        crl_shards: 1,
     };
 
     let dir = tempfile::tempdir().expect("tmp");

@@ -106,6 +106,29 @@ pub struct LeafProfile {
     pub device_uri_prefix: String,
     /// AIA and CRL DP URLs.
     pub urls: PublicUrls,
+    /// Number of CRL shards (serial-based partitioning; 1 = one CRL per issuer).
+    pub crl_shards: u16,
+}
+
+impl PublicUrls {
+    /// The CRL URL of shard `shard` of `shards`: `{base}/crl/{issuer}.crl` when the CRL is
+    /// not partitioned (`shards <= 1`), else `{base}/crl/{issuer}-{shard}.crl`.
+    pub fn crl_shard_url(&self, shard: u16, shards: u16) -> String {
+        if shards <= 1 {
+            self.crl.clone()
+        } else {
+            let base = self.crl.strip_suffix(".crl").unwrap_or(&self.crl);
+            format!("{base}-{shard}.crl")
+        }
+    }
+}
+
+impl LeafProfile {
+    /// The cRLDistributionPoints URL of the certificate with this serial: its shard's CRL
+    /// when the CRL is partitioned ([`crate::crl::shard_of`]).
+    pub fn crl_url(&self, serial: &Serial) -> String {
+        self.urls.crl_shard_url(crate::crl::shard_of(serial, self.crl_shards), self.crl_shards)
+    }
 }
 
 /// The default URI SAN prefix: `urn:devid:device:<id>`.
@@ -170,7 +193,7 @@ pub fn leaf_tbs(
         ext(
             &CrlDistributionPoints(vec![DistributionPoint {
                 distribution_point: Some(DistributionPointName::FullName(vec![
-                    GeneralName::UniformResourceIdentifier(Ia5String::new(&profile.urls.crl)?),
+                    GeneralName::UniformResourceIdentifier(Ia5String::new(&profile.crl_url(serial))?),
                 ])),
                 reasons: None,
                 crl_issuer: None,

@@ -130,6 +130,7 @@ impl Hierarchy {
             backdate_secs: 60,
             device_uri_prefix: devid_ca::profile::DEFAULT_DEVICE_URI_PREFIX.into(),
             urls,
+            crl_shards: 1,
         };
         let (tbs, _) = devid_ca::profile::leaf_tbs(
             &self.info,

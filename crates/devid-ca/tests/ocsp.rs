@@ -145,6 +145,7 @@ fn pki() -> Pki {
             &url::Url::parse("https://ca.example.net/").expect("url"),
             &CaId::new("issuing-1").expect("id"),
         ),
+        crl_shards: 1,
     };
     let leaves: Vec<(Serial, Vec<u8>)> = (1..=3)
         .map(|i| {
@@ -693,6 +694,7 @@ fn responder_refuses_a_wrong_key_a_non_responder_certificate_and_a_bad_signature
             &url::Url::parse("https://ca.example.net/").expect("url"),
             &CaId::new("issuing-1").expect("id"),
         ),
+        crl_shards: 1,
     };
     let (leaf_tbs, _) = devid_ca::profile::leaf_tbs(
         &info,

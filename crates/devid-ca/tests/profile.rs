@@ -112,6 +112,7 @@ fn profile(validity_secs: i64) -> LeafProfile {
         backdate_secs: 60,
         device_uri_prefix: devid_ca::profile::DEFAULT_DEVICE_URI_PREFIX.into(),
         urls: PublicUrls::for_issuer(&base, &CaId::new("issuing-1").expect("id")),
+        crl_shards: 1,
     }
 }
 

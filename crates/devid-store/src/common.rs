@@ -866,6 +866,23 @@ macro_rules! impl_store {
                 row.map($crate::common::responder_from_row).transpose()
             }
 
+            async fn ocsp_responders(
+                &self,
+                issuer: &devid_core::CaId,
+                at: devid_core::UnixTime,
+            ) -> Result<Vec<$crate::OcspResponderRecord>, $crate::StoreError> {
+                let rows: Vec<(String, String, Vec<u8>, String, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT id, issuer_id, cert_der, key_ref, not_before, not_after, created_at FROM ocsp_responders \
+                     WHERE issuer_id = $1 AND not_after > $2 ORDER BY not_after DESC, id DESC LIMIT 100",
+                )
+                .bind(issuer.as_str())
+                .bind(at.0)
+                .fetch_all(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                rows.into_iter().map($crate::common::responder_from_row).collect()
+            }
+
             async fn get_crl(
                 &self,
                 issuer: &devid_core::CaId,

@@ -346,6 +346,12 @@ pub trait Store: Send + Sync + 'static {
     async fn last_event_seq(&self) -> Result<i64, StoreError>;
     /// Record a delegated OCSP responder certificate.
     async fn put_ocsp_responder(&self, r: &OcspResponderRecord) -> Result<(), StoreError>;
+    /// Responders of an issuer still valid at `at`, newest notAfter first.
+    async fn ocsp_responders(
+        &self,
+        issuer: &CaId,
+        at: UnixTime,
+    ) -> Result<Vec<OcspResponderRecord>, StoreError>;
     /// The responder of an issuer with the latest notAfter.
     async fn latest_ocsp_responder(&self, issuer: &CaId) -> Result<Option<OcspResponderRecord>, StoreError>;
     /// The stored CRL of an issuer and shard.

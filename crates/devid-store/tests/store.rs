@@ -842,6 +842,9 @@ async fn ocsp_responders_newest_first(backend: Backend) {
     store.put_ocsp_responder(&r("c", 200)).await.unwrap();
     assert_eq!(store.latest_ocsp_responder(&issuer).await.unwrap(), Some(r("b", 300)));
     assert_eq!(kind(store.put_ocsp_responder(&r("b", 400)).await), ErrorKind::Conflict);
+    let valid: Vec<String> =
+        store.ocsp_responders(&issuer, t(150)).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(valid, vec!["b".to_string(), "c".to_string()], "valid at T0+150, newest first");
     db.cleanup().await;
 }
 

@@ -58,6 +58,37 @@ pub struct RawConfig {
     pub kms: KmsRaw,
     /// Logging.
     pub log: LogRaw,
+    /// The OCSP responder.
+    pub ocsp: OcspRaw,
+    /// CRLs.
+    pub crl: CrlRaw,
+}
+
+/// `[ocsp]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OcspRaw {
+    /// Validity of a response (nextUpdate − thisUpdate), e.g. `4h`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validity: Option<String>,
+    /// Lifetime of the delegated responder certificate, e.g. `7d`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub responder_validity: Option<String>,
+    /// Most responses kept in memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_capacity: Option<String>,
+}
+
+/// `[crl]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrlRaw {
+    /// Validity of a CRL (nextUpdate − thisUpdate), e.g. `24h`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validity: Option<String>,
+    /// Partition each CA's CRL into this many shards by serial (1: one CRL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<String>,
 }
 
 /// `[issuance]`.
@@ -167,6 +198,16 @@ pub struct Config {
     pub log_json: bool,
     /// Log filter.
     pub log_level: String,
+    /// OCSP response validity.
+    pub ocsp_validity: Duration,
+    /// OCSP responder certificate lifetime.
+    pub ocsp_responder_validity: Duration,
+    /// OCSP cache capacity (responses).
+    pub ocsp_cache_capacity: usize,
+    /// CRL validity.
+    pub crl_validity: Duration,
+    /// CRL shards per CA.
+    pub crl_shards: u16,
 }
 
 /// A configuration error, naming the key.
@@ -180,7 +221,8 @@ fn bad(key: &str, msg: impl std::fmt::Display) -> ConfigError {
 
 /// The top-level keys, used to keep unrelated `DEVID_*` variables (e.g. the test
 /// runner's `DEVID_TEST_*`) out of the configuration.
-const KEYS: [&str; 7] = ["listen", "data_dir", "database_url", "public_url", "issuance", "kms", "log"];
+const KEYS: [&str; 9] =
+    ["listen", "data_dir", "database_url", "public_url", "issuance", "kms", "log", "ocsp", "crl"];
 
 /// Whether a `DEVID_`-stripped, lowercased variable name is one of ours (`listen`,
 /// `kms__passphrase`, …), as opposed to e.g. the test runner's `DEVID_TEST_*`.
@@ -275,6 +317,19 @@ fn duration(
         ));
     }
     Ok(d)
+}
+
+fn number(key: &str, v: Option<&str>, default: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+    let n = match v {
+        None => default,
+        Some(s) => {
+            s.trim().replace('_', "").parse().map_err(|_| bad(key, format!("'{s}' is not a whole number")))?
+        }
+    };
+    if n < min || n > max {
+        return Err(bad(key, format!("{n} is out of range ({min} to {max})")));
+    }
+    Ok(n)
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -384,7 +439,39 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
         return Err(bad("log.level", format!("'{log_level}' is not a valid filter")));
     }
+    let ocsp_validity = duration(
+        "ocsp.validity",
+        raw.ocsp.validity.as_deref(),
+        Duration::from_secs(4 * 3600),
+        Duration::from_secs(60),
+        Duration::from_secs(7 * 86400),
+    )?;
+    let ocsp_responder_validity = duration(
+        "ocsp.responder_validity",
+        raw.ocsp.responder_validity.as_deref(),
+        Duration::from_secs(7 * 86400),
+        Duration::from_secs(3600),
+        Duration::from_secs(397 * 86400),
+    )?;
+    if ocsp_responder_validity < ocsp_validity * 3 {
+        return Err(bad("ocsp.responder_validity", "must be at least three times ocsp.validity"));
+    }
+    let ocsp_cache_capacity =
+        number("ocsp.cache_capacity", raw.ocsp.cache_capacity.as_deref(), 1_000_000, 1, 100_000_000)?;
+    let crl_validity = duration(
+        "crl.validity",
+        raw.crl.validity.as_deref(),
+        Duration::from_secs(86400),
+        Duration::from_secs(300),
+        Duration::from_secs(31 * 86400),
+    )?;
+    let crl_shards = number("crl.shards", raw.crl.shards.as_deref(), 1, 1, 1024)? as u16;
     Ok(Config {
+        ocsp_validity,
+        ocsp_responder_validity,
+        ocsp_cache_capacity,
+        crl_validity,
+        crl_shards,
         listen,
         data_dir,
         database_url,

@@ -66,8 +66,22 @@ enum Command {
         /// The device id.
         device_id: String,
     },
+    /// CRL operations.
+    #[command(subcommand)]
+    Crl(CrlCommand),
     /// Print the OpenAPI 3.1 document of the HTTP API.
     Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum CrlCommand {
+    /// Build and store the next CRL of every issuing CA now (running servers pick it up
+    /// within a second), and print what was built.
+    Build {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +244,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Revoke(args) => revoke(&cfg, args).await,
         Command::Quarantine { device_id, reason, json } => quarantine(&cfg, &device_id, reason, json).await,
         Command::Release { device_id } => release(&cfg, &device_id).await,
+        Command::Crl(CrlCommand::Build { json }) => crl_build(&cfg, json).await,
         Command::Openapi => {
             println!("{}", openapi_json()?);
             Ok(())
@@ -245,7 +260,11 @@ pub fn openapi_json() -> Result<String, CliError> {
 fn init_tracing(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // try_init: a second initialisation (tests) is not an error worth stopping for.
     let _ = if cfg.log_json { builder.json().try_init() } else { builder.try_init() };
 }
@@ -369,9 +388,20 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
             leaf_validity_secs: cfg.validity.as_secs() as i64,
             backdate_secs: cfg.backdate.as_secs() as i64,
             device_uri_prefix: cfg.device_uri_prefix.clone(),
+            crl_shards: cfg.crl_shards,
         },
     )
     .await?;
+    let publish = publish_config(&cfg, public_url.clone());
+    let publisher = devid_authority::publish::Publisher::start(
+        store.clone(),
+        authority.kms().clone(),
+        Arc::new(SystemClock),
+        Arc::new(OsEntropy),
+        publish,
+    )
+    .await?;
+    publisher.run();
     let issuer = authority.issuer().await;
     let base = public_url.as_str().trim_end_matches('/');
     println!("devid {}", env!("CARGO_PKG_VERSION"));
@@ -379,8 +409,9 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     println!("root CA SHA-256 fingerprint: {}", devid_ca::fingerprint_sha256(&issuer.root_der));
     println!("issuing CA: {}", issuer.id);
     println!("enroll: POST {base}/v1/enroll   chain: GET {base}/v1/ca/chain   API: GET {base}/openapi.json");
+    println!("OCSP: {base}/ocsp   CRL: {base}/crl/{}.crl", issuer.id);
     println!("listening on http://{addr}");
-    let app = devid_api::router(devid_api::AppState { authority: Arc::new(authority) });
+    let app = devid_api::router(devid_api::AppState { authority: Arc::new(authority), publisher });
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -587,6 +618,58 @@ async fn release(cfg: &Config, id: &str) -> Result<(), CliError> {
         println!("device {device} released; it must enroll again");
     } else {
         println!("device {device} was not quarantined");
+    }
+    Ok(())
+}
+
+fn publish_config(cfg: &Config, public_url: url::Url) -> devid_authority::publish::PublishConfig {
+    let mut p = devid_authority::publish::PublishConfig::new(public_url);
+    p.ocsp_validity_secs = cfg.ocsp_validity.as_secs() as i64;
+    p.responder_validity_secs = cfg.ocsp_responder_validity.as_secs() as i64;
+    p.ocsp_cache_capacity = cfg.ocsp_cache_capacity;
+    p.crl_validity_secs = cfg.crl_validity.as_secs() as i64;
+    p.crl_shards = cfg.crl_shards;
+    p
+}
+
+async fn crl_build(cfg: &Config, json: bool) -> Result<(), CliError> {
+    let store = open_store(cfg).await?;
+    let kms: Arc<dyn devid_kms::KeyManager> = Arc::new(build_kms(cfg)?);
+    let public_url = match &cfg.public_url {
+        Some(u) => u.clone(),
+        None => url::Url::parse(&format!("http://{}", cfg.listen))?,
+    };
+    let publisher = devid_authority::publish::Publisher::load(
+        store.clone(),
+        kms,
+        Arc::new(SystemClock),
+        Arc::new(OsEntropy),
+        publish_config(cfg, public_url),
+    )
+    .await?;
+    let mut rows = Vec::new();
+    for ca in store.list_cas().await? {
+        if ca.kind != CaKind::Issuing {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        publisher.rebuild_crls(&ca.id).await?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        for shard in 0..publisher.crl_shards() {
+            if let Some(crl) = publisher.crl(ca.id.as_str(), shard) {
+                rows.push(serde_json::json!({
+                    "issuer": ca.id.to_string(), "shard": shard, "crl_number": crl.crl_number,
+                    "bytes": crl.der.len(), "next_update": crl.next_update.to_rfc3339(), "build_ms": ms.round(),
+                }));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for r in rows {
+            println!("{r}");
+        }
     }
     Ok(())
 }

@@ -1,0 +1,742 @@
+//! Revocation publishing: the OCSP responder (RFC 6960, RFC 5019 profile) and CRLs
+//! (RFC 5280 §5), both fed from the store.
+//!
+//! - **OCSP.** Each issuing CA has a delegated responder certificate (EKU OCSPSigning,
+//!   id-pkix-ocsp-nocheck) whose key is a software key of this node, issued by the CA and
+//!   rotated before it expires, so the CA key is not used per request. Answers for one
+//!   CertID without a nonce come from an in-memory cache of pre-signed DER responses,
+//!   keyed by the CertID bytes as received; they are signed when a certificate is issued
+//!   or changes status, and again when half their validity has passed. A request with a
+//!   nonce (RFC 9654) or several CertIDs is signed afresh.
+//! - **CRL.** One CRL per issuing CA (or per shard, when partitioned by serial), rebuilt
+//!   shortly after revocations (debounced) and when half its validity has passed; one
+//!   node builds at a time (the store's lock) and every node serves the newest stored one.
+//! - **Propagation.** Every node polls the store's change log; a revocation made by any
+//!   path (REST, the CLI on the same database, another node) reaches this node's OCSP
+//!   answers within one poll interval and its CRL within the debounce after that.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use devid_ca::crl::{CrlBuilder, CrlEntry, CrlParams, IssuingDistributionPoint};
+use devid_ca::ocsp::{ErrorStatus, HashAlgorithm, IssuerHashes, Responder, SingleStatus, Status};
+use devid_ca::profile::{IssuerInfo, PublicUrls};
+use devid_core::{CaId, Clock, Entropy, KeyRef, RevocationReason, Serial, UnixTime};
+use devid_kms::{KeyAlgorithm, KeyManager, Signer};
+use devid_store::{CaKind, CertEventKind, CertStatus, CrlRecord, CrlSink, OcspResponderRecord, Store};
+use tokio::sync::Notify;
+
+use crate::AuthorityError;
+
+/// Settings of revocation publishing.
+#[derive(Debug, Clone)]
+pub struct PublishConfig {
+    /// The public base URL (the CRL distribution point of sharded CRLs).
+    pub public_url: url::Url,
+    /// How long an OCSP response is valid (nextUpdate − thisUpdate).
+    pub ocsp_validity_secs: i64,
+    /// Lifetime of a delegated OCSP responder certificate.
+    pub responder_validity_secs: i64,
+    /// How long a CRL is valid (nextUpdate − thisUpdate).
+    pub crl_validity_secs: i64,
+    /// Number of CRL shards per issuer (1: not partitioned).
+    pub crl_shards: u16,
+    /// Wait this long after a revocation before rebuilding, to batch bursts.
+    pub crl_debounce: Duration,
+    /// How often the change log is polled.
+    pub poll_interval: Duration,
+    /// Most OCSP responses kept in memory; beyond it, entries are evicted and a miss is
+    /// answered from the store and signed.
+    pub ocsp_cache_capacity: usize,
+}
+
+impl PublishConfig {
+    /// Defaults: OCSP responses valid 4 h, responder certificates 7 days, CRLs 24 h, one
+    /// CRL per issuer, 500 ms debounce, 200 ms poll, 1,000,000 cached responses.
+    pub fn new(public_url: url::Url) -> PublishConfig {
+        PublishConfig {
+            public_url,
+            ocsp_validity_secs: 4 * 3600,
+            responder_validity_secs: 7 * 86400,
+            crl_validity_secs: 86400,
+            crl_shards: 1,
+            crl_debounce: Duration::from_millis(500),
+            poll_interval: Duration::from_millis(200),
+            ocsp_cache_capacity: 1_000_000,
+        }
+    }
+}
+
+/// An OCSP answer for the HTTP layer: always an OCSPResponse to send with HTTP 200.
+#[derive(Debug, Clone)]
+pub struct OcspAnswer {
+    /// The DER OCSPResponse.
+    pub der: Arc<[u8]>,
+    /// For successful responses that may be cached by HTTP caches (no nonce): thisUpdate,
+    /// nextUpdate and an entity tag.
+    pub caching: Option<Caching>,
+}
+
+/// HTTP caching facts of a response (RFC 5019 §6).
+#[derive(Debug, Clone)]
+pub struct Caching {
+    /// When the response was produced (Last-Modified).
+    pub this_update: UnixTime,
+    /// When it stops being valid (bounds max-age; Expires).
+    pub next_update: UnixTime,
+    /// A strong entity tag (hex of a hash of the response).
+    pub etag: String,
+}
+
+struct Cached {
+    cert_id: Box<[u8]>,
+    answer: OcspAnswer,
+    refresh_at: UnixTime,
+}
+
+/// One issuing CA as the publisher sees it.
+struct IssuerCtx {
+    id: CaId,
+    info: IssuerInfo,
+    hashes: IssuerHashes,
+    signer: Arc<dyn Signer>,
+    responder: RwLock<Option<(Arc<Responder>, UnixTime)>>,
+    urls: PublicUrls,
+}
+
+/// The revocation publisher of one node.
+pub struct Publisher {
+    store: Arc<dyn Store>,
+    kms: Arc<dyn KeyManager>,
+    clock: Arc<dyn Clock>,
+    rng: Arc<dyn Entropy>,
+    config: PublishConfig,
+    issuers: RwLock<Vec<Arc<IssuerCtx>>>,
+    cache: RwLock<HashMap<Serial, Vec<Arc<Cached>>>>,
+    cache_len: std::sync::atomic::AtomicUsize,
+    crls: RwLock<HashMap<(CaId, u16), Arc<CrlRecord>>>,
+    crl_dirty: std::sync::Mutex<Vec<CaId>>,
+    crl_wake: Notify,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn lock_err<T>(_: T) -> AuthorityError {
+    AuthorityError::Internal("a publisher lock was poisoned".into())
+}
+
+impl Publisher {
+    /// Load every issuing CA whose key this node can use, make sure each has a current
+    /// responder certificate and CRLs, and return the publisher. Start [`Publisher::run`]
+    /// to keep it current.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        kms: Arc<dyn KeyManager>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Entropy>,
+        config: PublishConfig,
+    ) -> Result<Arc<Publisher>, AuthorityError> {
+        let p = Publisher::load(store, kms, clock, rng, config).await?;
+        p.refresh_responders().await?;
+        p.reload_crls().await?;
+        p.rebuild_due_crls().await;
+        Ok(p)
+    }
+
+    /// A publisher for one-off work (e.g. `devid crl build`): the issuers are loaded, but
+    /// no responder is made and nothing runs in the background.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        kms: Arc<dyn KeyManager>,
+        clock: Arc<dyn Clock>,
+        rng: Arc<dyn Entropy>,
+        config: PublishConfig,
+    ) -> Result<Arc<Publisher>, AuthorityError> {
+        let p = Arc::new(Publisher {
+            store,
+            kms,
+            clock,
+            rng,
+            config,
+            issuers: RwLock::new(Vec::new()),
+            cache: RwLock::new(HashMap::new()),
+            cache_len: std::sync::atomic::AtomicUsize::new(0),
+            crls: RwLock::new(HashMap::new()),
+            crl_dirty: std::sync::Mutex::new(Vec::new()),
+            crl_wake: Notify::new(),
+        });
+        p.load_issuers().await?;
+        Ok(p)
+    }
+
+    async fn load_issuers(&self) -> Result<(), AuthorityError> {
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for ca in self.store.list_cas().await? {
+            if ca.kind != CaKind::Issuing || ca.not_after <= now {
+                continue;
+            }
+            let Some(key) = ca.key_ref.as_deref() else { continue };
+            let key: KeyRef = match key.parse() {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(ca = %ca.id, error = %e, "skipping a CA with a bad key reference");
+                    continue;
+                }
+            };
+            let signer = match self.kms.signer(&key) {
+                Ok(s) => s,
+                Err(e) => {
+                    // An old CA whose key this node does not hold: it cannot sign CRLs or
+                    // responder certificates here.
+                    tracing::warn!(ca = %ca.id, key = %key, error = %e, "not publishing for this CA");
+                    continue;
+                }
+            };
+            let info = IssuerInfo::from_cert_der(&ca.cert_der)?;
+            let hashes = IssuerHashes::from_issuer_info(&info)?;
+            let urls = PublicUrls::for_issuer(&self.config.public_url, &ca.id);
+            out.push(Arc::new(IssuerCtx {
+                id: ca.id,
+                info,
+                hashes,
+                signer,
+                responder: RwLock::new(None),
+                urls,
+            }));
+        }
+        *self.issuers.write().map_err(lock_err)? = out;
+        Ok(())
+    }
+
+    fn issuers(&self) -> Vec<Arc<IssuerCtx>> {
+        self.issuers.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    fn issuer(&self, id: &CaId) -> Option<Arc<IssuerCtx>> {
+        self.issuers().into_iter().find(|i| &i.id == id)
+    }
+
+    // --- responder certificates ---
+
+    /// Make sure every issuer has a responder certificate with at least a third of its
+    /// lifetime left whose key this node holds; issue a new one otherwise.
+    async fn refresh_responders(&self) -> Result<(), AuthorityError> {
+        let now = self.clock.now();
+        let margin = self.config.responder_validity_secs / 3;
+        for ctx in self.issuers() {
+            let current = ctx.responder.read().map_err(lock_err)?.as_ref().map(|(_, na)| *na);
+            if current.is_some_and(|na| na.0 - now.0 > margin) {
+                continue;
+            }
+            let mut chosen = None;
+            for r in self.store.ocsp_responders(&ctx.id, now.plus(margin)).await? {
+                let Ok(key) = r.key_ref.parse::<KeyRef>() else { continue };
+                if let Ok(signer) = self.kms.signer(&key) {
+                    chosen = Some((Responder::new(&r.cert_der, signer)?, r.not_after));
+                    break;
+                }
+            }
+            let (responder, not_after) = match chosen {
+                Some(c) => c,
+                None => self.issue_responder(&ctx, now).await?,
+            };
+            *ctx.responder.write().map_err(lock_err)? = Some((Arc::new(responder), not_after));
+        }
+        Ok(())
+    }
+
+    async fn issue_responder(
+        &self,
+        ctx: &IssuerCtx,
+        now: UnixTime,
+    ) -> Result<(Responder, UnixTime), AuthorityError> {
+        let id = crate::ca_init::new_ca_id("ocsp", self.rng.as_ref())?.to_string();
+        let key =
+            KeyRef::soft(&format!("{id}-{}", ctx.id)).map_err(|e| AuthorityError::Internal(e.to_string()))?;
+        let kms = self.kms.clone();
+        let k = key.clone();
+        let signer = tokio::task::spawn_blocking(move || kms.create_key(&k, KeyAlgorithm::EcdsaP256, false))
+            .await
+            .map_err(|e| AuthorityError::Internal(format!("key task: {e}")))??;
+        let tbs = devid_ca::profile::ocsp_responder_tbs(
+            &ctx.info,
+            ctx.signer.algorithm(),
+            &Serial::random(self.rng.as_ref()),
+            signer.public_key_spki_der(),
+            "devid OCSP responder",
+            now,
+            self.config.responder_validity_secs,
+        )?;
+        let ca_signer = ctx.signer.clone();
+        let cert_der =
+            tokio::task::spawn_blocking(move || devid_ca::sign::sign_tbs(ca_signer.as_ref(), &tbs))
+                .await
+                .map_err(|e| AuthorityError::Internal(format!("signing task: {e}")))??;
+        let not_after = IssuerInfo::from_cert_der(&cert_der)?.not_after;
+        self.store
+            .put_ocsp_responder(&OcspResponderRecord {
+                id,
+                issuer: ctx.id.clone(),
+                cert_der: cert_der.clone(),
+                key_ref: key.to_string(),
+                not_before: now.plus(-60),
+                not_after,
+                created_at: now,
+            })
+            .await?;
+        tracing::info!(issuer = %ctx.id, key = %key, "issued a delegated OCSP responder certificate");
+        Ok((Responder::new(&cert_der, signer)?, not_after))
+    }
+
+    // --- OCSP ---
+
+    /// Answer a DER OCSPRequest. Never fails: problems become OCSP error statuses
+    /// (malformedRequest, unauthorized, internalError, tryLater).
+    pub async fn ocsp(&self, request: &[u8]) -> OcspAnswer {
+        match self.try_ocsp(request).await {
+            Ok(a) => a,
+            Err(status) => OcspAnswer { der: devid_ca::ocsp::error_response(status).into(), caching: None },
+        }
+    }
+
+    async fn try_ocsp(&self, request: &[u8]) -> Result<OcspAnswer, ErrorStatus> {
+        let req = devid_ca::ocsp::parse_request(request).map_err(|e| e.status())?;
+        let now = self.clock.now();
+        if req.nonce.is_none()
+            && let [one] = req.cert_ids.as_slice()
+            && let Some(serial) = &one.serial
+            && let Some(hit) = self.cached(serial, &one.der, now)
+        {
+            return Ok(hit);
+        }
+        // All CertIDs must name one issuer of ours: one responder signs the answer.
+        let issuers = self.issuers();
+        let first = req.cert_ids.first().ok_or(ErrorStatus::MalformedRequest)?;
+        let ctx = issuers.iter().find(|i| i.hashes.matches(first)).ok_or(ErrorStatus::Unauthorized)?;
+        if !req.cert_ids.iter().all(|c| ctx.hashes.matches(c)) {
+            return Err(ErrorStatus::Unauthorized);
+        }
+        let mut statuses = Vec::with_capacity(req.cert_ids.len());
+        for c in &req.cert_ids {
+            let status = match &c.serial {
+                Some(serial) => self.status_of(&ctx.id, serial).await.map_err(|e| {
+                    tracing::warn!(error = %e, "OCSP status lookup failed");
+                    ErrorStatus::TryLater
+                })?,
+                None => Status::Unknown,
+            };
+            statuses.push(status);
+        }
+        let responder = self.responder(ctx).ok_or(ErrorStatus::TryLater)?;
+        let next_update = now.plus(self.config.ocsp_validity_secs);
+        let singles: Vec<SingleStatus<'_>> = req
+            .cert_ids
+            .iter()
+            .zip(&statuses)
+            .map(|(c, s)| SingleStatus { cert_id_der: &c.der, status: *s, this_update: now, next_update })
+            .collect();
+        let der = responder.sign_response(now, &singles, req.nonce.as_deref()).map_err(|e| {
+            tracing::error!(error = %e, "OCSP signing failed");
+            ErrorStatus::InternalError
+        })?;
+        let der: Arc<[u8]> = der.into();
+        if req.nonce.is_some() {
+            return Ok(OcspAnswer { der, caching: None });
+        }
+        let answer = OcspAnswer { der: der.clone(), caching: Some(caching(&der, now, next_update)) };
+        if let ([one], [status]) = (req.cert_ids.as_slice(), statuses.as_slice())
+            && let Some(serial) = &one.serial
+            && *status != Status::Unknown
+        {
+            self.insert_cached(serial, &one.der, answer.clone(), now);
+        }
+        Ok(answer)
+    }
+
+    fn responder(&self, ctx: &IssuerCtx) -> Option<Arc<Responder>> {
+        ctx.responder.read().ok().and_then(|g| g.as_ref().map(|(r, _)| r.clone()))
+    }
+
+    async fn status_of(&self, issuer: &CaId, serial: &Serial) -> Result<Status, AuthorityError> {
+        Ok(match self.store.get_certificate(serial).await? {
+            Some(c) if &c.issuer == issuer => match c.status {
+                CertStatus::Issued => Status::Good,
+                CertStatus::Revoked => {
+                    let (at, reason) = c.revocation.unwrap_or((c.created_at, RevocationReason::Unspecified));
+                    Status::Revoked { at, reason: Some(reason) }
+                }
+                // Recorded but never signed: it was never handed out.
+                CertStatus::Pending => Status::Unknown,
+            },
+            _ => Status::Unknown,
+        })
+    }
+
+    fn cached(&self, serial: &Serial, cert_id: &[u8], now: UnixTime) -> Option<OcspAnswer> {
+        let cache = self.cache.read().ok()?;
+        let hit = cache.get(serial)?.iter().find(|c| &*c.cert_id == cert_id)?;
+        (now < hit.refresh_at).then(|| hit.answer.clone())
+    }
+
+    fn insert_cached(&self, serial: &Serial, cert_id: &[u8], answer: OcspAnswer, now: UnixTime) {
+        let Some(c) = &answer.caching else { return };
+        // Re-sign when half the validity has passed (RFC 5019 §2.2.4: responders pre-produce
+        // responses and refresh them before nextUpdate).
+        let refresh_at = UnixTime(now.0 + (c.next_update.0 - now.0) / 2);
+        let entry = Arc::new(Cached { cert_id: cert_id.into(), answer, refresh_at });
+        let Ok(mut cache) = self.cache.write() else { return };
+        use std::sync::atomic::Ordering;
+        if self.cache_len.load(Ordering::Relaxed) >= self.config.ocsp_cache_capacity
+            && !cache.contains_key(serial)
+            && let Some(victim) = cache.keys().next().cloned()
+            && let Some(gone) = cache.remove(&victim)
+        {
+            self.cache_len.fetch_sub(gone.len(), Ordering::Relaxed);
+        }
+        let slot = cache.entry(serial.clone()).or_default();
+        if let Some(pos) = slot.iter().position(|c| c.cert_id == entry.cert_id) {
+            slot[pos] = entry;
+        } else {
+            slot.push(entry);
+            self.cache_len.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn evict(&self, serial: &Serial) {
+        if let Ok(mut cache) = self.cache.write()
+            && let Some(gone) = cache.remove(serial)
+        {
+            self.cache_len.fetch_sub(gone.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Sign and cache the response for the CertID form clients send by default (SHA-1,
+    /// as RFC 5019 §2.1.1 requires of clients and as openssl does).
+    async fn presign(&self, issuer: &CaId, serial: &Serial) -> Result<(), AuthorityError> {
+        let Some(ctx) = self.issuer(issuer) else { return Ok(()) };
+        let Some(responder) = self.responder(&ctx) else { return Ok(()) };
+        let status = self.status_of(issuer, serial).await?;
+        if status == Status::Unknown {
+            return Ok(());
+        }
+        let cert_id = ctx.hashes.cert_id_der(HashAlgorithm::Sha1, serial)?;
+        let now = self.clock.now();
+        let next_update = now.plus(self.config.ocsp_validity_secs);
+        let der: Arc<[u8]> = responder
+            .sign_response(
+                now,
+                &[SingleStatus { cert_id_der: &cert_id, status, this_update: now, next_update }],
+                None,
+            )?
+            .into();
+        let answer = OcspAnswer { der: der.clone(), caching: Some(caching(&der, now, next_update)) };
+        self.insert_cached(serial, &cert_id, answer, now);
+        Ok(())
+    }
+
+    /// Number of cached OCSP responses.
+    pub fn ocsp_cache_len(&self) -> usize {
+        self.cache_len.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    // --- CRLs ---
+
+    /// The newest CRL of an issuer and shard (`None`: no such CRL).
+    pub fn crl(&self, issuer: &str, shard: u16) -> Option<Arc<CrlRecord>> {
+        let id = CaId::new(issuer).ok()?;
+        self.crls.read().ok()?.get(&(id, shard)).cloned()
+    }
+
+    /// Number of CRL shards per issuer.
+    pub fn crl_shards(&self) -> u16 {
+        self.config.crl_shards.max(1)
+    }
+
+    /// Load every stored CRL that is newer than the one in memory.
+    async fn reload_crls(&self) -> Result<(), AuthorityError> {
+        for (issuer, shard, number) in self.store.crl_versions().await? {
+            let have =
+                self.crls.read().map_err(lock_err)?.get(&(issuer.clone(), shard)).map(|c| c.crl_number);
+            if have.is_none_or(|h| h < number)
+                && let Some(crl) = self.store.get_crl(&issuer, shard).await?
+            {
+                self.crls.write().map_err(lock_err)?.insert((issuer, shard), Arc::new(crl));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild the CRLs of one issuer now (all shards).
+    pub async fn rebuild_crls(&self, issuer: &CaId) -> Result<(), AuthorityError> {
+        let Some(ctx) = self.issuer(issuer) else { return Ok(()) };
+        let shards = self.crl_shards();
+        for shard in 0..shards {
+            let now = self.clock.now();
+            let idp =
+                (shards > 1).then(|| IssuingDistributionPoint { uri: ctx.urls.crl_shard_url(shard, shards) });
+            let mut sink = Sink {
+                ctx: ctx.clone(),
+                shard: (shards > 1).then_some((shard, shards)),
+                idp,
+                this_update: now,
+                next_update: now.plus(self.config.crl_validity_secs),
+                builder: None,
+            };
+            match self.store.rebuild_crl(&ctx.id, shard, now, &mut sink).await? {
+                Some(crl) => {
+                    tracing::info!(issuer = %ctx.id, shard, number = crl.crl_number, bytes = crl.der.len(), "CRL built");
+                    self.crls.write().map_err(lock_err)?.insert((ctx.id.clone(), shard), Arc::new(crl));
+                }
+                None => tracing::debug!(issuer = %ctx.id, shard, "another node is building this CRL"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuild every CRL that is missing or past half its validity.
+    async fn rebuild_due_crls(&self) {
+        let now = self.clock.now();
+        for ctx in self.issuers() {
+            let due = (0..self.crl_shards()).any(|shard| match self.crl(ctx.id.as_str(), shard) {
+                None => true,
+                Some(c) => now.0 >= c.this_update.0 + (c.next_update.0 - c.this_update.0) / 2,
+            });
+            if due && let Err(e) = self.rebuild_crls(&ctx.id).await {
+                tracing::error!(issuer = %ctx.id, error = %e, "CRL rebuild failed");
+            }
+        }
+    }
+
+    fn mark_crl_dirty(&self, issuer: &CaId) {
+        if let Ok(mut d) = self.crl_dirty.lock()
+            && !d.contains(issuer)
+        {
+            d.push(issuer.clone());
+        }
+        self.crl_wake.notify_one();
+    }
+
+    // --- keeping current ---
+
+    /// Keep OCSP answers and CRLs current until the process ends: poll the change log,
+    /// rebuild CRLs after revocations (debounced) and before they expire, and rotate
+    /// responder certificates. Runs as two tasks.
+    pub fn run(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move { me.poll_loop().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.crl_loop().await });
+    }
+
+    async fn poll_loop(self: Arc<Self>) {
+        let mut follower = match self.store.last_event_seq().await {
+            Ok(seq) => LogFollower::new(seq),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the change log; starting from the beginning");
+                LogFollower::new(0)
+            }
+        };
+        let mut tick: u64 = 0;
+        loop {
+            tokio::time::sleep(self.config.poll_interval).await;
+            tick += 1;
+            if let Err(e) = self.poll_once(&mut follower).await {
+                tracing::warn!(error = %e, "change log poll failed");
+            }
+            // About once a second: CRLs built by other nodes; once a minute: responders.
+            let per_sec = (1000 / self.config.poll_interval.as_millis().max(1) as u64).max(1);
+            if tick % per_sec == 0
+                && let Err(e) = self.reload_crls().await
+            {
+                tracing::warn!(error = %e, "CRL reload failed");
+            }
+            if tick % (per_sec * 60) == 0
+                && let Err(e) = self.refresh_responders().await
+            {
+                tracing::warn!(error = %e, "responder rotation failed");
+            }
+        }
+    }
+
+    /// Apply the change log entries this node has not seen.
+    pub async fn poll_once(&self, follower: &mut LogFollower) -> Result<usize, AuthorityError> {
+        let now = self.clock.now();
+        let events = self.store.events_after(follower.low(now), 1000).await?;
+        let fresh = follower.accept(events, now);
+        for e in &fresh {
+            match e.kind {
+                CertEventKind::Issued => {
+                    if let Err(err) = self.presign(&e.issuer, &e.serial).await {
+                        tracing::warn!(serial = %e.serial, error = %err, "pre-signing failed");
+                    }
+                }
+                CertEventKind::Revoked => {
+                    self.evict(&e.serial);
+                    if let Err(err) = self.presign(&e.issuer, &e.serial).await {
+                        tracing::warn!(serial = %e.serial, error = %err, "pre-signing failed");
+                    }
+                    self.mark_crl_dirty(&e.issuer);
+                }
+            }
+        }
+        Ok(fresh.len())
+    }
+
+    async fn crl_loop(self: Arc<Self>) {
+        loop {
+            // Wake on revocations, or at least every minute to rebuild CRLs past half-life.
+            let _ = tokio::time::timeout(Duration::from_secs(60), self.crl_wake.notified()).await;
+            tokio::time::sleep(self.config.crl_debounce).await;
+            let dirty: Vec<CaId> =
+                self.crl_dirty.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default();
+            for issuer in dirty {
+                if let Err(e) = self.rebuild_crls(&issuer).await {
+                    tracing::error!(issuer = %issuer, error = %e, "CRL rebuild failed");
+                }
+            }
+            self.rebuild_due_crls().await;
+        }
+    }
+}
+
+fn caching(der: &[u8], this_update: UnixTime, next_update: UnixTime) -> Caching {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    Caching { this_update, next_update, etag: hex::encode(&d.as_ref()[..16]) }
+}
+
+/// Streams a CRL's entries into the encoder and signs it with the issuer's key.
+struct Sink {
+    ctx: Arc<IssuerCtx>,
+    shard: Option<(u16, u16)>,
+    idp: Option<IssuingDistributionPoint>,
+    this_update: UnixTime,
+    next_update: UnixTime,
+    builder: Option<CrlBuilder>,
+}
+
+impl CrlSink for Sink {
+    fn begin(&mut self, crl_number: u64) -> Result<(), String> {
+        let params = CrlParams {
+            crl_number,
+            this_update: self.this_update,
+            next_update: self.next_update,
+            idp: self.idp.clone(),
+        };
+        self.builder = Some(
+            CrlBuilder::new(&self.ctx.info, self.ctx.signer.algorithm(), params)
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        serial: &Serial,
+        revoked_at: UnixTime,
+        reason: RevocationReason,
+    ) -> Result<(), String> {
+        if let Some((shard, of)) = self.shard
+            && devid_ca::crl::shard_of(serial, of) != shard
+        {
+            return Ok(());
+        }
+        let b = self.builder.as_mut().ok_or("entry before begin")?;
+        b.push(&CrlEntry { serial, revoked_at, reason: Some(reason) }).map_err(|e| e.to_string())
+    }
+
+    fn finish(&mut self) -> Result<(UnixTime, UnixTime, Vec<u8>), String> {
+        let b = self.builder.take().ok_or("finish before begin")?;
+        let der = b.finish(self.ctx.signer.as_ref()).map_err(|e| e.to_string())?;
+        Ok((self.this_update, self.next_update, der))
+    }
+}
+
+/// Follows the change log. A sequence number can become visible after a higher one (two
+/// PostgreSQL transactions committing out of order), so numbers skipped over are
+/// remembered for a while and read again; one that never appears (a rolled-back
+/// transaction) is given up after [`LogFollower::GAP_PATIENCE_SECS`].
+#[derive(Debug)]
+pub struct LogFollower {
+    last: i64,
+    gaps: BTreeMap<i64, UnixTime>,
+}
+
+impl LogFollower {
+    /// How long a missing sequence number is waited for.
+    pub const GAP_PATIENCE_SECS: i64 = 10;
+
+    /// Start after `seq` (events up to it are taken as seen).
+    pub fn new(seq: i64) -> Self {
+        LogFollower { last: seq, gaps: BTreeMap::new() }
+    }
+
+    /// Read from after this sequence number.
+    pub fn low(&mut self, now: UnixTime) -> i64 {
+        self.gaps.retain(|_, since| now.0 - since.0 <= Self::GAP_PATIENCE_SECS);
+        self.gaps.keys().next().map(|g| g - 1).unwrap_or(self.last).min(self.last)
+    }
+
+    /// Keep the events not seen before, and note the gaps.
+    pub fn accept(
+        &mut self,
+        events: Vec<devid_store::CertEvent>,
+        now: UnixTime,
+    ) -> Vec<devid_store::CertEvent> {
+        let mut fresh = Vec::new();
+        for e in events {
+            if e.seq <= self.last {
+                if self.gaps.remove(&e.seq).is_some() {
+                    fresh.push(e);
+                }
+                continue;
+            }
+            for missing in (self.last + 1)..e.seq {
+                self.gaps.insert(missing, now);
+            }
+            self.last = e.seq;
+            fresh.push(e);
+        }
+        fresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devid_store::CertEvent;
+
+    fn ev(seq: i64) -> CertEvent {
+        CertEvent {
+            seq,
+            serial: Serial::from_hex("01").expect("serial"),
+            issuer: CaId::new("i").expect("id"),
+            kind: CertEventKind::Revoked,
+            at: UnixTime(0),
+        }
+    }
+
+    #[test]
+    fn follower_sees_late_commits_once_and_gives_up_on_rollbacks() {
+        let mut f = LogFollower::new(10);
+        let t = UnixTime(100);
+        assert_eq!(f.low(t), 10);
+        // 11 and 13 are visible; 12 is still in flight.
+        let got: Vec<i64> = f.accept(vec![ev(11), ev(13)], t).iter().map(|e| e.seq).collect();
+        assert_eq!(got, vec![11, 13]);
+        assert_eq!(f.low(t), 11, "read again from before the gap");
+        // The next read returns 12 (committed late) and 13 again: only 12 is new.
+        let got: Vec<i64> = f.accept(vec![ev(12), ev(13)], t).iter().map(|e| e.seq).collect();
+        assert_eq!(got, vec![12]);
+        assert_eq!(f.low(t), 13);
+        // 15 arrives, 14 never does: after the patience, reading resumes after 15.
+        f.accept(vec![ev(15)], t);
+        assert_eq!(f.low(t), 13);
+        assert_eq!(f.low(UnixTime(100 + LogFollower::GAP_PATIENCE_SECS + 1)), 15);
+    }
+}
