@@ -551,12 +551,12 @@ impl Publisher {
             }
             // About once a second: CRLs built by other nodes; once a minute: responders.
             let per_sec = (1000 / self.config.poll_interval.as_millis().max(1) as u64).max(1);
-            if tick % per_sec == 0
+            if tick.is_multiple_of(per_sec)
                 && let Err(e) = self.reload_crls().await
             {
                 tracing::warn!(error = %e, "CRL reload failed");
             }
-            if tick % (per_sec * 60) == 0
+            if tick.is_multiple_of(per_sec * 60)
                 && let Err(e) = self.refresh_responders().await
             {
                 tracing::warn!(error = %e, "responder rotation failed");
