@@ -21,7 +21,7 @@ use axum::http::{HeaderName, Request};
 use devid_authority::Authority;
 use devid_authority::publish::Publisher;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -70,6 +70,30 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
+/// Request ids: a random 64-bit prefix per process and a counter, so ids are unique across
+/// replicas and restarts without a call into the operating system's random source per
+/// request (tower-http's UUID maker reads it every time).
+#[derive(Clone)]
+struct RequestIds {
+    prefix: u64,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut b = [0u8; 8];
+        devid_core::Entropy::fill(&devid_core::OsEntropy, &mut b);
+        RequestIds { prefix: u64::from_be_bytes(b), next: Arc::new(std::sync::atomic::AtomicU64::new(1)) }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        axum::http::HeaderValue::from_str(&format!("{:016x}-{n:x}", self.prefix)).ok().map(RequestId::new)
+    }
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
@@ -90,5 +114,5 @@ pub fn router(state: AppState) -> Router {
             let id = req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(x_request_id, RequestIds::new()))
 }

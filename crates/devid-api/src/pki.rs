@@ -27,7 +27,7 @@ const OCSP_RESPONSE: &str = "application/ocsp-response";
 async fn ocsp_post(State(state): State<AppState>, body: Bytes) -> Response {
     let answer = state.publisher.ocsp(&body).await;
     // POST responses are not cacheable by HTTP caches (RFC 5019 §5: use GET for that).
-    ([(header::CONTENT_TYPE, OCSP_RESPONSE)], answer.der.to_vec()).into_response()
+    ([(header::CONTENT_TYPE, OCSP_RESPONSE)], answer.der).into_response()
 }
 
 /// OCSP over GET (RFC 6960 A.1.1: `{url}/{url-encoding of base-64 encoding of the DER
@@ -61,10 +61,10 @@ async fn ocsp_get(
     } else {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
     }
-    (h, answer.der.to_vec()).into_response()
+    (h, answer.der).into_response()
 }
 
-fn devid_ca_error(status: devid_ca::ocsp::ErrorStatus) -> std::sync::Arc<[u8]> {
+fn devid_ca_error(status: devid_ca::ocsp::ErrorStatus) -> axum::body::Bytes {
     devid_ca::ocsp::error_response(status).into()
 }
 
@@ -134,7 +134,7 @@ async fn crl(
     let caching = Caching {
         this_update: crl.this_update,
         next_update: crl.next_update,
-        etag: format!("{}-{}-{}", crl.issuer, crl.shard, crl.crl_number),
+        etag: format!("{}-{}-{}", crl.issuer, crl.shard, crl.crl_number).into(),
     };
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pkix-crl"));

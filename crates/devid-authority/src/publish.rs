@@ -71,8 +71,8 @@ impl PublishConfig {
 /// An OCSP answer for the HTTP layer: always an OCSPResponse to send with HTTP 200.
 #[derive(Debug, Clone)]
 pub struct OcspAnswer {
-    /// The DER OCSPResponse.
-    pub der: Arc<[u8]>,
+    /// The DER OCSPResponse (shared, not copied, between the cache and responses).
+    pub der: bytes::Bytes,
     /// For successful responses that may be cached by HTTP caches (no nonce): thisUpdate,
     /// nextUpdate and an entity tag.
     pub caching: Option<Caching>,
@@ -86,7 +86,7 @@ pub struct Caching {
     /// When it stops being valid (bounds max-age; Expires).
     pub next_update: UnixTime,
     /// A strong entity tag (hex of a hash of the response).
-    pub etag: String,
+    pub etag: Arc<str>,
 }
 
 struct Cached {
@@ -345,7 +345,7 @@ impl Publisher {
             tracing::error!(error = %e, "OCSP signing failed");
             ErrorStatus::InternalError
         })?;
-        let der: Arc<[u8]> = der.into();
+        let der = bytes::Bytes::from(der);
         if req.nonce.is_some() {
             return Ok(OcspAnswer { der, caching: None });
         }
@@ -428,7 +428,7 @@ impl Publisher {
         let cert_id = ctx.hashes.cert_id_der(HashAlgorithm::Sha1, serial)?;
         let now = self.clock.now();
         let next_update = now.plus(self.config.ocsp_validity_secs);
-        let der: Arc<[u8]> = responder
+        let der: bytes::Bytes = responder
             .sign_response(
                 now,
                 &[SingleStatus { cert_id_der: &cert_id, status, this_update: now, next_update }],
@@ -607,7 +607,7 @@ impl Publisher {
 
 fn caching(der: &[u8], this_update: UnixTime, next_update: UnixTime) -> Caching {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-    Caching { this_update, next_update, etag: hex::encode(&d.as_ref()[..16]) }
+    Caching { this_update, next_update, etag: hex::encode(&d.as_ref()[..16]).into() }
 }
 
 /// Streams a CRL's entries into the encoder and signs it with the issuer's key.
