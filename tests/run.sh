@@ -21,6 +21,9 @@ for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libso
 done
 [ -n "$module" ] || die "the SoftHSM2 PKCS#11 module (libsofthsm2.so) was not found: $(sudo_hint softhsm2)"
 command -v python3 >/dev/null || die "python3 not found: $(sudo_hint python3 python3-venv)"
+{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null || die "nginx not found: $(sudo_hint nginx)"
+{ command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null || die "mosquitto not found: $(sudo_hint mosquitto)"
+{ command -v mosquitto_sub && command -v mosquitto_pub; } >/dev/null || die "mosquitto_sub/mosquitto_pub not found: $(sudo_hint mosquitto-clients)"
 
 work=$(mktemp -d -t devid-tests.XXXXXX)
 pg_bin=""; pg_data=""

@@ -99,3 +99,30 @@ CREATE TABLE ocsp_responders (
     created_at  BIGINT NOT NULL
 );
 CREATE INDEX ocsp_responders_issuer_not_after ON ocsp_responders (issuer_id, not_after);
+
+-- API clients (RFC 6749 §2.3.1 client credentials). The secret is stored as an Argon2id
+-- PHC string; role is one of admin, factory, operator, auditor.
+CREATE TABLE credentials (
+    client_id    TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    secret_hash  TEXT NOT NULL,
+    role         TEXT NOT NULL CHECK (role IN ('admin', 'factory', 'operator', 'auditor')),
+    name         TEXT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    revoked_at   BIGINT NULL
+);
+
+-- Public keys that sign access tokens (JWS ES256, RFC 7515/7518). Every node verifies with
+-- any key still valid here; each node signs with the newest key it holds.
+CREATE TABLE token_keys (
+    kid         TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    key_ref     TEXT NOT NULL,
+    public_spki BYTEA NOT NULL,
+    created_at  BIGINT NOT NULL,
+    not_after   BIGINT NOT NULL
+);
+
+-- Revoked access tokens (RFC 7009), kept until they would have expired anyway.
+CREATE TABLE revoked_tokens (
+    jti         TEXT COLLATE "C" PRIMARY KEY NOT NULL,
+    expires_at  BIGINT NOT NULL
+);

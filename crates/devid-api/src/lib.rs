@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod admin;
+pub mod auth;
 mod enroll;
 mod ops;
 mod pki;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub authority: Arc<Authority>,
     /// OCSP answers and CRLs.
     pub publisher: Arc<Publisher>,
+    /// Access tokens.
+    pub tokens: Arc<devid_authority::auth::TokenService>,
 }
 
 #[derive(OpenApi)]
@@ -53,7 +57,11 @@ pub struct AppState {
     tags(
         (name = "enroll", description = "Device enrollment"),
         (name = "pki", description = "CA certificates, OCSP and CRLs"),
-        (name = "ops", description = "Health and readiness")
+        (name = "ops", description = "Health and readiness"),
+        (name = "auth", description = "Access tokens (OAuth 2.0 client credentials)"),
+        (name = "devices", description = "Device registration, lookup, revocation and quarantine"),
+        (name = "certificates", description = "Certificate lookup and revocation"),
+        (name = "credentials", description = "API credentials")
     )
 )]
 struct ApiDoc;
@@ -61,12 +69,18 @@ struct ApiDoc;
 fn routes() -> OpenApiRouter<AppState> {
     let mut doc = ApiDoc::openapi();
     doc.merge(pki::WildcardDoc::openapi());
-    OpenApiRouter::with_openapi(doc).merge(enroll::routes()).merge(ops::routes()).merge(pki::routes())
+    OpenApiRouter::with_openapi(doc)
+        .merge(enroll::routes())
+        .merge(ops::routes())
+        .merge(pki::routes())
+        .merge(auth::routes())
+        .merge(admin::routes())
 }
 
 /// The OpenAPI 3.1 document of every route, generated from the handlers.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, doc) = routes().split_for_parts();
+    let (_, mut doc) = routes().split_for_parts();
+    auth::document(&mut doc);
     doc
 }
 
@@ -97,7 +111,9 @@ impl MakeRequestId for RequestIds {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
-    let router = router.merge(pki::wildcard_routes());
+    let router = router
+        .merge(pki::wildcard_routes())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize));
     let x_request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     router
         .fallback(problem::not_found)

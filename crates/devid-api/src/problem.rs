@@ -105,6 +105,34 @@ impl IntoResponse for ApiError {
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
+/// A JSON body that may be left out: an empty body gives `T::default()`. Malformed JSON,
+/// or a body over the size limit, is a problem.
+#[derive(Debug)]
+pub struct JsonOrEmpty<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonOrEmpty<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Default,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|r| {
+            let status = r.status();
+            let code =
+                if status == StatusCode::PAYLOAD_TOO_LARGE { "body-too-large" } else { "invalid-request" };
+            ApiError::new(status, code, r.body_text())
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonOrEmpty(T::default()));
+        }
+        serde_json::from_slice(&bytes).map(JsonOrEmpty).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", format!("bad JSON body: {e}"))
+        })
+    }
+}
+
 /// 404 for every unknown route.
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route")
@@ -117,8 +145,13 @@ pub async fn method_not_allowed() -> ApiError {
 
 /// A handler panicked: log it and answer a plain 500 problem. (There should be none; this
 /// keeps a bug from dropping the connection.)
-pub fn panic_response(_err: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("handler panicked");
+pub fn panic_response(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let msg = err
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| err.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %msg, "handler panicked");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
         .into_response()
 }

@@ -44,6 +44,22 @@ pub enum AuthorityError {
     /// Certificate building or signing failed for a reason that is not the caller's.
     #[error("CA: {0}")]
     Ca(CaError),
+    /// The caller is not authenticated: no token, or a token that does not verify.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated, but the role does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The client id or secret is wrong, or the credential is revoked (RFC 6749 §5.2
+    /// `invalid_client`; deliberately vague).
+    #[error("client authentication failed")]
+    InvalidClient,
+    /// Too many attempts; retry after this many seconds.
+    #[error("too many attempts; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds.
+        retry_after_secs: u64,
+    },
     /// A background task failed (a bug).
     #[error("internal: {0}")]
     Internal(String),
@@ -63,7 +79,11 @@ impl AuthorityError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             AuthorityError::BadCsr(_) | AuthorityError::Invalid(_) => ErrorKind::InvalidInput,
-            AuthorityError::TokenUnknown => ErrorKind::Unauthorized,
+            AuthorityError::TokenUnknown
+            | AuthorityError::Unauthenticated(_)
+            | AuthorityError::InvalidClient => ErrorKind::Unauthorized,
+            AuthorityError::Forbidden(_) => ErrorKind::Forbidden,
+            AuthorityError::RateLimited { .. } => ErrorKind::RateLimited,
             AuthorityError::TokenUsed | AuthorityError::DeviceExists(_) | AuthorityError::CaExists => {
                 ErrorKind::Conflict
             }
@@ -82,6 +102,10 @@ impl AuthorityError {
         match self {
             AuthorityError::BadCsr(_) => "bad-csr",
             AuthorityError::TokenUnknown => "token-invalid",
+            AuthorityError::Unauthenticated(_) => "unauthenticated",
+            AuthorityError::Forbidden(_) => "forbidden",
+            AuthorityError::InvalidClient => "invalid-client",
+            AuthorityError::RateLimited { .. } => "rate-limited",
             AuthorityError::TokenUsed => "token-used",
             AuthorityError::DeviceQuarantined => "device-quarantined",
             AuthorityError::DeviceExists(_) => "device-exists",

@@ -4,10 +4,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod auth;
 mod ca_init;
 mod enroll;
 mod error;
 mod issuer;
+mod ops;
 pub mod publish;
 mod revocation;
 

@@ -272,6 +272,21 @@ fn serial_checked(hex: &str) -> Result<Serial, StoreError> {
     Serial::from_hex(hex).map_err(|e| StoreError::internal(format!("bad serial {hex:?} in the store: {e}")))
 }
 
+/// A credential row.
+pub(crate) fn credential_from_row(
+    row: (String, String, String, String, i64, Option<i64>),
+) -> crate::CredentialRecord {
+    let (client_id, secret_hash, role, name, created_at, revoked_at) = row;
+    crate::CredentialRecord {
+        client_id,
+        secret_hash,
+        role,
+        name,
+        created_at: UnixTime(created_at),
+        revoked_at: revoked_at.map(UnixTime),
+    }
+}
+
 // --- SQL, shared by both backends. `concat!` needs literals, hence the macros. ---
 
 macro_rules! ca_select {
@@ -978,6 +993,135 @@ macro_rules! impl_store {
                     next_update,
                     der,
                 }))
+            }
+
+            async fn insert_credential(&self, c: &$crate::CredentialRecord) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                sqlx::query(
+                    "INSERT INTO credentials (client_id, secret_hash, role, name, created_at, revoked_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(c.client_id.as_str())
+                .bind(c.secret_hash.as_str())
+                .bind(c.role.as_str())
+                .bind(c.name.as_str())
+                .bind(c.created_at.0)
+                .bind(c.revoked_at.map(|t| t.0))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn get_credential(
+                &self,
+                client_id: &str,
+            ) -> Result<Option<$crate::CredentialRecord>, $crate::StoreError> {
+                let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+                    "SELECT client_id, secret_hash, role, name, created_at, revoked_at FROM credentials WHERE client_id = $1",
+                )
+                .bind(client_id)
+                .fetch_optional(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                Ok(row.map($crate::common::credential_from_row))
+            }
+
+            async fn list_credentials(&self) -> Result<Vec<$crate::CredentialRecord>, $crate::StoreError> {
+                let rows: Vec<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+                    "SELECT client_id, secret_hash, role, name, created_at, revoked_at FROM credentials \
+                     ORDER BY created_at, client_id",
+                )
+                .fetch_all(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                Ok(rows.into_iter().map($crate::common::credential_from_row).collect())
+            }
+
+            async fn revoke_credential(
+                &self,
+                client_id: &str,
+                at: devid_core::UnixTime,
+            ) -> Result<$crate::CredentialRecord, $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                sqlx::query("UPDATE credentials SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL")
+                    .bind(client_id)
+                    .bind(at.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+                    "SELECT client_id, secret_hash, role, name, created_at, revoked_at FROM credentials WHERE client_id = $1",
+                )
+                .bind(client_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                let Some(row) = row else {
+                    return Err($crate::StoreError::not_found(format!("no credential {client_id}")));
+                };
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok($crate::common::credential_from_row(row))
+            }
+
+            async fn put_token_key(&self, k: &$crate::TokenKeyRecord) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                sqlx::query(
+                    "INSERT INTO token_keys (kid, key_ref, public_spki, created_at, not_after) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(k.kid.as_str())
+                .bind(k.key_ref.as_str())
+                .bind(k.public_spki.as_slice())
+                .bind(k.created_at.0)
+                .bind(k.not_after.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn token_keys(
+                &self,
+                at: devid_core::UnixTime,
+            ) -> Result<Vec<$crate::TokenKeyRecord>, $crate::StoreError> {
+                let rows: Vec<(String, String, Vec<u8>, i64, i64)> = sqlx::query_as(
+                    "SELECT kid, key_ref, public_spki, created_at, not_after FROM token_keys WHERE not_after > $1 \
+                     ORDER BY created_at DESC, kid DESC LIMIT 100",
+                )
+                .bind(at.0)
+                .fetch_all(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(kid, key_ref, public_spki, created_at, not_after)| $crate::TokenKeyRecord {
+                        kid,
+                        key_ref,
+                        public_spki,
+                        created_at: devid_core::UnixTime(created_at),
+                        not_after: devid_core::UnixTime(not_after),
+                    })
+                    .collect())
+            }
+
+            async fn revoke_token(&self, jti: &str, expires_at: devid_core::UnixTime) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
+                    .bind(jti)
+                    .bind(expires_at.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn is_token_revoked(&self, jti: &str) -> Result<bool, $crate::StoreError> {
+                let row: Option<(String,)> = sqlx::query_as("SELECT jti FROM revoked_tokens WHERE jti = $1")
+                    .bind(jti)
+                    .fetch_optional(self.reader())
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                Ok(row.is_some())
             }
 
             async fn revoke_device_certificates(

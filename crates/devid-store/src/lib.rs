@@ -230,6 +230,38 @@ pub trait CrlSink: Send {
     fn finish(&mut self) -> Result<(UnixTime, UnixTime, Vec<u8>), String>;
 }
 
+/// An API client credential (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRecord {
+    /// The client id.
+    pub client_id: String,
+    /// The secret's Argon2id PHC string (never the secret).
+    pub secret_hash: String,
+    /// `admin`, `factory`, `operator` or `auditor`.
+    pub role: String,
+    /// A human label.
+    pub name: String,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<UnixTime>,
+}
+
+/// A public key that signs access tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenKeyRecord {
+    /// The JWS key id (`kid`).
+    pub kid: String,
+    /// Where the private key is (on the node that made it).
+    pub key_ref: String,
+    /// The public key, DER SubjectPublicKeyInfo.
+    pub public_spki: Vec<u8>,
+    /// When it was made.
+    pub created_at: UnixTime,
+    /// Tokens it signed are not accepted after this.
+    pub not_after: UnixTime,
+}
+
 /// The store. Methods are shaped after the use cases so that each is one transaction.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -370,6 +402,26 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
         sink: &mut dyn CrlSink,
     ) -> Result<Option<CrlRecord>, StoreError>;
+
+    // --- API credentials and access tokens ---
+
+    /// Record a credential. [`ErrorKind::Conflict`] if the client id exists.
+    async fn insert_credential(&self, c: &CredentialRecord) -> Result<(), StoreError>;
+    /// A credential by client id.
+    async fn get_credential(&self, client_id: &str) -> Result<Option<CredentialRecord>, StoreError>;
+    /// Every credential, oldest first.
+    async fn list_credentials(&self) -> Result<Vec<CredentialRecord>, StoreError>;
+    /// Revoke a credential (idempotent: the first revocation time stands).
+    /// [`ErrorKind::NotFound`] for an unknown client id.
+    async fn revoke_credential(&self, client_id: &str, at: UnixTime) -> Result<CredentialRecord, StoreError>;
+    /// Record a token signing public key.
+    async fn put_token_key(&self, k: &TokenKeyRecord) -> Result<(), StoreError>;
+    /// Token keys valid at `at`, newest first.
+    async fn token_keys(&self, at: UnixTime) -> Result<Vec<TokenKeyRecord>, StoreError>;
+    /// Revoke an access token by its `jti` (idempotent).
+    async fn revoke_token(&self, jti: &str, expires_at: UnixTime) -> Result<(), StoreError>;
+    /// Whether a token was revoked.
+    async fn is_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
 }
 
 /// Open the store named by a database URL (`sqlite:PATH`, `sqlite::memory:`,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use devid_core::{CaId, DeviceId, ErrorKind, RevocationReason, Serial, UnixTime};
 use devid_store::{
-    CaKind, CaRecord, CertEventKind, CertStatus, CrlSink, DeviceRecord, DeviceStatus, OcspResponderRecord,
-    PendingCert, PgStore, SqliteStore, Store,
+    CaKind, CaRecord, CertEventKind, CertStatus, CredentialRecord, CrlSink, DeviceRecord, DeviceStatus,
+    OcspResponderRecord, PendingCert, PgStore, SqliteStore, Store, TokenKeyRecord,
 };
 use devid_testkit::db::{Backend, TestDb};
 
@@ -49,6 +49,7 @@ both_backends!(
     ocsp_responders_newest_first,
     crl_rebuild_streams_revoked_unexpired_and_numbers_grow,
     crl_rebuild_is_one_node_at_a_time,
+    credentials_and_token_keys,
     serial_collision,
     migrations_run_twice,
 );
@@ -958,5 +959,53 @@ async fn crl_rebuild_is_one_node_at_a_time(backend: Backend) {
             assert_eq!(numbers, vec![1, 2]);
         }
     }
+    db.cleanup().await;
+}
+
+async fn credentials_and_token_keys(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let c = CredentialRecord {
+        client_id: "cl_1".into(),
+        secret_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        role: "operator".into(),
+        name: "line 1".into(),
+        created_at: t(1),
+        revoked_at: None,
+    };
+    store.insert_credential(&c).await.unwrap();
+    assert_eq!(kind(store.insert_credential(&c).await), ErrorKind::Conflict);
+    let bad_role = CredentialRecord { client_id: "cl_2".into(), role: "root".into(), ..c.clone() };
+    assert!(store.insert_credential(&bad_role).await.is_err(), "roles are checked by the schema");
+    assert_eq!(store.get_credential("cl_1").await.unwrap(), Some(c.clone()));
+    assert_eq!(store.get_credential("nope").await.unwrap(), None);
+    let revoked = store.revoke_credential("cl_1", t(5)).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(t(5)));
+    assert_eq!(
+        store.revoke_credential("cl_1", t(9)).await.unwrap().revoked_at,
+        Some(t(5)),
+        "first revocation stands"
+    );
+    assert_eq!(kind(store.revoke_credential("nope", t(9)).await), ErrorKind::NotFound);
+    assert_eq!(store.list_credentials().await.unwrap().len(), 1);
+
+    let k = |kid: &str, created: i64, not_after: i64| TokenKeyRecord {
+        kid: kid.into(),
+        key_ref: format!("soft:{kid}"),
+        public_spki: vec![1, 2, 3],
+        created_at: t(created),
+        not_after: t(not_after),
+    };
+    store.put_token_key(&k("a", 1, 100)).await.unwrap();
+    store.put_token_key(&k("b", 2, 200)).await.unwrap();
+    let kids: Vec<String> = store.token_keys(t(50)).await.unwrap().into_iter().map(|k| k.kid).collect();
+    assert_eq!(kids, vec!["b".to_string(), "a".to_string()]);
+    let kids: Vec<String> = store.token_keys(t(150)).await.unwrap().into_iter().map(|k| k.kid).collect();
+    assert_eq!(kids, vec!["b".to_string()]);
+
+    assert!(!store.is_token_revoked("j1").await.unwrap());
+    store.revoke_token("j1", t(100)).await.unwrap();
+    store.revoke_token("j1", t(100)).await.unwrap();
+    assert!(store.is_token_revoked("j1").await.unwrap());
     db.cleanup().await;
 }

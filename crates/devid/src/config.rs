@@ -62,6 +62,17 @@ pub struct RawConfig {
     pub ocsp: OcspRaw,
     /// CRLs.
     pub crl: CrlRaw,
+    /// API access tokens.
+    pub auth: AuthRaw,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthRaw {
+    /// Access token lifetime, at most 15 minutes, e.g. `15m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_lifetime: Option<String>,
 }
 
 /// `[ocsp]`.
@@ -208,6 +219,8 @@ pub struct Config {
     pub crl_validity: Duration,
     /// CRL shards per CA.
     pub crl_shards: u16,
+    /// Access token lifetime.
+    pub token_lifetime: Duration,
 }
 
 /// A configuration error, naming the key.
@@ -466,12 +479,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Duration::from_secs(31 * 86400),
     )?;
     let crl_shards = number("crl.shards", raw.crl.shards.as_deref(), 1, 1, 1024)? as u16;
+    let token_lifetime = duration(
+        "auth.token_lifetime",
+        raw.auth.token_lifetime.as_deref(),
+        Duration::from_secs(900),
+        Duration::from_secs(1),
+        Duration::from_secs(900),
+    )?;
     Ok(Config {
         ocsp_validity,
         ocsp_responder_validity,
         ocsp_cache_capacity,
         crl_validity,
         crl_shards,
+        token_lifetime,
         listen,
         data_dir,
         database_url,

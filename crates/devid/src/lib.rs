@@ -69,8 +69,38 @@ enum Command {
     /// CRL operations.
     #[command(subcommand)]
     Crl(CrlCommand),
+    /// API credentials (for factory lines, operators, auditors, admins).
+    #[command(subcommand)]
+    Credential(CredentialCommand),
     /// Print the OpenAPI 3.1 document of the HTTP API.
     Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// Create a credential and print its client id and secret (the secret is shown once).
+    Create {
+        /// admin, factory, operator or auditor.
+        #[arg(long)]
+        role: String,
+        /// A label, e.g. the factory line.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Print {"client_id": …, "client_secret": …, "role": …}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List credentials (never their secrets).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a credential: its tokens stop working at once.
+    Revoke {
+        /// The client id.
+        client_id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,6 +275,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Quarantine { device_id, reason, json } => quarantine(&cfg, &device_id, reason, json).await,
         Command::Release { device_id } => release(&cfg, &device_id).await,
         Command::Crl(CrlCommand::Build { json }) => crl_build(&cfg, json).await,
+        Command::Credential(c) => credential(&cfg, c).await,
         Command::Openapi => {
             println!("{}", openapi_json()?);
             Ok(())
@@ -411,8 +442,21 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     println!("enroll: POST {base}/v1/enroll   chain: GET {base}/v1/ca/chain   API: GET {base}/openapi.json");
     println!("OCSP: {base}/ocsp   CRL: {base}/crl/{}.crl", issuer.id);
     println!("listening on http://{addr}");
-    let app = devid_api::router(devid_api::AppState { authority: Arc::new(authority), publisher });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let tokens = Arc::new(devid_authority::auth::TokenService::new(
+        store.clone(),
+        authority.kms().clone(),
+        Arc::new(SystemClock),
+        Arc::new(OsEntropy),
+        {
+            let mut t = devid_authority::auth::TokenConfig::new(base.to_string());
+            t.lifetime_secs = cfg.token_lifetime.as_secs() as i64;
+            t
+        },
+    ));
+    let app = devid_api::router(devid_api::AppState { authority: Arc::new(authority), publisher, tokens });
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -669,6 +713,63 @@ async fn crl_build(cfg: &Config, json: bool) -> Result<(), CliError> {
     } else {
         for r in rows {
             println!("{r}");
+        }
+    }
+    Ok(())
+}
+
+async fn credential(cfg: &Config, c: CredentialCommand) -> Result<(), CliError> {
+    let store = open_store(cfg).await?;
+    match c {
+        CredentialCommand::Create { role, name, json } => {
+            let role: devid_authority::auth::Role =
+                role.parse().map_err(|e: String| CliError(format!("--role: {e}")))?;
+            let c = devid_authority::auth::create_credential(
+                store.as_ref(),
+                &SystemClock,
+                &OsEntropy,
+                role,
+                &name,
+            )
+            .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "client_id": c.record.client_id, "client_secret": c.client_secret, "role": c.record.role })
+                );
+            } else {
+                println!("client_id:     {}", c.record.client_id);
+                println!("client_secret: {} (shown once)", c.client_secret);
+                println!("role:          {}", c.record.role);
+            }
+        }
+        CredentialCommand::List { json } => {
+            let rows: Vec<serde_json::Value> = store
+                .list_credentials()
+                .await?
+                .into_iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "client_id": c.client_id, "role": c.role, "name": c.name,
+                        "created_at": c.created_at.to_rfc3339(), "revoked_at": c.revoked_at.map(|t| t.to_rfc3339()),
+                    })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for r in rows {
+                    println!("{r}");
+                }
+            }
+        }
+        CredentialCommand::Revoke { client_id } => {
+            let c =
+                store.revoke_credential(&client_id, SystemClock.now()).await.map_err(|e| match e.kind() {
+                    devid_core::ErrorKind::NotFound => CliError(format!("no credential {client_id}")),
+                    _ => CliError(e.to_string()),
+                })?;
+            println!("credential {} revoked", c.client_id);
         }
     }
     Ok(())

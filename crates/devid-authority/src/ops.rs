@@ -1,0 +1,109 @@
+//! Operator and factory use cases, as methods of [`Authority`]: the HTTP layer calls these
+//! and never sees the store.
+
+use devid_core::{DeviceId, RevocationReason, Serial};
+use devid_store::{CertRecord, CredentialRecord, DeviceRecord, Page};
+
+use crate::auth::{NewCredential, Role};
+use crate::{Authority, AuthorityError, EnrollToken};
+
+impl Authority {
+    /// Register a device, optionally with a one-time enrollment token (shown once).
+    pub async fn register_device(
+        &self,
+        id: &DeviceId,
+        with_token: bool,
+    ) -> Result<(DeviceRecord, Option<EnrollToken>), AuthorityError> {
+        crate::register_device(self.store.as_ref(), self.clock.as_ref(), self.rng.as_ref(), id, with_token)
+            .await
+    }
+
+    /// A device by id.
+    pub async fn device(&self, id: &DeviceId) -> Result<DeviceRecord, AuthorityError> {
+        self.store.get_device(id).await?.ok_or(AuthorityError::NotFound("device"))
+    }
+
+    /// Devices in id order after `cursor`.
+    pub async fn devices(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<DeviceRecord>, AuthorityError> {
+        Ok(self.store.list_devices(cursor, limit).await?)
+    }
+
+    /// A certificate by serial.
+    pub async fn certificate(&self, serial: &Serial) -> Result<CertRecord, AuthorityError> {
+        self.store.get_certificate(serial).await?.ok_or(AuthorityError::NotFound("certificate"))
+    }
+
+    /// Certificates (of one device, or all) in serial order after `cursor`.
+    pub async fn certificates(
+        &self,
+        device: Option<&DeviceId>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<CertRecord>, AuthorityError> {
+        Ok(self.store.list_certificates(device, cursor, limit).await?)
+    }
+
+    /// Revoke one certificate (idempotent).
+    pub async fn revoke(
+        &self,
+        serial: &Serial,
+        reason: RevocationReason,
+    ) -> Result<CertRecord, AuthorityError> {
+        crate::revoke_certificate(self.store.as_ref(), self.clock.as_ref(), serial, reason).await
+    }
+
+    /// Revoke every certificate of a device.
+    pub async fn revoke_device(
+        &self,
+        id: &DeviceId,
+        reason: RevocationReason,
+    ) -> Result<Vec<Serial>, AuthorityError> {
+        crate::revoke_device(self.store.as_ref(), self.clock.as_ref(), id, reason).await
+    }
+
+    /// Quarantine a device.
+    pub async fn quarantine(
+        &self,
+        id: &DeviceId,
+        reason: RevocationReason,
+    ) -> Result<Vec<Serial>, AuthorityError> {
+        crate::quarantine(self.store.as_ref(), self.clock.as_ref(), id, reason).await
+    }
+
+    /// Release a quarantined device.
+    pub async fn release(&self, id: &DeviceId) -> Result<bool, AuthorityError> {
+        crate::release(self.store.as_ref(), self.clock.as_ref(), id).await
+    }
+
+    /// Create an API credential (the secret is in the result, once).
+    pub async fn create_credential(&self, role: Role, name: &str) -> Result<NewCredential, AuthorityError> {
+        crate::auth::create_credential(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            self.rng.as_ref(),
+            role,
+            name,
+        )
+        .await
+    }
+
+    /// Every credential (hashes included: callers must not return them).
+    pub async fn credentials(&self) -> Result<Vec<CredentialRecord>, AuthorityError> {
+        Ok(self.store.list_credentials().await?)
+    }
+
+    /// Revoke a credential; its tokens stop working at once.
+    pub async fn revoke_credential(&self, client_id: &str) -> Result<CredentialRecord, AuthorityError> {
+        let c =
+            self.store.revoke_credential(client_id, self.clock.now()).await.map_err(|e| match e.kind() {
+                devid_core::ErrorKind::NotFound => AuthorityError::NotFound("credential"),
+                _ => AuthorityError::Store(e),
+            })?;
+        tracing::warn!(client_id, "credential revoked");
+        Ok(c)
+    }
+}
