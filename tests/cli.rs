@@ -186,3 +186,18 @@ fn example_production_configuration_parses() {
     let out = common::run_bounded(c);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_crl_build_needs_the_public_url() {
+    let mut install = Install::new(Backend::Sqlite).await;
+    install.run_ok(&["ca", "init"]);
+    install.env.push(("DEVID_CRL__SHARDS".into(), "4".into()));
+    let out = install.run(&["crl", "build"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("public_url"), "{}", stderr(&out));
+    install.env.push(("DEVID_PUBLIC_URL".into(), "https://pki.example.net".into()));
+    let built: serde_json::Value =
+        serde_json::from_str(install.run_ok(&["crl", "build", "--json"]).trim()).unwrap();
+    assert_eq!(built.as_array().unwrap().len(), 4, "one CRL per shard: {built}");
+    install.cleanup().await;
+}

@@ -71,3 +71,59 @@ async fn running_server_serves_the_committed_spec_and_every_route() {
     drop(server);
     install.cleanup().await;
 }
+
+/// The access table and the committed document agree: every documented operation has an
+/// entry in `ACCESS` and every entry is documented; protected operations declare the
+/// `bearer` security requirement and the table's roles in `x-devid-roles`; public ones
+/// declare no bearer requirement.
+#[test]
+fn access_table_matches_the_committed_document() {
+    use devid_api::auth::{ACCESS, Access, openapi_path};
+    let doc: serde_json::Value = serde_json::from_str(COMMITTED).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys().filter(|k| METHODS.contains(&k.as_str())) {
+            let upper = method.to_uppercase();
+            assert!(
+                ACCESS.iter().any(|(m, r, _)| *m == upper && openapi_path(r) == *path),
+                "{upper} {path} is documented but has no entry in ACCESS"
+            );
+        }
+    }
+    assert!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case("bearer"),
+        "the bearer security scheme is declared"
+    );
+    for (method, route, access) in ACCESS {
+        let path = openapi_path(route);
+        let op = &doc["paths"][&path][method.to_lowercase()];
+        assert!(op.is_object(), "{method} {route} is in ACCESS but not documented");
+        let roles: Vec<&str> = op["x-devid-roles"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} {path} has no x-devid-roles"))
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        let bearer =
+            op["security"].as_array().is_some_and(|reqs| reqs.iter().any(|r| r.get("bearer").is_some()));
+        match access {
+            Access::Public => {
+                assert!(roles.is_empty(), "{method} {path} is public but lists roles {roles:?}");
+                assert!(!bearer, "{method} {path} is public but asks for a bearer token");
+            }
+            Access::Roles(want) => {
+                assert_eq!(
+                    op["security"],
+                    serde_json::json!([{"bearer": []}]),
+                    "{method} {path} must declare the bearer requirement"
+                );
+                let want: Vec<&str> = want.iter().map(|r| r.as_str()).collect();
+                assert_eq!(roles, want, "{method} {path}: x-devid-roles");
+            }
+        }
+    }
+}

@@ -223,3 +223,252 @@ pub fn assert_problem(status: u16, body: &serde_json::Value, ct: &str, want_stat
     assert_eq!(body["type"], format!("urn:devid:problem:{want_code}"), "body: {body}");
     assert!(body["title"].is_string() && body["detail"].is_string(), "body: {body}");
 }
+
+// --- Revocation publishing (OCSP, CRL): helpers of tests/ocsp.rs and tests/crl.rs ---
+
+/// A device enrolled through a server: its certificate and the chain, PEM.
+pub struct Enrolled {
+    pub device: String,
+    pub serial: String,
+    pub cert_pem: String,
+    pub issuing_pem: String,
+    pub root_pem: String,
+}
+
+/// Register a device, enroll it with a fresh P-256 key, and return what it received.
+pub async fn enroll_device(install: &Install, server: &Server, id: &str) -> Enrolled {
+    let token = install.add_device(id);
+    let (_key, csr) = devid_testkit::pki::csr_p256(id);
+    let (status, body, _) = enroll(server, &token, &csr).await;
+    assert_eq!(status, 200, "enroll {id}: {body}");
+    let chain = devid_testkit::pki::split_pem(body["chain"].as_str().unwrap());
+    assert_eq!(chain.len(), 2, "{body}");
+    Enrolled {
+        device: id.to_string(),
+        serial: body["serial"].as_str().unwrap().to_string(),
+        cert_pem: body["certificate"].as_str().unwrap().to_string(),
+        issuing_pem: chain[0].clone(),
+        root_pem: chain[1].clone(),
+    }
+}
+
+/// A scratch directory where files are written by name and `openssl` runs.
+pub struct OpensslDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl OpensslDir {
+    /// A new directory holding `root.pem`, `issuing.pem` and `chain.pem` (root + issuing)
+    /// of the CA that issued `e`.
+    pub fn with_chain(e: &Enrolled) -> OpensslDir {
+        let d = OpensslDir { dir: tempfile::tempdir().unwrap() };
+        d.write("root.pem", &e.root_pem);
+        d.write("issuing.pem", &e.issuing_pem);
+        d.write("chain.pem", format!("{}{}", e.root_pem, e.issuing_pem));
+        d
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) {
+        std::fs::write(self.dir.path().join(name), contents).unwrap();
+    }
+
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(name)).unwrap()
+    }
+
+    /// Run `openssl ARGS` here (killed after 120 s); returns (success, stdout + stderr).
+    pub fn openssl(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = Command::new("openssl");
+        cmd.args(args).current_dir(self.dir.path());
+        let out = run_bounded(cmd);
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// `openssl ocsp -issuer issuing.pem ARGS -url URL -CAfile root.pem -verify_other
+    /// issuing.pem -timeout 20`: a query over HTTP POST, the response verified up to the
+    /// root.
+    pub fn ocsp(&self, url: &str, args: &[&str]) -> (bool, String) {
+        let mut all = vec!["ocsp", "-issuer", "issuing.pem"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[
+            "-url",
+            url,
+            "-CAfile",
+            "root.pem",
+            "-verify_other",
+            "issuing.pem",
+            "-timeout",
+            "20",
+        ]);
+        self.openssl(&all)
+    }
+
+    /// `openssl crl -inform DER -noout -text` of a DER CRL, verified with the issuing CA.
+    pub fn crl_text(&self, der: &[u8]) -> String {
+        self.write("fetched.crl", der);
+        let (ok, text) = self.openssl(&[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            "fetched.crl",
+            "-noout",
+            "-text",
+            "-CAfile",
+            "issuing.pem",
+        ]);
+        assert!(ok && text.contains("verify OK"), "openssl crl: {text}");
+        text
+    }
+}
+
+/// The CRL number that `openssl crl -text` printed.
+pub fn crl_number(text: &str) -> u64 {
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        if l.contains("X509v3 CRL Number") {
+            return lines.next().unwrap().trim().parse().unwrap();
+        }
+    }
+    panic!("no CRL number in:\n{text}")
+}
+
+/// A GET with an optional If-None-Match: (status, headers, body).
+pub async fn get(url: &str, if_none_match: Option<&str>) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = http().get(url);
+    if let Some(tag) = if_none_match {
+        req = req.header("if-none-match", tag);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+/// A header as a string ("" when absent).
+pub fn header(h: &reqwest::header::HeaderMap, name: &str) -> String {
+    h.get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
+/// The `max-age` of a Cache-Control value.
+pub fn max_age(cache_control: &str) -> Option<i64> {
+    cache_control.split(',').find_map(|d| d.trim().strip_prefix("max-age=")).and_then(|v| v.parse().ok())
+}
+
+/// Call `f` every `every` until it returns `Some`, for at most `limit`; returns the value
+/// and the time it took, or `None` when the limit passed.
+pub async fn poll_until<T>(
+    limit: Duration,
+    every: Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> Option<(T, Duration)> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Some((v, start.elapsed()));
+        }
+        if start.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Copy a directory tree, keeping file and directory permissions (a data directory: keys
+/// and the key-encryption key).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::fs::metadata(from).unwrap().permissions()).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+impl Install {
+    /// The data directory that [`Install::command`] passes.
+    pub fn data_path(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Like [`Install::command`], with another data directory (a replica on the same
+    /// database).
+    pub fn command_in(&self, data_dir: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(devid_bin());
+        c.args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--database-url")
+            .arg(&self.db.url)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// `devid serve` on 127.0.0.1:0 with another data directory, on this database.
+    pub fn serve_in(&self, data_dir: &Path) -> Server {
+        start_server(self.command_in(data_dir, &["serve", "--listen", "127.0.0.1:0"]))
+    }
+}
+
+/// Spawn a `devid serve` command and wait until it listens (as [`Install::serve_with`]).
+pub fn start_server(mut cmd: Command) -> Server {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (etx, erx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = etx.send(line);
+        }
+    });
+    let mut banner = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let done = line.starts_with("listening on ");
+                banner.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(_) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let err: Vec<String> = erx.try_iter().collect();
+                    panic!("devid serve exited with {status}: {banner:?}\n{}", err.join("\n"));
+                }
+                assert!(std::time::Instant::now() < deadline, "devid serve did not start: {banner:?}");
+            }
+        }
+    }
+    let base = banner.last().unwrap().trim_start_matches("listening on ").to_string();
+    Server { child, base, banner, stderr: std::sync::Mutex::new(erx) }
+}
+
+impl Server {
+    /// The issuing CA id the server printed.
+    pub fn issuing_ca(&self) -> String {
+        self.banner.iter().find_map(|l| l.strip_prefix("issuing CA: ")).unwrap().to_string()
+    }
+}

@@ -28,6 +28,11 @@ use devid_store::{CredentialRecord, Store, TokenKeyRecord};
 
 use crate::AuthorityError;
 
+/// An Argon2id hash (same parameters as real ones) of a secret nobody has: verified against
+/// when a client id is unknown, so that failing costs the same time either way.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$ZGV2aWQtZHVtbXktc2FsdA$wKzMCxM8Hc3GcvlYbGxqB1wG7R2aFqx7wqRDeoLR0yg";
+
 /// A role: what a credential may do. Least privilege: each route names the roles it
 /// admits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -267,15 +272,15 @@ impl TokenService {
         let now = self.clock.now();
         let keys = [format!("id:{client_id}"), format!("ip:{source}")];
         self.check_throttle(&keys, now)?;
-        let cred = match self.store.get_credential(client_id).await? {
-            Some(c) if c.revoked_at.is_none() && client_secret.len() <= 256 => c,
-            _ => {
-                self.fail(&keys, now);
-                tracing::info!(client_id, %source, "token request refused: unknown or revoked client");
-                return Err(AuthorityError::InvalidClient);
-            }
+        let cred = self.store.get_credential(client_id).await?;
+        let usable = cred.as_ref().is_some_and(|c| c.revoked_at.is_none()) && client_secret.len() <= 256;
+        // Run Argon2 whatever happened above, against a dummy hash when there is no usable
+        // credential, so the response time does not tell which client ids exist.
+        let hash = match (&cred, usable) {
+            (Some(c), true) => c.secret_hash.clone(),
+            _ => DUMMY_HASH.to_string(),
         };
-        let (hash, secret) = (cred.secret_hash.clone(), client_secret.to_string());
+        let secret: String = client_secret.chars().take(256).collect();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|h| argon2::Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
@@ -283,11 +288,19 @@ impl TokenService {
         })
         .await
         .map_err(|e| AuthorityError::Internal(format!("verification task: {e}")))?;
-        if !ok {
-            self.fail(&keys, now);
-            tracing::info!(client_id, %source, "token request refused: wrong secret");
-            return Err(AuthorityError::InvalidClient);
-        }
+        let cred = match cred {
+            Some(c) if usable && ok => c,
+            _ if !usable => {
+                self.fail(&keys, now);
+                tracing::info!(client_id, %source, "token request refused: unknown or revoked client");
+                return Err(AuthorityError::InvalidClient);
+            }
+            _ => {
+                self.fail(&keys, now);
+                tracing::info!(client_id, %source, "token request refused: wrong secret");
+                return Err(AuthorityError::InvalidClient);
+            }
+        };
         let role: Role = cred.role.parse().map_err(AuthorityError::Internal)?;
         Ok((cred, role))
     }
@@ -496,6 +509,13 @@ mod spki_decode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dummy_hash_parses_and_matches_nothing_we_issue() {
+        let h = PasswordHash::new(DUMMY_HASH).expect("valid PHC string");
+        assert_eq!(h.algorithm.as_str(), "argon2id");
+        assert!(argon2::Argon2::default().verify_password(b"devid_cs_x", &h).is_err());
+    }
 
     #[test]
     fn roles_parse_and_print() {

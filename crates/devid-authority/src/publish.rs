@@ -115,6 +115,9 @@ pub struct Publisher {
     issuers: RwLock<Vec<Arc<IssuerCtx>>>,
     cache: RwLock<HashMap<Serial, Vec<Arc<Cached>>>>,
     cache_len: std::sync::atomic::AtomicUsize,
+    /// Bumped on every eviction: a response signed from a status read before an eviction
+    /// is not cached (it may predate the change that caused the eviction).
+    evictions: std::sync::atomic::AtomicU64,
     crls: RwLock<HashMap<(CaId, u16), Arc<CrlRecord>>>,
     crl_dirty: std::sync::Mutex<Vec<CaId>>,
     crl_wake: Notify,
@@ -166,6 +169,7 @@ impl Publisher {
             issuers: RwLock::new(Vec::new()),
             cache: RwLock::new(HashMap::new()),
             cache_len: std::sync::atomic::AtomicUsize::new(0),
+            evictions: std::sync::atomic::AtomicU64::new(0),
             crls: RwLock::new(HashMap::new()),
             crl_dirty: std::sync::Mutex::new(Vec::new()),
             crl_wake: Notify::new(),
@@ -322,6 +326,7 @@ impl Publisher {
         if !req.cert_ids.iter().all(|c| ctx.hashes.matches(c)) {
             return Err(ErrorStatus::Unauthorized);
         }
+        let epoch = self.evictions.load(std::sync::atomic::Ordering::Acquire);
         let mut statuses = Vec::with_capacity(req.cert_ids.len());
         for c in &req.cert_ids {
             let status = match &c.serial {
@@ -353,6 +358,7 @@ impl Publisher {
         if let ([one], [status]) = (req.cert_ids.as_slice(), statuses.as_slice())
             && let Some(serial) = &one.serial
             && *status != Status::Unknown
+            && self.evictions.load(std::sync::atomic::Ordering::Acquire) == epoch
         {
             self.insert_cached(serial, &one.der, answer.clone(), now);
         }
@@ -409,6 +415,7 @@ impl Publisher {
     }
 
     fn evict(&self, serial: &Serial) {
+        self.evictions.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Ok(mut cache) = self.cache.write()
             && let Some(gone) = cache.remove(serial)
         {

@@ -234,8 +234,8 @@ fn bad(key: &str, msg: impl std::fmt::Display) -> ConfigError {
 
 /// The top-level keys, used to keep unrelated `DEVID_*` variables (e.g. the test
 /// runner's `DEVID_TEST_*`) out of the configuration.
-const KEYS: [&str; 9] =
-    ["listen", "data_dir", "database_url", "public_url", "issuance", "kms", "log", "ocsp", "crl"];
+const KEYS: [&str; 10] =
+    ["listen", "data_dir", "database_url", "public_url", "issuance", "kms", "log", "ocsp", "crl", "auth"];
 
 /// Whether a `DEVID_`-stripped, lowercased variable name is one of ours (`listen`,
 /// `kms__passphrase`, …), as opposed to e.g. the test runner's `DEVID_TEST_*`.
@@ -561,7 +561,16 @@ mod tests {
 
     #[test]
     fn only_our_variables_are_configuration() {
-        for ours in ["listen", "data_dir", "kms__passphrase", "issuance__validity", "kms__pkcs11__pin"] {
+        for ours in [
+            "listen",
+            "data_dir",
+            "kms__passphrase",
+            "issuance__validity",
+            "kms__pkcs11__pin",
+            "ocsp__validity",
+            "crl__shards",
+            "auth__token_lifetime",
+        ] {
             assert!(is_config_var(ours), "{ours}");
         }
         for theirs in ["test_database_url", "test_pkcs11_pin", "listener", "kmsx__a", "config"] {

@@ -440,7 +440,11 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     println!("root CA SHA-256 fingerprint: {}", devid_ca::fingerprint_sha256(&issuer.root_der));
     println!("issuing CA: {}", issuer.id);
     println!("enroll: POST {base}/v1/enroll   chain: GET {base}/v1/ca/chain   API: GET {base}/openapi.json");
-    println!("OCSP: {base}/ocsp   CRL: {base}/crl/{}.crl", issuer.id);
+    if cfg.crl_shards > 1 {
+        println!("OCSP: {base}/ocsp   CRL: {base}/crl/{}-<0..{}>.crl", issuer.id, cfg.crl_shards - 1);
+    } else {
+        println!("OCSP: {base}/ocsp   CRL: {base}/crl/{}.crl", issuer.id);
+    }
     println!("listening on http://{addr}");
     let tokens = Arc::new(devid_authority::auth::TokenService::new(
         store.clone(),
@@ -679,8 +683,15 @@ fn publish_config(cfg: &Config, public_url: url::Url) -> devid_authority::publis
 async fn crl_build(cfg: &Config, json: bool) -> Result<(), CliError> {
     let store = open_store(cfg).await?;
     let kms: Arc<dyn devid_kms::KeyManager> = Arc::new(build_kms(cfg)?);
+    // Sharded CRLs carry their own URL (issuingDistributionPoint), which must be the one in
+    // the certificates: only the configured public URL says what that is.
     let public_url = match &cfg.public_url {
         Some(u) => u.clone(),
+        None if cfg.crl_shards > 1 => {
+            return Err(CliError(
+                "key `public_url`: required to build sharded CRLs (crl.shards > 1): set it to the URL the server uses".into(),
+            ));
+        }
         None => url::Url::parse(&format!("http://{}", cfg.listen))?,
     };
     let publisher = devid_authority::publish::Publisher::load(
