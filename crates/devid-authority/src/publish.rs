@@ -93,6 +93,8 @@ struct Cached {
     cert_id: Box<[u8]>,
     answer: OcspAnswer,
     refresh_at: UnixTime,
+    /// The status the answer states; current, because entries are evicted on every change.
+    status: Status,
 }
 
 /// One issuing CA as the publisher sees it.
@@ -330,10 +332,15 @@ impl Publisher {
         let mut statuses = Vec::with_capacity(req.cert_ids.len());
         for c in &req.cert_ids {
             let status = match &c.serial {
-                Some(serial) => self.status_of(&ctx.id, serial).await.map_err(|e| {
-                    tracing::warn!(error = %e, "OCSP status lookup failed");
-                    ErrorStatus::TryLater
-                })?,
+                // A cached answer of this serial knows its status (entries are evicted on
+                // every change): no store round trip for, e.g., a request with a nonce.
+                Some(serial) => match self.cached_status(serial) {
+                    Some(s) => s,
+                    None => self.status_of(&ctx.id, serial).await.map_err(|e| {
+                        tracing::warn!(error = %e, "OCSP status lookup failed");
+                        ErrorStatus::TryLater
+                    })?,
+                },
                 None => Status::Unknown,
             };
             statuses.push(status);
@@ -346,21 +353,26 @@ impl Publisher {
             .zip(&statuses)
             .map(|(c, s)| SingleStatus { cert_id_der: &c.der, status: *s, this_update: now, next_update })
             .collect();
-        let der = responder.sign_response(now, &singles, req.nonce.as_deref()).map_err(|e| {
+        if let Some(nonce) = req.nonce.as_deref() {
+            // Signed for this request only: see `Responder::sign_response_unchecked`.
+            let der = responder.sign_response_unchecked(now, &singles, Some(nonce)).map_err(|e| {
+                tracing::error!(error = %e, "OCSP signing failed");
+                ErrorStatus::InternalError
+            })?;
+            return Ok(OcspAnswer { der: der.into(), caching: None });
+        }
+        let der = responder.sign_response(now, &singles, None).map_err(|e| {
             tracing::error!(error = %e, "OCSP signing failed");
             ErrorStatus::InternalError
         })?;
         let der = bytes::Bytes::from(der);
-        if req.nonce.is_some() {
-            return Ok(OcspAnswer { der, caching: None });
-        }
         let answer = OcspAnswer { der: der.clone(), caching: Some(caching(&der, now, next_update)) };
         if let ([one], [status]) = (req.cert_ids.as_slice(), statuses.as_slice())
             && let Some(serial) = &one.serial
             && *status != Status::Unknown
             && self.evictions.load(std::sync::atomic::Ordering::Acquire) == epoch
         {
-            self.insert_cached(serial, &one.der, answer.clone(), now);
+            self.insert_cached(serial, &one.der, answer.clone(), *status, now);
         }
         Ok(answer)
     }
@@ -390,12 +402,23 @@ impl Publisher {
         (now < hit.refresh_at).then(|| hit.answer.clone())
     }
 
-    fn insert_cached(&self, serial: &Serial, cert_id: &[u8], answer: OcspAnswer, now: UnixTime) {
+    fn cached_status(&self, serial: &Serial) -> Option<Status> {
+        self.cache.read().ok()?.get(serial)?.first().map(|c| c.status)
+    }
+
+    fn insert_cached(
+        &self,
+        serial: &Serial,
+        cert_id: &[u8],
+        answer: OcspAnswer,
+        status: Status,
+        now: UnixTime,
+    ) {
         let Some(c) = &answer.caching else { return };
         // Re-sign when half the validity has passed (RFC 5019 §2.2.4: responders pre-produce
         // responses and refresh them before nextUpdate).
         let refresh_at = UnixTime(now.0 + (c.next_update.0 - now.0) / 2);
-        let entry = Arc::new(Cached { cert_id: cert_id.into(), answer, refresh_at });
+        let entry = Arc::new(Cached { cert_id: cert_id.into(), answer, refresh_at, status });
         let Ok(mut cache) = self.cache.write() else { return };
         use std::sync::atomic::Ordering;
         if self.cache_len.load(Ordering::Relaxed) >= self.config.ocsp_cache_capacity
@@ -443,7 +466,7 @@ impl Publisher {
             )?
             .into();
         let answer = OcspAnswer { der: der.clone(), caching: Some(caching(&der, now, next_update)) };
-        self.insert_cached(serial, &cert_id, answer, now);
+        self.insert_cached(serial, &cert_id, answer, status, now);
         Ok(())
     }
 
