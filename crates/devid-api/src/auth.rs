@@ -61,6 +61,8 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("POST", "/v1/credentials", Access::Roles(&[Admin])),
     ("GET", "/v1/credentials", Access::Roles(&[Admin, Auditor])),
     ("DELETE", "/v1/credentials/{client_id}", Access::Roles(&[Admin])),
+    ("GET", "/metrics", Access::Public),
+    ("POST", "/v1/device-batches/{batch_id}", Access::Roles(&[Admin, Factory])),
 ];
 
 /// The access of a route, by method and route template (as axum matched it).

@@ -54,8 +54,19 @@ pub struct EnrollResponse {
 )]
 async fn enroll(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<EnrollRequest>,
+    req: Result<ApiJson<EnrollRequest>, ApiError>,
 ) -> Result<axum::Json<EnrollResponse>, ApiError> {
+    // Every refusal, the malformed bodies too, counts by its problem code.
+    enroll_inner(state, req)
+        .await
+        .inspect_err(|e| devid_authority::metrics::ENROLLMENT_FAILURES.inc(e.code()))
+}
+
+async fn enroll_inner(
+    state: AppState,
+    req: Result<ApiJson<EnrollRequest>, ApiError>,
+) -> Result<axum::Json<EnrollResponse>, ApiError> {
+    let ApiJson(req) = req?;
     let issued = match req {
         EnrollRequest::Token { token, csr } => {
             state.authority.enroll_with_token(&token, csr.as_bytes()).await?

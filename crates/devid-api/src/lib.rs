@@ -9,7 +9,9 @@
 
 mod admin;
 pub mod auth;
+mod bulk;
 mod enroll;
+mod metrics;
 mod ops;
 mod pki;
 pub mod problem;
@@ -75,6 +77,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(pki::routes())
         .merge(auth::routes())
         .merge(admin::routes())
+        .merge(bulk::routes())
+        .merge(metrics::routes())
 }
 
 /// The OpenAPI 3.1 document of every route, generated from the handlers.
@@ -125,6 +129,8 @@ pub fn router(state: AppState) -> Router {
             Duration::from_secs(30),
         ))
         .layer(CatchPanicLayer::custom(problem::panic_response))
+        // Outside the panic and timeout layers, so that their 500 and 408 are counted too.
+        .layer(metrics::HttpMetricsLayer)
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");

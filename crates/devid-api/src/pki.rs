@@ -47,6 +47,7 @@ async fn ocsp_get(
     let answer = match decode_b64(&request) {
         Some(der) => state.publisher.ocsp(&der).await,
         None => {
+            devid_authority::metrics::OCSP_ERROR.inc();
             OcspAnswer { der: devid_ca_error(devid_ca::ocsp::ErrorStatus::MalformedRequest), caching: None }
         }
     };

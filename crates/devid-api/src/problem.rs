@@ -42,6 +42,11 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         ApiError { status, code, detail: detail.into() }
     }
+
+    /// The problem code (the last part of the `type` URI).
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
 }
 
 /// The one place where error kinds become status codes.

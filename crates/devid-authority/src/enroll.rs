@@ -82,7 +82,9 @@ impl Authority {
         }
         // Step 2: policy. A token binds to one registered device; the CSR's key type was
         // checked against the allowed list in step 1. (Enrollment groups add more here.)
-        self.issue(&device.id, &csr, Some(&token_hash)).await
+        let issued = self.issue(&device.id, &csr, Some(&token_hash)).await?;
+        crate::metrics::CERTIFICATES_ISSUED.inc("token");
+        Ok(issued)
     }
 
     /// A retry after the token was redeemed: hand back what was issued for this CSR.
@@ -95,7 +97,10 @@ impl Authority {
                 if c.issuer != issuer.id {
                     return Err(AuthorityError::TokenUsed);
                 }
-                self.sign_and_store(&issuer, c.serial, c.tbs_der).await
+                // The first attempt stopped after recording the intent: this one issues.
+                let issued = self.sign_and_store(&issuer, c.serial, c.tbs_der).await?;
+                crate::metrics::CERTIFICATES_ISSUED.inc("token");
+                Ok(issued)
             }
             _ => Err(AuthorityError::TokenUsed),
         }
@@ -150,12 +155,15 @@ impl Authority {
         serial: Serial,
         tbs_der: Vec<u8>,
     ) -> Result<Issued, AuthorityError> {
-        // Step 5: sign once, through the Signer.
+        // Step 5: sign once, through the Signer (timed: devid_kms_sign_seconds).
         let signer = issuer.signer.clone();
-        let cert_der =
-            tokio::task::spawn_blocking(move || devid_ca::sign::sign_tbs(signer.as_ref(), &tbs_der))
-                .await
-                .map_err(|e| AuthorityError::Internal(format!("signing task: {e}")))??;
+        let cert_der = tokio::task::spawn_blocking(move || {
+            let timed =
+                crate::metrics::TimedSigner { inner: signer.as_ref(), histogram: &crate::metrics::KMS_SIGN };
+            devid_ca::sign::sign_tbs(&timed, &tbs_der)
+        })
+        .await
+        .map_err(|e| AuthorityError::Internal(format!("signing task: {e}")))??;
         // Step 6: store the certificate; if a concurrent retry stored one first, theirs wins
         // and this signature is discarded, so a serial is handed out once.
         let stored =
@@ -163,7 +171,10 @@ impl Authority {
                 .kind()
             {
                 // Quarantined while this certificate was being signed: the store kept it, revoked.
-                devid_core::ErrorKind::Forbidden => AuthorityError::DeviceQuarantined,
+                devid_core::ErrorKind::Forbidden => {
+                    crate::metrics::CERTIFICATES_REVOKED.inc();
+                    AuthorityError::DeviceQuarantined
+                }
                 _ => AuthorityError::Store(e),
             })?;
         tracing::info!(serial = %stored.serial, device = %stored.device, "certificate issued");

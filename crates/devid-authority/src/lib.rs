@@ -5,10 +5,12 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod bulk;
 mod ca_init;
 mod enroll;
 mod error;
 mod issuer;
+pub mod metrics;
 mod ops;
 pub mod publish;
 mod revocation;

@@ -53,7 +53,13 @@ impl Authority {
         serial: &Serial,
         reason: RevocationReason,
     ) -> Result<CertRecord, AuthorityError> {
-        crate::revoke_certificate(self.store.as_ref(), self.clock.as_ref(), serial, reason).await
+        // Idempotent: count it only when this call revoked it (not an earlier revocation).
+        let was_revoked = self.store.get_certificate(serial).await?.is_some_and(|c| c.revocation.is_some());
+        let c = crate::revoke_certificate(self.store.as_ref(), self.clock.as_ref(), serial, reason).await?;
+        if !was_revoked && c.revocation.is_some() {
+            crate::metrics::CERTIFICATES_REVOKED.inc();
+        }
+        Ok(c)
     }
 
     /// Revoke every certificate of a device.
@@ -62,7 +68,9 @@ impl Authority {
         id: &DeviceId,
         reason: RevocationReason,
     ) -> Result<Vec<Serial>, AuthorityError> {
-        crate::revoke_device(self.store.as_ref(), self.clock.as_ref(), id, reason).await
+        let revoked = crate::revoke_device(self.store.as_ref(), self.clock.as_ref(), id, reason).await?;
+        crate::metrics::CERTIFICATES_REVOKED.add(revoked.len() as u64);
+        Ok(revoked)
     }
 
     /// Quarantine a device.
@@ -71,7 +79,9 @@ impl Authority {
         id: &DeviceId,
         reason: RevocationReason,
     ) -> Result<Vec<Serial>, AuthorityError> {
-        crate::quarantine(self.store.as_ref(), self.clock.as_ref(), id, reason).await
+        let revoked = crate::quarantine(self.store.as_ref(), self.clock.as_ref(), id, reason).await?;
+        crate::metrics::CERTIFICATES_REVOKED.add(revoked.len() as u64);
+        Ok(revoked)
     }
 
     /// Release a quarantined device.

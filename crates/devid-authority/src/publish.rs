@@ -307,7 +307,10 @@ impl Publisher {
     pub async fn ocsp(&self, request: &[u8]) -> OcspAnswer {
         match self.try_ocsp(request).await {
             Ok(a) => a,
-            Err(status) => OcspAnswer { der: devid_ca::ocsp::error_response(status).into(), caching: None },
+            Err(status) => {
+                crate::metrics::OCSP_ERROR.inc();
+                OcspAnswer { der: devid_ca::ocsp::error_response(status).into(), caching: None }
+            }
         }
     }
 
@@ -319,6 +322,7 @@ impl Publisher {
             && let Some(serial) = &one.serial
             && let Some(hit) = self.cached(serial, &one.der, now)
         {
+            crate::metrics::OCSP_CACHE.inc();
             return Ok(hit);
         }
         // All CertIDs must name one issuer of ours: one responder signs the answer.
@@ -359,12 +363,14 @@ impl Publisher {
                 tracing::error!(error = %e, "OCSP signing failed");
                 ErrorStatus::InternalError
             })?;
+            crate::metrics::OCSP_SIGNED.inc();
             return Ok(OcspAnswer { der: der.into(), caching: None });
         }
         let der = responder.sign_response(now, &singles, None).map_err(|e| {
             tracing::error!(error = %e, "OCSP signing failed");
             ErrorStatus::InternalError
         })?;
+        crate::metrics::OCSP_SIGNED.inc();
         let der = bytes::Bytes::from(der);
         let answer = OcspAnswer { der: der.clone(), caching: Some(caching(&der, now, next_update)) };
         if let ([one], [status]) = (req.cert_ids.as_slice(), statuses.as_slice())
@@ -518,8 +524,11 @@ impl Publisher {
                 next_update: now.plus(self.config.crl_validity_secs),
                 builder: None,
             };
+            let started = std::time::Instant::now();
             match self.store.rebuild_crl(&ctx.id, shard, now, &mut sink).await? {
                 Some(crl) => {
+                    crate::metrics::CRL_BUILD.observe(started.elapsed());
+                    crate::metrics::CRL_BUILDS.inc();
                     tracing::info!(issuer = %ctx.id, shard, number = crl.crl_number, bytes = crl.der.len(), "CRL built");
                     self.crls.write().map_err(lock_err)?.insert((ctx.id.clone(), shard), Arc::new(crl));
                 }

@@ -260,6 +260,10 @@ pub(crate) fn crl_from_row(
     })
 }
 
+pub(crate) fn device_id_checked(s: String) -> Result<DeviceId, StoreError> {
+    device_id(s)
+}
+
 pub(crate) fn ca_id_checked(s: String) -> Result<CaId, StoreError> {
     ca_id(s)
 }
@@ -556,6 +560,61 @@ macro_rules! impl_store {
                 .map_err(|e| self.db_err(e))?;
                 let items = $crate::common::convert(rows)?;
                 Ok($crate::common::page(items, limit, |d: &$crate::DeviceRecord| d.id.as_str().to_string()))
+            }
+
+            async fn insert_device_batch(
+                &self,
+                batch_id: &str,
+                devices: &[$crate::BatchDevice],
+                at: devid_core::UnixTime,
+            ) -> Result<Vec<devid_core::DeviceId>, $crate::StoreError> {
+                if devices.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut created = Vec::new();
+                let mut tx = self.begin().await?;
+                for chunk in devices.chunks($crate::BATCH_STATEMENT_ROWS) {
+                    // One multi-row INSERT per chunk; RETURNING names the rows it inserted
+                    // (PostgreSQL, and SQLite since 3.35), i.e. not the existing ids.
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO devices \
+                         (id, status, token_hash, token_used_at, created_at, updated_at, labels, batch_id) ",
+                    );
+                    q.push_values(chunk, |mut b, d| {
+                        b.push_bind(d.id.as_str())
+                            .push("'registered'")
+                            .push_bind(d.token_hash.as_deref())
+                            .push("NULL")
+                            .push_bind(at.0)
+                            .push_bind(at.0)
+                            .push_bind(d.labels.as_deref())
+                            .push_bind(batch_id);
+                    });
+                    q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                    let rows: Vec<(String,)> = q
+                        .build_query_as()
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                    for (id,) in rows {
+                        created.push($crate::common::device_id_checked(id)?);
+                    }
+                }
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(created)
+            }
+
+            async fn device_meta(
+                &self,
+                id: &devid_core::DeviceId,
+            ) -> Result<Option<$crate::DeviceMeta>, $crate::StoreError> {
+                let row: Option<(Option<String>, Option<String>)> =
+                    sqlx::query_as("SELECT labels, batch_id FROM devices WHERE id = $1")
+                        .bind(id.as_str())
+                        .fetch_optional(self.reader())
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                Ok(row.map(|(labels, batch_id)| $crate::DeviceMeta { labels, batch_id }))
             }
 
             // --- the issuance cycle ---

@@ -85,6 +85,30 @@ pub struct DeviceRecord {
     pub updated_at: UnixTime,
 }
 
+/// A device to pre-register in a batch ([`Store::insert_device_batch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchDevice {
+    /// The device id.
+    pub id: DeviceId,
+    /// SHA-256 of its one-time enrollment token, if it gets one.
+    pub token_hash: Option<Vec<u8>>,
+    /// Its labels: a JSON object of string to string, as text (`None`: no labels).
+    pub labels: Option<String>,
+}
+
+/// What a device carries besides its lifecycle ([`Store::device_meta`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceMeta {
+    /// Its labels: a JSON object of string to string, as text.
+    pub labels: Option<String>,
+    /// The batch that registered it (bulk pre-registration).
+    pub batch_id: Option<String>,
+}
+
+/// Rows per `INSERT` statement of [`Store::insert_device_batch`] (6 bind parameters a row:
+/// well inside SQLite's 32,766 and PostgreSQL's 65,535).
+pub const BATCH_STATEMENT_ROWS: usize = 1000;
+
 /// A certificate's state in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CertStatus {
@@ -299,6 +323,20 @@ pub trait Store: Send + Sync + 'static {
     async fn device_by_token_hash(&self, token_hash: &[u8]) -> Result<Option<DeviceRecord>, StoreError>;
     /// Devices in id order, after `cursor` (an id), at most `limit`.
     async fn list_devices(&self, cursor: Option<&str>, limit: u32) -> Result<Page<DeviceRecord>, StoreError>;
+    /// Pre-register devices (status registered) in one transaction, recording `batch_id`
+    /// and each device's labels; a device whose id exists already is left untouched
+    /// (`INSERT … ON CONFLICT (id) DO NOTHING`). Returns the ids this call created, so the
+    /// caller knows which tokens to hand out. Callers keep a call to about
+    /// [`BATCH_STATEMENT_ROWS`] devices: each call is one commit, so a large import that
+    /// fails midway keeps what it committed and a retry continues from there.
+    async fn insert_device_batch(
+        &self,
+        batch_id: &str,
+        devices: &[BatchDevice],
+        at: UnixTime,
+    ) -> Result<Vec<DeviceId>, StoreError>;
+    /// A device's labels and batch id (`None`: no such device).
+    async fn device_meta(&self, id: &DeviceId) -> Result<Option<DeviceMeta>, StoreError>;
 
     // --- the issuance cycle ---
 

@@ -52,6 +52,7 @@ both_backends!(
     credentials_and_token_keys,
     serial_collision,
     migrations_run_twice,
+    device_batch_insert,
 );
 
 // --- fixtures ---
@@ -1007,5 +1008,53 @@ async fn credentials_and_token_keys(backend: Backend) {
     store.revoke_token("j1", t(100)).await.unwrap();
     store.revoke_token("j1", t(100)).await.unwrap();
     assert!(store.is_token_revoked("j1").await.unwrap());
+    db.cleanup().await;
+}
+
+/// Bulk pre-registration: one transaction per call, existing ids left alone (and not
+/// reported as created), labels and the batch id stored, a resubmission creates nothing.
+async fn device_batch_insert(backend: Backend) {
+    use devid_store::BatchDevice;
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    store.insert_device(&device("pre-existing", Some(&[9; 32]))).await.unwrap();
+    let row = |i: u32| BatchDevice {
+        id: DeviceId::new(format!("bulk-{i:05}")).unwrap(),
+        token_hash: Some([&i.to_be_bytes()[..], &[1u8; 28]].concat()),
+        labels: i.is_multiple_of(2).then(|| format!(r#"{{"line":"{i}"}}"#)),
+    };
+    // More than one statement's worth, so the chunking inside a call is exercised too.
+    let n = devid_store::BATCH_STATEMENT_ROWS as u32 + 500;
+    let mut batch: Vec<BatchDevice> = (0..n).map(row).collect();
+    batch.push(BatchDevice { id: DeviceId::new("pre-existing").unwrap(), token_hash: None, labels: None });
+    let created = store.insert_device_batch("b-1", &batch, t(5)).await.unwrap();
+    assert_eq!(created.len(), n as usize);
+    assert!(!created.iter().any(|d| d.as_str() == "pre-existing"));
+
+    // The existing device is untouched: same token, no batch id, no labels.
+    let pre = DeviceId::new("pre-existing").unwrap();
+    assert_eq!(store.get_device(&pre).await.unwrap().unwrap().token_hash, Some(vec![9; 32]));
+    assert_eq!(store.device_meta(&pre).await.unwrap().unwrap(), devid_store::DeviceMeta::default());
+
+    let d = store.get_device(&DeviceId::new("bulk-00002").unwrap()).await.unwrap().unwrap();
+    assert_eq!(d.status, DeviceStatus::Registered);
+    assert_eq!(d.created_at, t(5));
+    assert_eq!(d.token_hash, row(2).token_hash);
+    let meta = store.device_meta(&d.id).await.unwrap().unwrap();
+    assert_eq!(meta.labels.as_deref(), Some(r#"{"line":"2"}"#));
+    assert_eq!(meta.batch_id.as_deref(), Some("b-1"));
+    let odd = store.device_meta(&DeviceId::new("bulk-00003").unwrap()).await.unwrap().unwrap();
+    assert_eq!((odd.labels, odd.batch_id.as_deref()), (None, Some("b-1")));
+    assert_eq!(store.device_meta(&DeviceId::new("nope").unwrap()).await.unwrap(), None);
+
+    // Resubmitting the same batch, or part of it with new rows: only the new rows are created.
+    assert!(store.insert_device_batch("b-1", &batch, t(6)).await.unwrap().is_empty());
+    let mut part: Vec<BatchDevice> = (10..20).map(row).collect();
+    part.push(row(n));
+    let created = store.insert_device_batch("b-1", &part, t(7)).await.unwrap();
+    assert_eq!(created, vec![DeviceId::new(format!("bulk-{n:05}")).unwrap()]);
+    let all = store.list_devices(None, 1000).await.unwrap();
+    assert_eq!(all.items.len(), 1000);
+    assert!(store.insert_device_batch("b-1", &[], t(8)).await.unwrap().is_empty());
     db.cleanup().await;
 }

@@ -219,6 +219,38 @@ enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Pre-register a batch of devices from a file (JSON lines or CSV with a header row
+    /// id,method,group,labels). Idempotent: importing the same file again creates nothing
+    /// and resumes an import that stopped midway. Created devices' one-time tokens are
+    /// written as JSON lines {"id", "token"} (shown once), to stdout or --tokens FILE.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// The file: JSON lines (one {"id", "method"?, "group"?, "labels"?} a line) or CSV.
+    file: PathBuf,
+    /// The batch id (1-64 of A-Z a-z 0-9 . _ -) [default: the file name without extension].
+    #[arg(long, value_name = "ID")]
+    batch_id: Option<String>,
+    /// jsonl or csv [default: from the extension: .csv is CSV, anything else JSON lines].
+    #[arg(long, value_parser = parse_batch_format)]
+    format: Option<devid_authority::bulk::BatchFormat>,
+    /// Write the rejected rows here, as CSV line,id,reason [default: FILE.rejected.csv,
+    /// written only when rows are rejected].
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write the tokens to this file (mode 0600) instead of stdout; the summary then goes
+    /// to stdout.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Print the summary as JSON {"batch_id", "created", "present", "rejected", "report"}.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_batch_format(s: &str) -> Result<devid_authority::bulk::BatchFormat, String> {
+    s.parse()
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -271,6 +303,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ca(CaCommand::Init(args)) => ca_init(&cfg, *args).await,
         Command::Ca(CaCommand::Show { json }) => ca_show(&cfg, json).await,
         Command::Device(DeviceCommand::Add { id, json }) => device_add(&cfg, &id, json).await,
+        Command::Device(DeviceCommand::Import(args)) => device_import(&cfg, args).await,
         Command::Revoke(args) => revoke(&cfg, args).await,
         Command::Quarantine { device_id, reason, json } => quarantine(&cfg, &device_id, reason, json).await,
         Command::Release { device_id } => release(&cfg, &device_id).await,
@@ -373,6 +406,8 @@ fn subject(org: &str, cn: &str) -> CaSubject {
 }
 
 async fn serve(cfg: Config) -> Result<(), CliError> {
+    // Metrics are recorded by this process only (GET /metrics); other commands leave them off.
+    devid_authority::metrics::install();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let rng: Arc<dyn Entropy> = Arc::new(OsEntropy);
     let store = open_store(&cfg).await?;
@@ -602,6 +637,126 @@ async fn device_add(cfg: &Config, id: &str, json: bool) -> Result<(), CliError> 
     } else {
         println!("device {id} registered; one-time enrollment token (shown once):");
         println!("{}", token.reveal());
+    }
+    Ok(())
+}
+
+/// A CSV field, quoted when it has to be (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+/// The default batch id: the file name without its extension, other characters as `_`.
+fn default_batch_id(file: &Path) -> String {
+    let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    stem.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .take(64)
+        .collect()
+}
+
+async fn device_import(cfg: &Config, a: ImportArgs) -> Result<(), CliError> {
+    use devid_authority::bulk::{self, BatchFormat, ChunkDone, RowResult};
+    use std::io::{IsTerminal, Write};
+
+    let batch_id = a.batch_id.clone().unwrap_or_else(|| default_batch_id(&a.file));
+    let batch_id = bulk::BatchId::new(&batch_id).map_err(|e| CliError(format!("--batch-id: {e}")))?;
+    let format = a.format.unwrap_or_else(|| {
+        match a.file.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("csv") => BatchFormat::Csv,
+            _ => BatchFormat::JsonLines,
+        }
+    });
+    let body =
+        std::fs::read(&a.file).map_err(|e| CliError(format!("cannot read {}: {e}", a.file.display())))?;
+    let rows =
+        bulk::parse_batch(&body, format).map_err(|e| CliError(format!("{}: {e}", a.file.display())))?;
+    drop(body);
+    let store = open_store(cfg).await?;
+
+    // The tokens are written as each chunk commits: a failure later keeps them.
+    let mut tokens_out: Box<dyn Write + Send> = match &a.tokens {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| CliError(format!("cannot create {}: {e}", path.display())))?;
+            Box::new(std::io::BufWriter::new(f))
+        }
+        None => Box::new(std::io::stdout()),
+    };
+    let progress = std::io::stderr().is_terminal();
+    let mut write_error: Option<std::io::Error> = None;
+    let mut on_chunk = |c: &ChunkDone<'_>| {
+        for row in c.rows {
+            if let RowResult::Created(t) = &row.result {
+                let line = serde_json::json!({ "id": row.id, "token": t.reveal() });
+                if let Err(e) = writeln!(tokens_out, "{line}") {
+                    write_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Err(e) = tokens_out.flush() {
+            write_error.get_or_insert(e);
+        }
+        if progress {
+            let pct = (c.done * 100).checked_div(c.total).unwrap_or(100);
+            eprint!("\rimporting {batch_id}: {}/{} rows ({pct}%)", c.done, c.total);
+        }
+    };
+    let result =
+        bulk::import_batch(store.as_ref(), &SystemClock, &OsEntropy, &batch_id, rows, &mut on_chunk).await;
+    if progress {
+        eprintln!();
+    }
+    let report = result?;
+    if let Some(e) = write_error {
+        return Err(CliError(format!("cannot write the tokens: {e}")));
+    }
+
+    let report_path = match &a.report {
+        Some(p) => Some(p.clone()),
+        None if report.rejected > 0 => {
+            let mut name = a.file.as_os_str().to_owned();
+            name.push(".rejected.csv");
+            Some(PathBuf::from(name))
+        }
+        None => None,
+    };
+    if let Some(path) = &report_path {
+        let mut text = String::from("line,id,reason\n");
+        for row in &report.rows {
+            if let RowResult::Rejected(why) = &row.result {
+                text.push_str(&format!("{},{},{}\n", row.line, csv_field(&row.id), csv_field(why)));
+            }
+        }
+        std::fs::write(path, text).map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
+    }
+    let summary = if a.json {
+        serde_json::json!({
+            "batch_id": report.batch_id, "created": report.created, "present": report.present,
+            "rejected": report.rejected, "report": report_path.as_ref().map(|p| p.display().to_string()),
+        })
+        .to_string()
+    } else {
+        let mut s = format!(
+            "batch {}: {} created, {} present, {} rejected",
+            report.batch_id, report.created, report.present, report.rejected
+        );
+        if let Some(p) = &report_path {
+            s.push_str(&format!("; rejected rows in {}", p.display()));
+        }
+        s
+    };
+    // stdout carries the tokens unless they went to a file.
+    if a.tokens.is_some() {
+        println!("{summary}");
+    } else {
+        eprintln!("{summary}");
     }
     Ok(())
 }
