@@ -72,7 +72,12 @@ if [ ! -x "$venv/bin/openapi-spec-validator" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check 'openapi-spec-validator>=0.7,<0.9' \
     || die "could not install openapi-spec-validator from PyPI"
 fi
+[ -x "$venv/bin/schemathesis" ] || "$venv/bin/pip" install -q --disable-pip-version-check 'schemathesis>=4.32,<5' \
+  || die "could not install schemathesis from PyPI"
 "$venv/bin/openapi-spec-validator" openapi/devid.json || die "openapi/devid.json is not a valid OpenAPI document"
 
 # --- the tests ----------------------------------------------------------------------------
 cargo test --workspace "$@"
+
+# --- schema-driven fuzzing of the HTTP API (Schemathesis) --------------------------------
+bash tests/fuzz.sh

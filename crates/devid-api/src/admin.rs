@@ -1,7 +1,7 @@
 //! The factory and operator API: devices, certificates, credentials. Who may call what is
 //! in [`crate::auth::ACCESS`].
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use devid_authority::auth::Role;
 use devid_core::{DeviceId, RevocationReason, Serial};
@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::problem::{ApiError, ApiJson, JsonOrEmpty, Problem};
+use crate::problem::{ApiError, ApiJson, ApiQuery, JsonOrEmpty, Problem};
 
 fn device_id(id: &str) -> Result<DeviceId, ApiError> {
     DeviceId::new(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", e.to_string()))
@@ -101,7 +101,7 @@ pub struct DevicePage {
 pub struct Paging {
     /// Continue after this key (from `next`).
     pub cursor: Option<String>,
-    /// At most this many (1–1000, default 100).
+    /// At most this many (default 100; values outside 1–1000 are clamped).
     pub limit: Option<u32>,
 }
 
@@ -113,7 +113,7 @@ pub struct CertQuery {
     pub device: Option<String>,
     /// Continue after this serial (from `next`).
     pub cursor: Option<String>,
-    /// At most this many (1–1000, default 100).
+    /// At most this many (default 100; values outside 1–1000 are clamped).
     pub limit: Option<u32>,
 }
 
@@ -253,7 +253,9 @@ const P: &str = "application/problem+json";
         (status = 400, description = "Bad request.", body = Problem, content_type = P),
         (status = 401, description = "No or bad token.", body = Problem, content_type = P),
         (status = 403, description = "Role not allowed.", body = Problem, content_type = P),
-        (status = 409, description = "The device exists.", body = Problem, content_type = P)
+        (status = 409, description = "The device exists.", body = Problem, content_type = P),
+        (status = 413, description = "Request body too large.", body = Problem, content_type = P),
+        (status = 415, description = "Content type is not application/json.", body = Problem, content_type = P)
     ))]
 async fn create_device(
     State(state): State<AppState>,
@@ -277,7 +279,7 @@ async fn create_device(
     ))]
 async fn list_devices(
     State(state): State<AppState>,
-    Query(p): Query<Paging>,
+    ApiQuery(p): ApiQuery<Paging>,
 ) -> Result<axum::Json<DevicePage>, ApiError> {
     let page = state.authority.devices(p.cursor.as_deref(), p.limit.unwrap_or(100)).await?;
     Ok(axum::Json(DevicePage { items: page.items.into_iter().map(Device::from).collect(), next: page.next }))
@@ -370,7 +372,7 @@ async fn release(
     ))]
 async fn list_certificates(
     State(state): State<AppState>,
-    Query(q): Query<CertQuery>,
+    ApiQuery(q): ApiQuery<CertQuery>,
 ) -> Result<axum::Json<CertificatePage>, ApiError> {
     let device = q.device.as_deref().map(device_id).transpose()?;
     let page =
@@ -424,7 +426,9 @@ async fn revoke_certificate(
         (status = 201, description = "Created; the secret is shown once.", body = NewCredentialResponse),
         (status = 400, description = "Bad role or name.", body = Problem, content_type = P),
         (status = 401, description = "No or bad token.", body = Problem, content_type = P),
-        (status = 403, description = "Role not allowed.", body = Problem, content_type = P)
+        (status = 403, description = "Role not allowed.", body = Problem, content_type = P),
+        (status = 413, description = "Request body too large.", body = Problem, content_type = P),
+        (status = 415, description = "Content type is not application/json.", body = Problem, content_type = P)
     ))]
 async fn create_credential(
     State(state): State<AppState>,

@@ -3,8 +3,8 @@
 //! Only this module maps error kinds to status codes; internal detail is logged inside the
 //! request span and never returned.
 
-use axum::extract::FromRequest;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use devid_authority::AuthorityError;
@@ -104,6 +104,17 @@ impl IntoResponse for ApiError {
         (self.status, [(header::CONTENT_TYPE, PROBLEM_JSON)], json).into_response()
     }
 }
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, code: "invalid-request", detail: r.body_text() }
+    }
+}
+
+/// Query parameters whose rejections (a malformed or out-of-range value) are problems.
+#[derive(Debug, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
 
 /// A JSON body whose rejections (bad JSON, wrong content type, too large) are problems.
 #[derive(Debug, FromRequest)]
