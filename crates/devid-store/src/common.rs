@@ -291,6 +291,31 @@ pub(crate) fn credential_from_row(
     }
 }
 
+/// A CRL to store (the newest of its issuer and shard, if its number is higher).
+pub(crate) struct NewCrl<'a> {
+    pub(crate) issuer: &'a CaId,
+    pub(crate) shard: u16,
+    pub(crate) number: i64,
+    pub(crate) this_update: i64,
+    pub(crate) next_update: i64,
+    pub(crate) der: &'a [u8],
+}
+
+/// Store a CRL unless a newer one is stored; the value comes from `$source` (a `VALUES`
+/// placeholder or a `SELECT … FROM` clause), binds `$1`–`$5` are the row's other fields.
+macro_rules! upsert_crl {
+    ($select:literal) => {
+        concat!(
+            "INSERT INTO crls (issuer_id, shard, crl_number, this_update, next_update, der) ",
+            $select,
+            " ON CONFLICT (issuer_id, shard) DO UPDATE SET crl_number = excluded.crl_number, \
+             this_update = excluded.this_update, next_update = excluded.next_update, der = excluded.der \
+             WHERE crls.crl_number < excluded.crl_number"
+        )
+    };
+}
+pub(crate) use upsert_crl;
+
 // --- SQL, shared by both backends. `concat!` needs literals, hence the macros. ---
 
 macro_rules! ca_select {
@@ -1027,22 +1052,15 @@ macro_rules! impl_store {
                     }
                 }
                 let (this_update, next_update, der) = sink.finish().map_err(sink_err)?;
-                sqlx::query(
-                    "INSERT INTO crls (issuer_id, shard, crl_number, this_update, next_update, der) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (issuer_id, shard) DO UPDATE SET crl_number = excluded.crl_number, \
-                     this_update = excluded.this_update, next_update = excluded.next_update, der = excluded.der \
-                     WHERE crls.crl_number < excluded.crl_number",
-                )
-                .bind(issuer.as_str())
-                .bind(i64::from(shard))
-                .bind(number as i64)
-                .bind(this_update.0)
-                .bind(next_update.0)
-                .bind(der.as_slice())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.db_err(e))?;
+                let row = $crate::common::NewCrl {
+                    issuer,
+                    shard,
+                    number: number as i64,
+                    this_update: this_update.0,
+                    next_update: next_update.0,
+                    der: &der,
+                };
+                self.store_crl(&mut tx, &row).await?;
                 tx.commit().await.map_err(|e| self.db_err(e))?;
                 Ok(Some($crate::CrlRecord {
                     issuer: issuer.clone(),

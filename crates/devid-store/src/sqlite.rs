@@ -144,6 +144,25 @@ impl SqliteStore {
     ) -> Result<bool, StoreError> {
         Ok(true)
     }
+
+    /// Store a CRL (one bound parameter: SQLite runs in this process, there is no wire copy).
+    async fn store_crl(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        crl: &crate::common::NewCrl<'_>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(crate::common::upsert_crl!("VALUES ($1, $2, $3, $4, $5, $6)"))
+            .bind(crl.issuer.as_str())
+            .bind(i64::from(crl.shard))
+            .bind(crl.number)
+            .bind(crl.this_update)
+            .bind(crl.next_update)
+            .bind(crl.der)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,72 @@
+# shellcheck shell=bash
+# Helpers shared by bench/ocsp.sh and bench/crl.sh (sourced, not run).
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+PG_ADMIN_URL=${DEVID_BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# need COMMAND PACKAGE: stop with the install line when a tool is missing.
+need() {
+  command -v "$1" >/dev/null 2>&1 || die "$1 is missing: apt-get install -y $2"
+}
+
+# The devid binary: $DEVID_BIN, or a release build of the working tree.
+devid_bin() {
+  if [ -n "${DEVID_BIN:-}" ]; then
+    [ -x "$DEVID_BIN" ] || die "DEVID_BIN=$DEVID_BIN is not executable"
+    printf '%s\n' "$DEVID_BIN"
+    return
+  fi
+  (cd "$REPO" && cargo build --release -q -p devid >&2) || die "cargo build --release -p devid failed"
+  printf '%s\n' "$REPO/target/release/devid"
+}
+
+# db_create: set DB_URL. $DEVID_BENCH_DATABASE_URL is used as given (and kept); otherwise
+# a fresh database devid_bench_<random> is created next to $PG_ADMIN_URL (dropped by
+# db_drop).
+DB_CREATED=
+db_create() {
+  if [ -n "${DEVID_BENCH_DATABASE_URL:-}" ]; then
+    DB_URL=$DEVID_BENCH_DATABASE_URL
+    return
+  fi
+  local name
+  name=devid_bench_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
+  psql "$PG_ADMIN_URL" -qAtX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $name" >/dev/null \
+    || die "cannot create a database on $PG_ADMIN_URL (set DEVID_BENCH_DATABASE_URL or DEVID_BENCH_PG_ADMIN_URL)"
+  DB_CREATED=$name
+  DB_URL="${PG_ADMIN_URL%/*}/$name"
+}
+
+db_drop() {
+  if [ -n "$DB_CREATED" ]; then
+    psql "$PG_ADMIN_URL" -qAtX -c "DROP DATABASE IF EXISTS $DB_CREATED WITH (FORCE)" >/dev/null 2>&1 || true
+    DB_CREATED=
+  fi
+}
+
+# wrk_summary LABEL < wrk --latency output: one line with requests/s, p50 and p99 in ms,
+# the number of non-2xx/3xx responses and socket errors.
+wrk_summary() {
+  awk -v label="$1" '
+    function ms(v) {
+      if (v ~ /us$/) return (v + 0) / 1000
+      if (v ~ /ms$/) return v + 0
+      if (v ~ /m$/)  return (v + 0) * 60000
+      if (v ~ /s$/)  return (v + 0) * 1000
+      return v + 0
+    }
+    /Requests\/sec:/            { rps = $2 }
+    $1 == "50%"                 { p50 = ms($2) }
+    $1 == "99%"                 { p99 = ms($2) }
+    /requests in/               { n = $1 }
+    /Non-2xx or 3xx responses:/ { bad = $NF }
+    /Socket errors:/            { gsub(",", ""); err = $4 + $6 + $8 + $10 }
+    END {
+      printf "%-28s rps=%9.0f  p50=%7.3fms  p99=%7.3fms  requests=%d  non2xx=%d  sockerr=%d\n",
+        label, rps, p50, p99, n, bad, err
+    }'
+}
