@@ -119,7 +119,7 @@ impl Serial {
     pub fn from_hex(s: &str) -> Result<Serial, IdError> {
         // The common case (the store's own form: no separators, even length) decodes on the
         // stack: CRL builds parse a million of these.
-        if !s.is_empty() && s.len() <= 42 && s.len() % 2 == 0 && !s.contains(':') {
+        if !s.is_empty() && s.len() <= 42 && s.len().is_multiple_of(2) && !s.contains(':') {
             let mut buf = [0u8; 21];
             let n = s.len() / 2;
             hex::decode_to_slice(s, &mut buf[..n]).map_err(|_| IdError::Serial)?;
