@@ -131,7 +131,7 @@ impl PgStore {
         head.extend_from_slice(&0i32.to_be_bytes());
         head.extend_from_slice(&1i16.to_be_bytes());
         head.extend_from_slice(&len.to_be_bytes());
-        let conn: &mut sqlx::PgConnection = &mut **tx;
+        let conn: &mut sqlx::PgConnection = tx;
         let mut copy = conn
             .copy_in_raw("COPY crl_upload (der) FROM STDIN (FORMAT binary)")
             .await
