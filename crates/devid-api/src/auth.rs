@@ -180,6 +180,28 @@ fn oauth_error(status: StatusCode, error: &'static str, description: &str) -> Re
     r
 }
 
+/// How a refused client authentication is answered (RFC 6749 §5.2), with `Retry-After`
+/// when attempts are throttled.
+fn client_refusal(e: AuthorityError) -> Response {
+    match e {
+        AuthorityError::InvalidClient => {
+            oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed")
+        }
+        AuthorityError::RateLimited { retry_after_secs } => {
+            let mut r = oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_client",
+                "too many failed attempts; retry later",
+            );
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        e => ApiError::from(e).into_response(),
+    }
+}
+
 /// HTTP Basic client credentials (RFC 6749 §2.3.1: id and secret are form-urlencoded,
 /// then joined with `:` and base64-encoded).
 fn basic_client(headers: &HeaderMap) -> Option<(String, String)> {
@@ -261,21 +283,7 @@ async fn token(
             r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             r
         }
-        Err(AuthorityError::InvalidClient) => {
-            oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed")
-        }
-        Err(AuthorityError::RateLimited { retry_after_secs }) => {
-            let mut r = oauth_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "invalid_client",
-                "too many failed attempts; retry later",
-            );
-            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            r
-        }
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => client_refusal(e),
     }
 }
 
@@ -320,21 +328,7 @@ async fn revoke(
     };
     match result {
         Ok(()) => StatusCode::OK.into_response(),
-        Err(AuthorityError::InvalidClient) => {
-            oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed")
-        }
-        Err(AuthorityError::RateLimited { retry_after_secs }) => {
-            let mut r = oauth_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "invalid_client",
-                "too many failed attempts; retry later",
-            );
-            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            r
-        }
-        Err(e) => ApiError::from(e).into_response(),
+        Err(e) => client_refusal(e),
     }
 }
 

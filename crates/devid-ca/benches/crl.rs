@@ -10,48 +10,14 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use devid_ca::crl::{CrlBuilder, CrlEntry, CrlParams};
 use devid_ca::profile::{CaSubject, IssuerInfo};
-use devid_core::{KeyRef, OsEntropy, RevocationReason, Serial, UnixTime};
-use devid_kms::{KmsError, SignatureAlgorithm, Signer};
+use devid_core::{OsEntropy, RevocationReason, Serial, UnixTime};
+use devid_kms::{SignatureAlgorithm, Signer};
+use devid_testkit::signer::MemSigner;
 
 const ENTRIES: usize = 1_000_000;
-
-/// A signer over an in-memory aws-lc-rs key (the software key store's backend).
-struct MemSigner {
-    key: EcdsaKeyPair,
-    spki: Vec<u8>,
-    key_ref: KeyRef,
-}
-
-impl MemSigner {
-    fn new() -> MemSigner {
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
-            .expect("keygen");
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("load");
-        let mut spki = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").expect("hex");
-        spki.extend_from_slice(key.public_key().as_ref());
-        MemSigner { key, spki, key_ref: KeyRef::soft("mem").expect("ref") }
-    }
-}
-
-impl Signer for MemSigner {
-    fn key_ref(&self) -> &KeyRef {
-        &self.key_ref
-    }
-    fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::EcdsaP256Sha256
-    }
-    fn public_key_spki_der(&self) -> &[u8] {
-        &self.spki
-    }
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KmsError> {
-        Ok(self.key.sign(&SystemRandom::new(), msg).expect("sign").as_ref().to_vec())
-    }
-}
 
 fn now() -> UnixTime {
     UnixTime(

@@ -2,46 +2,11 @@
 //! this crate verify with `openssl verify -x509_strict -purpose sslclient`, and the leaf
 //! carries exactly the extensions of the profile.
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
 use devid_ca::profile::{CaSubject, IssuerInfo, LeafProfile, PublicUrls};
 use devid_core::{CaId, DeviceId, KeyRef, OsEntropy, Serial, UnixTime};
 use devid_kms::{KmsError, SignatureAlgorithm, Signer};
 use devid_testkit::pki;
-
-/// A signer over an in-memory aws-lc-rs key: enough to test profiles without a key store.
-struct MemSigner {
-    key: EcdsaKeyPair,
-    spki: Vec<u8>,
-    key_ref: KeyRef,
-}
-
-impl MemSigner {
-    fn new() -> MemSigner {
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
-            .expect("keygen");
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).expect("load");
-        // SubjectPublicKeyInfo for id-ecPublicKey / prime256v1, then the 65-byte point.
-        let mut spki = hex::decode("3059301306072a8648ce3d020106082a8648ce3d030107034200").expect("hex");
-        spki.extend_from_slice(key.public_key().as_ref());
-        MemSigner { key, spki, key_ref: KeyRef::soft("mem").expect("ref") }
-    }
-}
-
-impl Signer for MemSigner {
-    fn key_ref(&self) -> &KeyRef {
-        &self.key_ref
-    }
-    fn algorithm(&self) -> SignatureAlgorithm {
-        SignatureAlgorithm::EcdsaP256Sha256
-    }
-    fn public_key_spki_der(&self) -> &[u8] {
-        &self.spki
-    }
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KmsError> {
-        Ok(self.key.sign(&SystemRandom::new(), msg).expect("sign").as_ref().to_vec())
-    }
-}
+use devid_testkit::signer::MemSigner;
 
 /// A signer whose signatures are garbage: must never yield a certificate.
 struct BadSigner(MemSigner);
@@ -84,7 +49,7 @@ fn hierarchy() -> Hierarchy {
         alg,
         &subject("Test Root"),
         &Serial::random(&OsEntropy),
-        &root.spki,
+        root.public_key_spki_der(),
         now(),
         86400 * 3650,
     )
@@ -96,7 +61,7 @@ fn hierarchy() -> Hierarchy {
         alg,
         &subject("Test Issuing"),
         &Serial::random(&OsEntropy),
-        &issuing.spki,
+        issuing.public_key_spki_der(),
         now(),
         86400 * 365,
     )

@@ -11,3 +11,4 @@
 pub mod db;
 pub mod hsm;
 pub mod pki;
+pub mod signer;
