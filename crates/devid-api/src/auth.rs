@@ -219,6 +219,30 @@ fn basic_client(headers: &HeaderMap) -> Option<(String, String)> {
     Some((unform(id)?, unform(secret)?))
 }
 
+/// The form parameters of a token-endpoint request (RFC 6749 §4.4.2 and RFC 7009 §2.1 use
+/// `application/x-www-form-urlencoded`); another content type is `invalid_request`.
+fn form_params(headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, Box<Response>> {
+    if !is_form(headers) {
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        )));
+    }
+    Ok(form(body))
+}
+
+/// The client's HTTP Basic credentials, or the `invalid_client` answer.
+fn client_credentials(headers: &HeaderMap) -> Result<(String, String), Box<Response>> {
+    basic_client(headers).ok_or_else(|| {
+        Box::new(oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "HTTP Basic client authentication is required",
+        ))
+    })
+}
+
 fn form(body: &[u8]) -> Vec<(String, String)> {
     form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
@@ -245,14 +269,10 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !is_form(&headers) {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the body must be application/x-www-form-urlencoded",
-        );
-    }
-    let params = form(&body);
+    let params = match form_params(&headers, &body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     match params.iter().find(|(k, _)| k == "grant_type").map(|(_, v)| v.as_str()) {
         Some("client_credentials") => {}
         Some(_) => {
@@ -264,12 +284,9 @@ async fn token(
         }
         None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required"),
     }
-    let Some((client_id, secret)) = basic_client(&headers) else {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "HTTP Basic client authentication is required",
-        );
+    let (client_id, secret) = match client_credentials(&headers) {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     match state.tokens.exchange(&client_id, &secret, peer.ip()).await {
         Ok(t) => {
@@ -304,23 +321,16 @@ async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !is_form(&headers) {
-        return oauth_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "the body must be application/x-www-form-urlencoded",
-        );
-    }
-    let params = form(&body);
+    let params = match form_params(&headers, &body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     let Some(token) = params.iter().find(|(k, _)| k == "token").map(|(_, v)| v.clone()) else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "token is required");
     };
-    let Some((client_id, secret)) = basic_client(&headers) else {
-        return oauth_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "HTTP Basic client authentication is required",
-        );
+    let (client_id, secret) = match client_credentials(&headers) {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     let result = match state.tokens.authenticate(&client_id, &secret, peer.ip()).await {
         Ok(_) => state.tokens.revoke(&client_id, &token).await,

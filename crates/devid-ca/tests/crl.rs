@@ -5,36 +5,15 @@
 use der::{Decode, Encode};
 use devid_ca::crl::{CrlBuilder, CrlEntry, CrlParams, IssuingDistributionPoint, shard_of};
 use devid_ca::profile::{CaSubject, IssuerInfo, LeafProfile, PublicUrls};
-use devid_core::{CaId, DeviceId, KeyRef, OsEntropy, RevocationReason, Serial, UnixTime};
-use devid_kms::{KmsError, SignatureAlgorithm, Signer};
+use devid_core::{CaId, DeviceId, OsEntropy, RevocationReason, Serial, UnixTime};
+use devid_kms::{KmsError, SignatureAlgorithm};
 use devid_testkit::pki;
-use devid_testkit::signer::MemSigner;
+use devid_testkit::signer::{BadSigner, MemSigner};
 use x509_cert::crl::CertificateList;
 use x509_cert::ext::pkix::crl::{CrlNumber, CrlReason};
 use x509_cert::time::Time;
 
 const ALG: SignatureAlgorithm = SignatureAlgorithm::EcdsaP256Sha256;
-
-/// A signer whose signatures are garbage: must never yield a CRL.
-struct BadSigner<'a>(&'a MemSigner);
-
-impl Signer for BadSigner<'_> {
-    fn key_ref(&self) -> &KeyRef {
-        self.0.key_ref()
-    }
-    fn algorithm(&self) -> SignatureAlgorithm {
-        self.0.algorithm()
-    }
-    fn public_key_spki_der(&self) -> &[u8] {
-        self.0.public_key_spki_der()
-    }
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KmsError> {
-        let mut s = self.0.sign(msg)?;
-        let n = s.len() - 1;
-        s[n] ^= 1;
-        Ok(s)
-    }
-}
 
 fn now() -> UnixTime {
     UnixTime(
@@ -439,7 +418,7 @@ fn times_follow_the_utctime_generalizedtime_rule() {
 
 #[test]
 fn bad_inputs_and_bad_signers_never_yield_a_crl() {
-    let h = Hierarchy::new();
+    let mut h = Hierarchy::new();
     // nextUpdate must be after thisUpdate.
     let mut p = params(1);
     p.next_update = p.this_update;
@@ -447,7 +426,8 @@ fn bad_inputs_and_bad_signers_never_yield_a_crl() {
 
     // A signer returning a bad signature.
     let b = CrlBuilder::new(&h.info, ALG, params(1)).expect("builder");
-    let err = b.finish(&BadSigner(&h.issuing)).expect_err("bad signature");
+    let issuing = std::sync::Arc::new(std::mem::take(&mut h.issuing));
+    let err = b.finish(&BadSigner(issuing.clone())).expect_err("bad signature");
     assert!(matches!(err, devid_ca::CaError::Kms(KmsError::BadSignature)), "{err}");
 
     // A signer holding another key than the issuer's.

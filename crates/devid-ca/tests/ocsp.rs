@@ -11,31 +11,10 @@ use devid_ca::ocsp::{
     ErrorStatus, HashAlgorithm, IssuerHashes, OcspError, ParsedRequest, Responder, SingleStatus, Status,
 };
 use devid_ca::profile::{CaSubject, IssuerInfo, LeafProfile, PublicUrls};
-use devid_core::{CaId, DeviceId, KeyRef, OsEntropy, RevocationReason, Serial, UnixTime};
+use devid_core::{CaId, DeviceId, OsEntropy, RevocationReason, Serial, UnixTime};
 use devid_kms::{KmsError, SignatureAlgorithm, Signer};
 use devid_testkit::pki;
-use devid_testkit::signer::MemSigner;
-
-/// A signer whose signatures are garbage: must never yield a response.
-struct BadSigner(Arc<MemSigner>);
-
-impl Signer for BadSigner {
-    fn key_ref(&self) -> &KeyRef {
-        self.0.key_ref()
-    }
-    fn algorithm(&self) -> SignatureAlgorithm {
-        self.0.algorithm()
-    }
-    fn public_key_spki_der(&self) -> &[u8] {
-        self.0.public_key_spki_der()
-    }
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KmsError> {
-        let mut s = self.0.sign(msg)?;
-        let n = s.len() - 1;
-        s[n] ^= 1;
-        Ok(s)
-    }
-}
+use devid_testkit::signer::{BadSigner, MemSigner};
 
 fn now() -> UnixTime {
     UnixTime(

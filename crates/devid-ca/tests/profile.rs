@@ -3,31 +3,10 @@
 //! carries exactly the extensions of the profile.
 
 use devid_ca::profile::{CaSubject, IssuerInfo, LeafProfile, PublicUrls};
-use devid_core::{CaId, DeviceId, KeyRef, OsEntropy, Serial, UnixTime};
+use devid_core::{CaId, DeviceId, OsEntropy, Serial, UnixTime};
 use devid_kms::{KmsError, SignatureAlgorithm, Signer};
 use devid_testkit::pki;
-use devid_testkit::signer::MemSigner;
-
-/// A signer whose signatures are garbage: must never yield a certificate.
-struct BadSigner(MemSigner);
-
-impl Signer for BadSigner {
-    fn key_ref(&self) -> &KeyRef {
-        self.0.key_ref()
-    }
-    fn algorithm(&self) -> SignatureAlgorithm {
-        self.0.algorithm()
-    }
-    fn public_key_spki_der(&self) -> &[u8] {
-        self.0.public_key_spki_der()
-    }
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KmsError> {
-        let mut s = self.0.sign(msg)?;
-        let n = s.len() - 1;
-        s[n] ^= 1;
-        Ok(s)
-    }
-}
+use devid_testkit::signer::{BadSigner, MemSigner};
 
 fn now() -> UnixTime {
     UnixTime(
@@ -186,7 +165,7 @@ fn a_bad_signature_from_the_kms_never_becomes_a_certificate() {
         now(),
     )
     .expect("tbs");
-    let bad = BadSigner(h.issuing);
+    let bad = BadSigner(std::sync::Arc::new(h.issuing));
     let err = devid_ca::sign::sign_tbs(&bad, &tbs).expect_err("bad signature");
     assert!(matches!(err, devid_ca::CaError::Kms(KmsError::BadSignature)));
 }

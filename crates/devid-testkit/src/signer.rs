@@ -46,3 +46,26 @@ impl Signer for MemSigner {
         Ok(self.key.sign(&SystemRandom::new(), msg).expect("sign").as_ref().to_vec())
     }
 }
+
+/// A signer whose signatures are corrupted (last byte flipped): whatever is built with it
+/// must be refused, never handed out.
+pub struct BadSigner(pub std::sync::Arc<dyn Signer>);
+
+impl Signer for BadSigner {
+    fn key_ref(&self) -> &KeyRef {
+        self.0.key_ref()
+    }
+    fn algorithm(&self) -> SignatureAlgorithm {
+        self.0.algorithm()
+    }
+    fn public_key_spki_der(&self) -> &[u8] {
+        self.0.public_key_spki_der()
+    }
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let mut s = self.0.sign(msg)?;
+        if let Some(last) = s.last_mut() {
+            *last ^= 1;
+        }
+        Ok(s)
+    }
+}
