@@ -67,18 +67,7 @@ impl Install {
 
     /// A devid command for this installation (global flags set).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(devid_bin());
-        c.args(args)
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .arg("--database-url")
-            .arg(&self.db.url)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null());
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-        c
+        self.command_in(&self.data_path(), args)
     }
 
     /// Run a devid command to completion (killed, and the test failed, after 120 s).
@@ -114,43 +103,7 @@ impl Install {
     pub fn serve_with(&self, extra: &[&str]) -> Server {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut child = self.command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let (etx, erx) = mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = etx.send(line);
-            }
-        });
-        let mut banner = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            match rx.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => {
-                    let done = line.starts_with("listening on ");
-                    banner.push(line);
-                    if done {
-                        break;
-                    }
-                }
-                Err(_) => {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        let err: Vec<String> = erx.try_iter().collect();
-                        panic!("devid serve exited with {status}: {banner:?}\n{}", err.join("\n"));
-                    }
-                    assert!(std::time::Instant::now() < deadline, "devid serve did not start: {banner:?}");
-                }
-            }
-        }
-        let base = banner.last().unwrap().trim_start_matches("listening on ").to_string();
-        Server { child, base, banner, stderr: std::sync::Mutex::new(erx) }
+        start_server(self.command(&args))
     }
 
     pub async fn cleanup(self) {
@@ -425,7 +378,8 @@ impl Install {
     }
 }
 
-/// Spawn a `devid serve` command and wait until it listens (as [`Install::serve_with`]).
+/// Spawn a `devid serve` command and wait until it listens; panics with its output if it
+/// exits or does not listen within 60 s.
 pub fn start_server(mut cmd: Command) -> Server {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();

@@ -365,6 +365,29 @@ macro_rules! insert_event {
 }
 pub(crate) use insert_event;
 
+/// Record a revocation inside an open transaction: the `revocations` row (with the
+/// certificate's issuer and notAfter copied, for CRL building) and the `revoked` change
+/// event that other nodes poll. One place, so neither can be written without the other.
+macro_rules! record_revocation {
+    ($self:expr, $tx:ident, $serial_hex:expr, $reason_code:expr, $at:expr) => {{
+        sqlx::query($crate::common::insert_revocation!())
+            .bind($serial_hex)
+            .bind($reason_code)
+            .bind($at)
+            .execute(&mut *$tx)
+            .await
+            .map_err(|e| $self.db_err(e))?;
+        sqlx::query($crate::common::insert_event!())
+            .bind($serial_hex)
+            .bind("revoked")
+            .bind($at)
+            .execute(&mut *$tx)
+            .await
+            .map_err(|e| $self.db_err(e))?;
+    }};
+}
+pub(crate) use record_revocation;
+
 /// Revoke every issued certificate of a device inside an open transaction `$tx`; evaluates
 /// to the serials revoked. The status update comes first (`RETURNING`), then exactly those
 /// rows get their revocation entry, so a certificate issued concurrently is either revoked
@@ -382,20 +405,7 @@ macro_rules! revoke_device_rows {
         .map_err(|e| $self.db_err(e))?;
         let mut serials = Vec::with_capacity(rows.len());
         for (hex,) in rows {
-            sqlx::query($crate::common::insert_revocation!())
-                .bind(hex.as_str())
-                .bind(i16::from($reason.code()))
-                .bind($at.0)
-                .execute(&mut *$tx)
-                .await
-                .map_err(|e| $self.db_err(e))?;
-            sqlx::query($crate::common::insert_event!())
-                .bind(hex.as_str())
-                .bind("revoked")
-                .bind($at.0)
-                .execute(&mut *$tx)
-                .await
-                .map_err(|e| $self.db_err(e))?;
+            $crate::common::record_revocation!($self, $tx, hex.as_str(), i16::from($reason.code()), $at.0);
             serials.push(devid_core::Serial::from_hex(&hex).map_err(|e| {
                 $crate::StoreError::internal(format!("bad serial {hex:?} in the store: {e}"))
             })?);
@@ -723,20 +733,7 @@ macro_rules! impl_store {
                     .await
                     .map_err(|e| self.db_err(e))?;
                     if caught.rows_affected() > 0 {
-                        sqlx::query($crate::common::insert_revocation!())
-                            .bind(hex.as_str())
-                            .bind(i16::from(devid_core::RevocationReason::PrivilegeWithdrawn.code()))
-                            .bind(now.0)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(|e| self.db_err(e))?;
-                        sqlx::query($crate::common::insert_event!())
-                            .bind(hex.as_str())
-                            .bind("revoked")
-                            .bind(now.0)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(|e| self.db_err(e))?;
+                        $crate::common::record_revocation!(self, tx, hex.as_str(), i16::from(devid_core::RevocationReason::PrivilegeWithdrawn.code()), now.0);
                         tx.commit().await.map_err(|e| self.db_err(e))?;
                         return Err($crate::StoreError::new(
                             devid_core::ErrorKind::Forbidden,
@@ -868,20 +865,7 @@ macro_rules! impl_store {
                 .await
                 .map_err(|e| self.db_err(e))?;
                 if done.rows_affected() > 0 {
-                    sqlx::query($crate::common::insert_revocation!())
-                        .bind(hex.as_str())
-                        .bind(i16::from(reason.code()))
-                        .bind(at.0)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.db_err(e))?;
-                    sqlx::query($crate::common::insert_event!())
-                        .bind(hex.as_str())
-                        .bind("revoked")
-                        .bind(at.0)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.db_err(e))?;
+                    $crate::common::record_revocation!(self, tx, hex.as_str(), i16::from(reason.code()), at.0);
                 }
                 let row: Option<$crate::common::CertRow> =
                     sqlx::query_as(concat!($crate::common::cert_select!(), " WHERE c.serial = $1"))
