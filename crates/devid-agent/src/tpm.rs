@@ -1,0 +1,1 @@
+//! TPM 2.0 device side (to be written).

@@ -1,0 +1,1 @@
+//! Derived symmetric key attestation (to be written).

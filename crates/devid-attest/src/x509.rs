@@ -1,0 +1,1 @@
+//! X.509 IDevID attestation (to be written).
