@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use common::{Backend, Install, Server, assert_problem, enroll, http};
+use common::{Backend, Cred, Install, Server, assert_problem, cli_credential, enroll, http};
 use devid_api::auth::{ACCESS, Access};
 use devid_authority::auth::Role;
 use devid_testkit::pki;
@@ -24,27 +24,6 @@ on_both_backends!(access_sanity, revocation, credentials_api, devices_and_certif
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// A credential made with `devid credential create`.
-#[derive(Clone, Debug)]
-struct Cred {
-    client_id: String,
-    secret: String,
-}
-
-fn cli_credential(install: &Install, role: &str) -> Cred {
-    let name = format!("test {role}");
-    let out = install.run_ok(&["credential", "create", "--role", role, "--name", &name, "--json"]);
-    let v: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(v["role"], role, "{v}");
-    let cred = Cred {
-        client_id: v["client_id"].as_str().unwrap().to_string(),
-        secret: v["client_secret"].as_str().unwrap().to_string(),
-    };
-    assert!(cred.client_id.starts_with("devid_ci_"), "{v}");
-    assert!(cred.secret.starts_with("devid_cs_"), "{v}");
-    cred
-}
 
 /// A response, read whole.
 struct Resp {

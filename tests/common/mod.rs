@@ -426,3 +426,39 @@ impl Server {
         self.banner.iter().find_map(|l| l.strip_prefix("issuing CA: ")).unwrap().to_string()
     }
 }
+
+/// A credential made with `devid credential create`.
+#[derive(Clone, Debug)]
+pub struct Cred {
+    pub client_id: String,
+    pub secret: String,
+}
+
+/// `devid credential create --role ROLE --json`.
+pub fn cli_credential(install: &Install, role: &str) -> Cred {
+    let name = format!("test {role}");
+    let out = install.run_ok(&["credential", "create", "--role", role, "--name", &name, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["role"], role, "{v}");
+    let cred = Cred {
+        client_id: v["client_id"].as_str().unwrap().to_string(),
+        secret: v["client_secret"].as_str().unwrap().to_string(),
+    };
+    assert!(cred.client_id.starts_with("devid_ci_"), "{v}");
+    assert!(cred.secret.starts_with("devid_cs_"), "{v}");
+    cred
+}
+
+/// An access token for a credential (client-credentials grant), which must be granted.
+pub async fn access_token(server: &Server, c: &Cred) -> String {
+    let r = http()
+        .post(server.url("/v1/auth/token"))
+        .basic_auth(&c.client_id, Some(&c.secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "token for {}", c.client_id);
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["access_token"].as_str().unwrap().to_string()
+}

@@ -12,6 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::problem::{ApiError, ApiJson, ApiQuery, JsonOrEmpty, Problem};
 
 fn device_id(id: &str) -> Result<DeviceId, ApiError> {
@@ -259,10 +260,11 @@ const P: &str = "application/problem+json";
     ))]
 async fn create_device(
     State(state): State<AppState>,
+    Caller(actor): Caller,
     ApiJson(req): ApiJson<NewDevice>,
 ) -> Result<(StatusCode, axum::Json<RegisteredDevice>), ApiError> {
     let id = device_id(&req.id)?;
-    let (d, token) = state.authority.register_device(&id, req.token).await?;
+    let (d, token) = state.authority.register_device(&id, req.token, &actor).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(RegisteredDevice { id: d.id.to_string(), token: token.map(|t| t.reveal().to_string()) }),
@@ -313,12 +315,13 @@ async fn get_device(
     ))]
 async fn revoke_device(
     State(state): State<AppState>,
+    Caller(actor): Caller,
     Path(id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<RevokeRequest>,
 ) -> Result<axum::Json<Revoked>, ApiError> {
     let id = device_id(&id)?;
     let r = reason(body.reason.as_deref(), RevocationReason::Unspecified)?;
-    let serials = state.authority.revoke_device(&id, r).await?;
+    let serials = state.authority.revoke_device(&id, r, &actor).await?;
     Ok(axum::Json(Revoked { device: id.to_string(), revoked: serials.iter().map(Serial::to_hex).collect() }))
 }
 
@@ -335,12 +338,13 @@ async fn revoke_device(
     ))]
 async fn quarantine(
     State(state): State<AppState>,
+    Caller(actor): Caller,
     Path(id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<RevokeRequest>,
 ) -> Result<axum::Json<Revoked>, ApiError> {
     let id = device_id(&id)?;
     let r = reason(body.reason.as_deref(), RevocationReason::PrivilegeWithdrawn)?;
-    let serials = state.authority.quarantine(&id, r).await?;
+    let serials = state.authority.quarantine(&id, r, &actor).await?;
     Ok(axum::Json(Revoked { device: id.to_string(), revoked: serials.iter().map(Serial::to_hex).collect() }))
 }
 
@@ -355,10 +359,11 @@ async fn quarantine(
     ))]
 async fn release(
     State(state): State<AppState>,
+    Caller(actor): Caller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Released>, ApiError> {
     let id = device_id(&id)?;
-    let released = state.authority.release(&id).await?;
+    let released = state.authority.release(&id, &actor).await?;
     Ok(axum::Json(Released { device: id.to_string(), released }))
 }
 
@@ -413,11 +418,12 @@ async fn get_certificate(
     ))]
 async fn revoke_certificate(
     State(state): State<AppState>,
+    Caller(actor): Caller,
     Path(s): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<RevokeRequest>,
 ) -> Result<axum::Json<Certificate>, ApiError> {
     let r = reason(body.reason.as_deref(), RevocationReason::Unspecified)?;
-    Ok(axum::Json(state.authority.revoke(&serial(&s)?, r).await?.into()))
+    Ok(axum::Json(state.authority.revoke(&serial(&s)?, r, &actor).await?.into()))
 }
 
 /// Create an API credential.
@@ -432,11 +438,12 @@ async fn revoke_certificate(
     ))]
 async fn create_credential(
     State(state): State<AppState>,
+    Caller(actor): Caller,
     ApiJson(req): ApiJson<NewCredentialRequest>,
 ) -> Result<(StatusCode, axum::Json<NewCredentialResponse>), ApiError> {
     let role: Role =
         req.role.parse().map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", e))?;
-    let c = state.authority.create_credential(role, &req.name).await?;
+    let c = state.authority.create_credential(role, &req.name, &actor).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(NewCredentialResponse {
@@ -469,9 +476,10 @@ async fn list_credentials(State(state): State<AppState>) -> Result<axum::Json<Ve
     ))]
 async fn revoke_credential(
     State(state): State<AppState>,
+    Caller(actor): Caller,
     Path(client_id): Path<String>,
 ) -> Result<axum::Json<Credential>, ApiError> {
-    Ok(axum::Json(state.authority.revoke_credential(&client_id).await?.into()))
+    Ok(axum::Json(state.authority.revoke_credential(&client_id, &actor).await?.into()))
 }
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {

@@ -63,6 +63,7 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("DELETE", "/v1/credentials/{client_id}", Access::Roles(&[Admin])),
     ("GET", "/metrics", Access::Public),
     ("POST", "/v1/device-batches/{batch_id}", Access::Roles(&[Admin, Factory])),
+    ("GET", "/v1/audit", Access::Roles(&[Admin, Auditor])),
 ];
 
 /// The access of a route, by method and route template (as axum matched it).
@@ -110,6 +111,24 @@ pub(crate) async fn authorize(State(state): State<AppState>, mut req: Request, n
             tracing::error!(method = %req.method(), route, "route has no access entry; refusing");
             ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this route is not open to anyone")
                 .into_response()
+        }
+    }
+}
+
+/// The authenticated caller of a role-protected route, as the audit log names it. The
+/// [`authorize`] middleware put its token's principal in the request.
+pub(crate) struct Caller(pub devid_authority::Actor);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Response> {
+        match parts.extensions.get::<devid_authority::auth::Principal>() {
+            Some(p) => Ok(Caller(devid_authority::Actor::Credential {
+                client_id: p.client_id.clone(),
+                role: p.role,
+            })),
+            None => Err(unauthenticated("a bearer token is required", false)),
         }
     }
 }

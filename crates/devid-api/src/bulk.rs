@@ -105,6 +105,7 @@ const P: &str = "application/problem+json";
     ))]
 async fn import_batch(
     State(state): State<AppState>,
+    crate::auth::Caller(actor): crate::auth::Caller,
     Path(batch_id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -122,7 +123,7 @@ async fn import_batch(
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body-too-large" } else { "invalid-request" };
         ApiError::new(status, code, r.body_text())
     })?;
-    let report = state.authority.import_device_batch(&batch_id, &body, format).await?;
+    let report = state.authority.import_device_batch(&batch_id, &body, format, &actor).await?;
     Ok(axum::Json(report.into()))
 }
 

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod audit;
 pub mod auth;
 mod bulk;
 mod enroll;
@@ -63,7 +64,8 @@ pub struct AppState {
         (name = "auth", description = "Access tokens (OAuth 2.0 client credentials)"),
         (name = "devices", description = "Device registration, lookup, revocation and quarantine"),
         (name = "certificates", description = "Certificate lookup and revocation"),
-        (name = "credentials", description = "API credentials")
+        (name = "credentials", description = "API credentials"),
+        (name = "audit", description = "The tamper-evident audit log")
     )
 )]
 struct ApiDoc;
@@ -79,6 +81,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(admin::routes())
         .merge(bulk::routes())
         .merge(metrics::routes())
+        .merge(audit::routes())
 }
 
 /// The OpenAPI 3.1 document of every route, generated from the handlers.

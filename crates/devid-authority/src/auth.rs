@@ -111,6 +111,22 @@ fn random_b64(rng: &dyn Entropy, n: usize) -> String {
     B64URL.encode(b)
 }
 
+/// Revoke a credential (idempotent: the first revocation time stands); its access tokens
+/// stop working at once, because every token check reads the credential.
+pub async fn revoke_credential(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    client_id: &str,
+    actor: &crate::Actor,
+) -> Result<CredentialRecord, AuthorityError> {
+    let now = clock.now();
+    let audit = crate::audit::event(now, actor, "credential.revoke", client_id, serde_json::json!({}));
+    store.revoke_credential(client_id, now, &audit).await.map_err(|e| match e.kind() {
+        devid_core::ErrorKind::NotFound => AuthorityError::NotFound("credential"),
+        _ => AuthorityError::Store(e),
+    })
+}
+
 /// Create a credential with a random client id and a 256-bit random secret (never a
 /// human-chosen password), stored as an Argon2id hash.
 pub async fn create_credential(
@@ -119,6 +135,7 @@ pub async fn create_credential(
     rng: &dyn Entropy,
     role: Role,
     name: &str,
+    actor: &crate::Actor,
 ) -> Result<NewCredential, AuthorityError> {
     if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
         return Err(AuthorityError::Invalid("credential name must be 1-200 printable characters".into()));
@@ -141,7 +158,14 @@ pub async fn create_credential(
         created_at: clock.now(),
         revoked_at: None,
     };
-    store.insert_credential(&record).await?;
+    let audit = crate::audit::event(
+        record.created_at,
+        actor,
+        "credential.create",
+        record.client_id.as_str(),
+        serde_json::json!({"role": role.as_str(), "name": name}),
+    );
+    store.insert_credential(&record, &audit).await?;
     tracing::info!(client_id = %record.client_id, role = %role, "credential created");
     Ok(NewCredential { record, client_secret })
 }
@@ -292,17 +316,35 @@ impl TokenService {
             Some(c) if usable && ok => c,
             _ if !usable => {
                 self.fail(&keys, now);
+                self.audit_failure(client_id, source, "unknown or revoked client").await;
                 tracing::info!(client_id, %source, "token request refused: unknown or revoked client");
                 return Err(AuthorityError::InvalidClient);
             }
             _ => {
                 self.fail(&keys, now);
+                self.audit_failure(client_id, source, "wrong secret").await;
                 tracing::info!(client_id, %source, "token request refused: wrong secret");
                 return Err(AuthorityError::InvalidClient);
             }
         };
         let role: Role = cred.role.parse().map_err(AuthorityError::Internal)?;
         Ok((cred, role))
+    }
+
+    /// Record a failed authentication in the audit log. The client id is recorded as sent
+    /// (cut to 128 characters); the secret never is.
+    async fn audit_failure(&self, client_id: &str, source: IpAddr, why: &str) {
+        let subject: String = client_id.chars().take(128).collect();
+        let audit = crate::audit::event(
+            self.clock.now(),
+            &crate::Actor::Anonymous(source.to_string()),
+            "auth.failure",
+            subject,
+            serde_json::json!({"reason": why}),
+        );
+        if let Err(e) = self.store.append_audit(&audit).await {
+            tracing::error!(error = %e, "could not record an authentication failure in the audit log");
+        }
     }
 
     fn check_throttle(&self, keys: &[String], now: UnixTime) -> Result<(), AuthorityError> {
@@ -487,7 +529,15 @@ impl TokenService {
     pub async fn revoke(&self, client_id: &str, token: &str) -> Result<(), AuthorityError> {
         match self.verify(token).await {
             Ok(p) if p.client_id == client_id => {
-                self.store.revoke_token(&p.jti, p.expires_at).await?;
+                let actor = crate::Actor::Credential { client_id: p.client_id.clone(), role: p.role };
+                let audit = crate::audit::event(
+                    self.clock.now(),
+                    &actor,
+                    "token.revoke",
+                    p.jti.as_str(),
+                    serde_json::json!({}),
+                );
+                self.store.revoke_token(&p.jti, p.expires_at, &audit).await?;
                 tracing::info!(client_id = %p.client_id, "access token revoked");
                 Ok(())
             }

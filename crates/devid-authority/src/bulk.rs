@@ -453,6 +453,7 @@ pub async fn import_batch(
     rng: &dyn Entropy,
     batch_id: &BatchId,
     rows: Vec<BatchRow>,
+    actor: &crate::Actor,
     on_chunk: &mut (dyn FnMut(&ChunkDone<'_>) + Send),
 ) -> Result<BatchReport, AuthorityError> {
     if rows.len() > MAX_BATCH_ROWS {
@@ -497,8 +498,16 @@ pub async fn import_batch(
             devices.push(BatchDevice { id: d.id.clone(), token_hash: Some(token.hash().to_vec()), labels });
             tokens.push(token);
         }
+        let now = clock.now();
+        let audit = crate::audit::event(
+            now,
+            actor,
+            "device.batch-register",
+            batch_id.as_str(),
+            serde_json::json!({"rows": devices.len(), "first": devices.first().map(|d| d.id.to_string())}),
+        );
         let created: HashSet<DeviceId> =
-            store.insert_device_batch(batch_id.as_str(), &devices, clock.now()).await?.into_iter().collect();
+            store.insert_device_batch(batch_id.as_str(), &devices, now, &audit).await?.into_iter().collect();
         let chunk_outcomes: Vec<RowOutcome> = chunk
             .iter()
             .zip(tokens)
@@ -540,6 +549,7 @@ impl Authority {
         batch_id: &str,
         body: &[u8],
         format: BatchFormat,
+        actor: &crate::Actor,
     ) -> Result<BatchReport, AuthorityError> {
         let batch_id = BatchId::new(batch_id)?;
         let rows = parse_batch(body, format)?;
@@ -549,6 +559,7 @@ impl Authority {
             self.rng.as_ref(),
             &batch_id,
             rows,
+            actor,
             &mut |_: &ChunkDone<'_>| {},
         )
         .await

@@ -61,6 +61,7 @@ pub async fn init_ca(
     clock: &dyn Clock,
     rng: &dyn Entropy,
     params: &CaInitParams,
+    actor: &crate::Actor,
 ) -> Result<CaInitReport, AuthorityError> {
     if !params.force && !store.list_cas().await?.is_empty() {
         return Err(AuthorityError::CaExists);
@@ -120,7 +121,21 @@ pub async fn init_ca(
         active: true,
         created_at: now,
     };
-    store.put_ca_hierarchy(&root, &issuing, params.force).await.map_err(|e| match e.kind() {
+    let audit = crate::audit::event(
+        now,
+        actor,
+        "ca.init",
+        issuing_id.as_str(),
+        serde_json::json!({
+            "root": root_id.as_str(),
+            "issuing": issuing_id.as_str(),
+            "root_key": params.root_key.to_string(),
+            "issuing_key": params.issuing_key.to_string(),
+            "offline_root": params.offline_root,
+            "replace": params.force,
+        }),
+    );
+    store.put_ca_hierarchy(&root, &issuing, params.force, &audit).await.map_err(|e| match e.kind() {
         devid_core::ErrorKind::Conflict => AuthorityError::CaExists,
         _ => AuthorityError::Store(e),
     })?;

@@ -3,10 +3,41 @@ use std::sync::Arc;
 use base64::Engine;
 use devid_ca::csr::VerifiedCsr;
 use devid_core::{DeviceId, Entropy, Serial, UnixTime};
-use devid_store::{CertRecord, CertStatus, DeviceStatus, PendingCert};
+use devid_store::{AuditEvent, CertRecord, CertStatus, DeviceStatus, PendingCert, Redeem};
 
 use crate::issuer::ActiveIssuer;
-use crate::{Authority, AuthorityError};
+use crate::{Actor, Authority, AuthorityError};
+
+/// How a device proved itself: the method and a summary of the evidence, for the audit log
+/// entry written with the certificate (step 6).
+#[derive(Debug, Clone)]
+pub(crate) struct Evidence {
+    /// `token`, `x509`, `tpm`, `symmetric`, `renewal`.
+    pub method: &'static str,
+    /// What the attestor established (never a secret).
+    pub summary: serde_json::Value,
+}
+
+impl Evidence {
+    /// The audit event of a certificate issued on this evidence.
+    fn audit(&self, at: UnixTime, device: &DeviceId, serial: &Serial, not_after: UnixTime) -> AuditEvent {
+        let action = if self.method == "renewal" { "certificate.renew" } else { "certificate.issue" };
+        crate::audit::event(
+            at,
+            &Actor::Device(device.clone()),
+            action,
+            serial.to_hex(),
+            serde_json::json!({
+                "device": device.as_str(),
+                "method": self.method,
+                "evidence": self.summary,
+                "not_after": not_after.to_rfc3339(),
+            }),
+        )
+    }
+}
+
+const TOKEN: Evidence = Evidence { method: "token", summary: serde_json::Value::Null };
 
 /// A one-time enrollment token: 256 random bits, base64url, prefixed `devid_et_` so that
 /// secret scanners can recognise a leaked one. Only its SHA-256 is stored: a 256-bit random
@@ -82,7 +113,7 @@ impl Authority {
         }
         // Step 2: policy. A token binds to one registered device; the CSR's key type was
         // checked against the allowed list in step 1. (Enrollment groups add more here.)
-        let issued = self.issue(&device.id, &csr, Some(&token_hash)).await?;
+        let issued = self.issue(&device.id, &csr, Redeem::Token(&token_hash), &TOKEN).await?;
         crate::metrics::CERTIFICATES_ISSUED.inc("token");
         Ok(issued)
     }
@@ -98,7 +129,8 @@ impl Authority {
                     return Err(AuthorityError::TokenUsed);
                 }
                 // The first attempt stopped after recording the intent: this one issues.
-                let issued = self.sign_and_store(&issuer, c.serial, c.tbs_der).await?;
+                let audit = TOKEN.audit(self.clock.now(), device, &c.serial, c.not_after);
+                let issued = self.sign_and_store(&issuer, c.serial, c.tbs_der, audit).await?;
                 crate::metrics::CERTIFICATES_ISSUED.inc("token");
                 Ok(issued)
             }
@@ -112,7 +144,8 @@ impl Authority {
         &self,
         device: &DeviceId,
         csr: &VerifiedCsr,
-        redeem_token: Option<&[u8]>,
+        redeem: Redeem<'_>,
+        evidence: &Evidence,
     ) -> Result<Issued, AuthorityError> {
         let issuer = self.issuer().await;
         let now = self.clock.now();
@@ -139,21 +172,25 @@ impl Authority {
             csr_sha256: csr.sha256.to_vec(),
             tbs_der: tbs_der.clone(),
             created_at: now,
+            predecessor: None,
         };
-        self.store.record_intent(&pending, redeem_token).await.map_err(|e| match e.kind() {
-            devid_core::ErrorKind::Conflict if redeem_token.is_some() => AuthorityError::TokenUsed,
+        self.store.record_intent(&pending, redeem).await.map_err(|e| match (e.kind(), redeem) {
+            (devid_core::ErrorKind::Conflict, Redeem::Token(_)) => AuthorityError::TokenUsed,
+            (devid_core::ErrorKind::Conflict, Redeem::Nonce(_)) => AuthorityError::NonceUsed,
             _ => AuthorityError::Store(e),
         })?;
-        self.sign_and_store(&issuer, serial, tbs_der).await
+        let audit = evidence.audit(now, device, &serial, validity.not_after);
+        self.sign_and_store(&issuer, serial, tbs_der, audit).await
     }
 
     /// Steps 5 and 6: sign the recorded TBS (off the async executor: an HSM call blocks),
-    /// store the certificate, and only then answer.
+    /// store the certificate with its audit entry (one transaction), and only then answer.
     async fn sign_and_store(
         &self,
         issuer: &Arc<ActiveIssuer>,
         serial: Serial,
         tbs_der: Vec<u8>,
+        audit: AuditEvent,
     ) -> Result<Issued, AuthorityError> {
         // Step 5: sign once, through the Signer (timed: devid_kms_sign_seconds).
         let signer = issuer.signer.clone();
@@ -167,16 +204,16 @@ impl Authority {
         // Step 6: store the certificate; if a concurrent retry stored one first, theirs wins
         // and this signature is discarded, so a serial is handed out once.
         let stored =
-            self.store.complete_issuance(&serial, &cert_der, self.clock.now()).await.map_err(|e| match e
-                .kind()
-            {
-                // Quarantined while this certificate was being signed: the store kept it, revoked.
-                devid_core::ErrorKind::Forbidden => {
-                    crate::metrics::CERTIFICATES_REVOKED.inc();
-                    AuthorityError::DeviceQuarantined
-                }
-                _ => AuthorityError::Store(e),
-            })?;
+            self.store.complete_issuance(&serial, &cert_der, self.clock.now(), &audit).await.map_err(
+                |e| match e.kind() {
+                    // Quarantined while this certificate was being signed: the store kept it, revoked.
+                    devid_core::ErrorKind::Forbidden => {
+                        crate::metrics::CERTIFICATES_REVOKED.inc();
+                        AuthorityError::DeviceQuarantined
+                    }
+                    _ => AuthorityError::Store(e),
+                },
+            )?;
         tracing::info!(serial = %stored.serial, device = %stored.device, "certificate issued");
         self.issued(stored).await
     }

@@ -20,6 +20,27 @@ pub enum AuthorityError {
     /// The device is quarantined.
     #[error("device is quarantined")]
     DeviceQuarantined,
+    /// The enrollment nonce is unknown, expired, or was issued for another group or method.
+    #[error("enrollment nonce unknown or expired; ask for a new challenge")]
+    NonceInvalid,
+    /// The enrollment nonce was already redeemed.
+    #[error("enrollment nonce already used; ask for a new challenge")]
+    NonceUsed,
+    /// The attestation evidence was refused; the public detail is the coarse reason.
+    #[error("attestation refused: {}", .0.failure.as_str())]
+    Attestation(devid_attest::AttestError),
+    /// The group does not allow this attestation method (or the device's own method differs).
+    #[error("method '{0}' is not allowed here")]
+    MethodNotAllowed(String),
+    /// The group requires registration and the device is not registered (in it).
+    #[error("device '{0}' is not registered for enrollment in this group")]
+    DeviceNotRegistered(String),
+    /// Renewal refused by policy (too early, past the grace period, revoked, not ours).
+    #[error("renewal refused: {0}")]
+    RenewalRefused(String),
+    /// A route that needs a client certificate (mutual TLS) was called without one.
+    #[error("this route needs mutual TLS with a device certificate (the renewal listener)")]
+    ClientCertificateRequired,
     /// A device with this id exists.
     #[error("device '{0}' already exists")]
     DeviceExists(String),
@@ -87,7 +108,13 @@ impl AuthorityError {
             AuthorityError::TokenUsed | AuthorityError::DeviceExists(_) | AuthorityError::CaExists => {
                 ErrorKind::Conflict
             }
-            AuthorityError::DeviceQuarantined => ErrorKind::Forbidden,
+            AuthorityError::DeviceQuarantined
+            | AuthorityError::MethodNotAllowed(_)
+            | AuthorityError::DeviceNotRegistered(_)
+            | AuthorityError::RenewalRefused(_)
+            | AuthorityError::ClientCertificateRequired => ErrorKind::Forbidden,
+            AuthorityError::NonceInvalid | AuthorityError::Attestation(_) => ErrorKind::Unauthorized,
+            AuthorityError::NonceUsed => ErrorKind::Conflict,
             AuthorityError::NoCa => ErrorKind::Unavailable,
             AuthorityError::NotFound(_) => ErrorKind::NotFound,
             AuthorityError::Store(e) => e.kind(),
@@ -108,6 +135,13 @@ impl AuthorityError {
             AuthorityError::RateLimited { .. } => "rate-limited",
             AuthorityError::TokenUsed => "token-used",
             AuthorityError::DeviceQuarantined => "device-quarantined",
+            AuthorityError::NonceInvalid => "nonce-invalid",
+            AuthorityError::NonceUsed => "nonce-used",
+            AuthorityError::Attestation(_) => "attestation-failed",
+            AuthorityError::MethodNotAllowed(_) => "method-not-allowed",
+            AuthorityError::DeviceNotRegistered(_) => "device-not-registered",
+            AuthorityError::RenewalRefused(_) => "renewal-refused",
+            AuthorityError::ClientCertificateRequired => "client-certificate-required",
             AuthorityError::DeviceExists(_) => "device-exists",
             AuthorityError::NoCa => "no-ca",
             AuthorityError::CaExists => "ca-exists",

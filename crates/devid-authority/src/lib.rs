@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod auth;
 pub mod bulk;
 mod ca_init;
@@ -22,6 +23,7 @@ use devid_kms::KeyManager;
 use devid_store::{DeviceRecord, DeviceStatus, Store};
 use tokio::sync::RwLock;
 
+pub use audit::Actor;
 pub use ca_init::{CaInitParams, CaInitReport, init_ca};
 pub use enroll::{EnrollToken, Issued};
 pub use error::AuthorityError;
@@ -124,6 +126,7 @@ pub async fn register_device(
     rng: &dyn Entropy,
     id: &DeviceId,
     with_token: bool,
+    actor: &Actor,
 ) -> Result<(DeviceRecord, Option<EnrollToken>), AuthorityError> {
     let now = clock.now();
     let token = with_token.then(|| EnrollToken::generate(rng));
@@ -135,9 +138,13 @@ pub async fn register_device(
         created_at: now,
         updated_at: now,
     };
-    store.insert_device(&record).await.map_err(|e| match e.kind() {
-        devid_core::ErrorKind::Conflict => AuthorityError::DeviceExists(id.to_string()),
-        _ => AuthorityError::Store(e),
+    let audit =
+        audit::event(now, actor, "device.register", id.as_str(), serde_json::json!({"token": with_token}));
+    store.insert_device(&record, &devid_store::DeviceMeta::default(), &audit).await.map_err(|e| {
+        match e.kind() {
+            devid_core::ErrorKind::Conflict => AuthorityError::DeviceExists(id.to_string()),
+            _ => AuthorityError::Store(e),
+        }
     })?;
     Ok((record, token))
 }

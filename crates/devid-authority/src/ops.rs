@@ -5,7 +5,7 @@ use devid_core::{DeviceId, RevocationReason, Serial};
 use devid_store::{CertRecord, CredentialRecord, DeviceRecord, Page};
 
 use crate::auth::{NewCredential, Role};
-use crate::{Authority, AuthorityError, EnrollToken};
+use crate::{Actor, Authority, AuthorityError, EnrollToken};
 
 impl Authority {
     /// Register a device, optionally with a one-time enrollment token (shown once).
@@ -13,9 +13,17 @@ impl Authority {
         &self,
         id: &DeviceId,
         with_token: bool,
+        actor: &Actor,
     ) -> Result<(DeviceRecord, Option<EnrollToken>), AuthorityError> {
-        crate::register_device(self.store.as_ref(), self.clock.as_ref(), self.rng.as_ref(), id, with_token)
-            .await
+        crate::register_device(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            self.rng.as_ref(),
+            id,
+            with_token,
+            actor,
+        )
+        .await
     }
 
     /// A device by id.
@@ -52,10 +60,12 @@ impl Authority {
         &self,
         serial: &Serial,
         reason: RevocationReason,
+        actor: &Actor,
     ) -> Result<CertRecord, AuthorityError> {
         // Idempotent: count it only when this call revoked it (not an earlier revocation).
         let was_revoked = self.store.get_certificate(serial).await?.is_some_and(|c| c.revocation.is_some());
-        let c = crate::revoke_certificate(self.store.as_ref(), self.clock.as_ref(), serial, reason).await?;
+        let c = crate::revoke_certificate(self.store.as_ref(), self.clock.as_ref(), serial, reason, actor)
+            .await?;
         if !was_revoked && c.revocation.is_some() {
             crate::metrics::CERTIFICATES_REVOKED.inc();
         }
@@ -67,8 +77,10 @@ impl Authority {
         &self,
         id: &DeviceId,
         reason: RevocationReason,
+        actor: &Actor,
     ) -> Result<Vec<Serial>, AuthorityError> {
-        let revoked = crate::revoke_device(self.store.as_ref(), self.clock.as_ref(), id, reason).await?;
+        let revoked =
+            crate::revoke_device(self.store.as_ref(), self.clock.as_ref(), id, reason, actor).await?;
         crate::metrics::CERTIFICATES_REVOKED.add(revoked.len() as u64);
         Ok(revoked)
     }
@@ -78,25 +90,32 @@ impl Authority {
         &self,
         id: &DeviceId,
         reason: RevocationReason,
+        actor: &Actor,
     ) -> Result<Vec<Serial>, AuthorityError> {
-        let revoked = crate::quarantine(self.store.as_ref(), self.clock.as_ref(), id, reason).await?;
+        let revoked = crate::quarantine(self.store.as_ref(), self.clock.as_ref(), id, reason, actor).await?;
         crate::metrics::CERTIFICATES_REVOKED.add(revoked.len() as u64);
         Ok(revoked)
     }
 
     /// Release a quarantined device.
-    pub async fn release(&self, id: &DeviceId) -> Result<bool, AuthorityError> {
-        crate::release(self.store.as_ref(), self.clock.as_ref(), id).await
+    pub async fn release(&self, id: &DeviceId, actor: &Actor) -> Result<bool, AuthorityError> {
+        crate::release(self.store.as_ref(), self.clock.as_ref(), id, actor).await
     }
 
     /// Create an API credential (the secret is in the result, once).
-    pub async fn create_credential(&self, role: Role, name: &str) -> Result<NewCredential, AuthorityError> {
+    pub async fn create_credential(
+        &self,
+        role: Role,
+        name: &str,
+        actor: &Actor,
+    ) -> Result<NewCredential, AuthorityError> {
         crate::auth::create_credential(
             self.store.as_ref(),
             self.clock.as_ref(),
             self.rng.as_ref(),
             role,
             name,
+            actor,
         )
         .await
     }
@@ -107,13 +126,25 @@ impl Authority {
     }
 
     /// Revoke a credential; its tokens stop working at once.
-    pub async fn revoke_credential(&self, client_id: &str) -> Result<CredentialRecord, AuthorityError> {
-        let c =
-            self.store.revoke_credential(client_id, self.clock.now()).await.map_err(|e| match e.kind() {
-                devid_core::ErrorKind::NotFound => AuthorityError::NotFound("credential"),
-                _ => AuthorityError::Store(e),
-            })?;
+    pub async fn revoke_credential(
+        &self,
+        client_id: &str,
+        actor: &Actor,
+    ) -> Result<CredentialRecord, AuthorityError> {
+        let c = crate::auth::revoke_credential(self.store.as_ref(), self.clock.as_ref(), client_id, actor)
+            .await?;
         tracing::warn!(client_id, "credential revoked");
         Ok(c)
+    }
+}
+
+impl Authority {
+    /// Audit entries after `after_seq`, at most `limit` (clamped to 1000).
+    pub async fn audit_page(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<devid_store::AuditRecord>, AuthorityError> {
+        Ok(self.store.audit_entries(after_seq, limit).await?)
     }
 }

@@ -3,6 +3,9 @@
 
 use devid_core::{Clock, DeviceId, ErrorKind, RevocationReason, Serial};
 use devid_store::{CertRecord, Store};
+use serde_json::json;
+
+use crate::audit::{Actor, event};
 
 use crate::AuthorityError;
 
@@ -13,8 +16,12 @@ pub async fn revoke_certificate(
     clock: &dyn Clock,
     serial: &Serial,
     reason: RevocationReason,
+    actor: &Actor,
 ) -> Result<CertRecord, AuthorityError> {
-    store.revoke(serial, reason, clock.now()).await.map_err(|e| match e.kind() {
+    let now = clock.now();
+    let audit =
+        event(now, actor, "certificate.revoke", serial.to_hex(), json!({"reason": reason.to_string()}));
+    store.revoke(serial, reason, now, &audit).await.map_err(|e| match e.kind() {
         ErrorKind::NotFound => AuthorityError::NotFound("certificate"),
         ErrorKind::Conflict => AuthorityError::Invalid(format!("certificate {serial} is not issued yet")),
         _ => AuthorityError::Store(e),
@@ -27,8 +34,11 @@ pub async fn revoke_device(
     clock: &dyn Clock,
     device: &DeviceId,
     reason: RevocationReason,
+    actor: &Actor,
 ) -> Result<Vec<Serial>, AuthorityError> {
-    store.revoke_device_certificates(device, reason, clock.now()).await.map_err(not_found("device"))
+    let now = clock.now();
+    let audit = event(now, actor, "device.revoke", device.as_str(), json!({"reason": reason.to_string()}));
+    store.revoke_device_certificates(device, reason, now, &audit).await.map_err(not_found("device"))
 }
 
 /// Quarantine a device: revoke everything it holds and refuse its enrollment and renewal
@@ -38,8 +48,12 @@ pub async fn quarantine(
     clock: &dyn Clock,
     device: &DeviceId,
     reason: RevocationReason,
+    actor: &Actor,
 ) -> Result<Vec<Serial>, AuthorityError> {
-    let revoked = store.quarantine_device(device, reason, clock.now()).await.map_err(not_found("device"))?;
+    let now = clock.now();
+    let audit =
+        event(now, actor, "device.quarantine", device.as_str(), json!({"reason": reason.to_string()}));
+    let revoked = store.quarantine_device(device, reason, now, &audit).await.map_err(not_found("device"))?;
     tracing::warn!(%device, revoked = revoked.len(), "device quarantined");
     Ok(revoked)
 }
@@ -49,8 +63,11 @@ pub async fn release(
     store: &dyn Store,
     clock: &dyn Clock,
     device: &DeviceId,
+    actor: &Actor,
 ) -> Result<bool, AuthorityError> {
-    let was = store.release_device(device, clock.now()).await.map_err(not_found("device"))?;
+    let now = clock.now();
+    let audit = event(now, actor, "device.release", device.as_str(), json!({}));
+    let was = store.release_device(device, now, &audit).await.map_err(not_found("device"))?;
     tracing::info!(%device, was_quarantined = was, "device released");
     Ok(was)
 }

@@ -88,6 +88,90 @@ fn serial(s: &str) -> Result<Serial, StoreError> {
     Serial::from_hex(s).map_err(|e| StoreError::internal(format!("bad serial {s:?} in the store: {e}")))
 }
 
+/// An `audit_log` row: seq, at, actor, action, subject, details, prev_hash, hash.
+pub(crate) type AuditRow = (i64, i64, String, String, String, String, Vec<u8>, Vec<u8>);
+
+/// Certificates (or CRLs) as stored in one column: each a u32 big-endian length and the DER.
+pub(crate) fn pack_ders(ders: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ders.iter().map(|d| d.len() + 4).sum());
+    for d in ders {
+        out.extend_from_slice(&(d.len() as u32).to_be_bytes());
+        out.extend_from_slice(d);
+    }
+    out
+}
+
+/// The inverse of [`pack_ders`]; a truncated value is an internal error.
+pub(crate) fn unpack_ders(mut b: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let bad = || StoreError::internal("malformed certificate list in the store".to_string());
+        let len_bytes: [u8; 4] = b.get(..4).and_then(|x| x.try_into().ok()).ok_or_else(bad)?;
+        let len = u32::from_be_bytes(len_bytes) as usize;
+        let der = b.get(4..4 + len).ok_or_else(bad)?;
+        out.push(der.to_vec());
+        b = &b[4 + len..];
+    }
+    Ok(out)
+}
+
+/// An `enrollment_groups` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct GroupRow {
+    name: String,
+    methods: String,
+    registration: String,
+    id_source: String,
+    validity_secs: Option<i64>,
+    trust_anchors: Vec<u8>,
+    crls: Vec<u8>,
+    master_key: Option<Vec<u8>>,
+    rate_per_minute: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<GroupRow> for crate::GroupRecord {
+    type Error = StoreError;
+    fn try_from(r: GroupRow) -> Result<Self, StoreError> {
+        Ok(crate::GroupRecord {
+            name: r.name,
+            methods: r.methods.split(',').filter(|m| !m.is_empty()).map(str::to_string).collect(),
+            registration: r.registration,
+            id_source: r.id_source,
+            validity_secs: r.validity_secs,
+            trust_anchors: unpack_ders(&r.trust_anchors)?,
+            crls: unpack_ders(&r.crls)?,
+            master_key: r.master_key,
+            rate_per_minute: r.rate_per_minute,
+            created_at: UnixTime(r.created_at),
+            updated_at: UnixTime(r.updated_at),
+        })
+    }
+}
+
+macro_rules! group_select {
+    () => {
+        "SELECT name, methods, registration, id_source, validity_secs, trust_anchors, crls, master_key, \
+         rate_per_minute, created_at, updated_at FROM enrollment_groups"
+    };
+}
+pub(crate) use group_select;
+
+/// A `challenges` row: nonce_hash, group_name, method, state, expires_at, redeemed_at.
+pub(crate) type ChallengeRow = (Vec<u8>, String, String, Option<String>, i64, Option<i64>);
+
+pub(crate) fn challenge_from_row(r: ChallengeRow) -> crate::ChallengeRecord {
+    crate::ChallengeRecord {
+        nonce_hash: r.0,
+        group: r.1,
+        method: r.2,
+        state: r.3,
+        expires_at: UnixTime(r.4),
+        redeemed_at: r.5.map(UnixTime),
+    }
+}
+
 /// A `cas` row.
 #[derive(sqlx::FromRow)]
 pub(crate) struct CaRow {
@@ -161,6 +245,7 @@ pub(crate) struct CertRow {
     created_at: i64,
     reason: Option<i16>,
     revoked_at: Option<i64>,
+    predecessor: Option<String>,
 }
 
 impl TryFrom<CertRow> for CertRecord {
@@ -201,6 +286,7 @@ impl TryFrom<CertRow> for CertRecord {
             cert_der: r.cert_der,
             created_at: UnixTime(r.created_at),
             revocation,
+            predecessor: r.predecessor.as_deref().map(serial).transpose()?,
         })
     }
 }
@@ -338,11 +424,37 @@ macro_rules! cert_select {
         "SELECT c.serial AS serial, c.issuer_id AS issuer_id, c.device_id AS device_id, \
          c.status AS status, c.not_before AS not_before, c.not_after AS not_after, \
          c.csr_sha256 AS csr_sha256, c.tbs_der AS tbs_der, c.cert_der AS cert_der, \
-         c.created_at AS created_at, r.reason AS reason, r.revoked_at AS revoked_at \
+         c.created_at AS created_at, r.reason AS reason, r.revoked_at AS revoked_at, \
+         c.predecessor AS predecessor \
          FROM certificates c LEFT JOIN revocations r ON r.serial = c.serial"
     };
 }
 pub(crate) use cert_select;
+
+/// Insert a device row with its metadata, followed by `$tail` (e.g. an `ON CONFLICT`
+/// clause). Binds: `$1`–`$6` id, status, token_hash, token_used_at, created_at, updated_at;
+/// `$7`–`$11` labels, batch_id, group_name, method, secret.
+macro_rules! insert_device {
+    ($tail:literal) => {
+        concat!(
+            "INSERT INTO devices (id, status, token_hash, token_used_at, created_at, updated_at, \
+             labels, batch_id, group_name, method, secret) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            $tail
+        )
+    };
+}
+pub(crate) use insert_device;
+
+/// Insert an enrollment group. Binds `$1`–`$11` in column order.
+macro_rules! insert_group {
+    () => {
+        "INSERT INTO enrollment_groups (name, methods, registration, id_source, validity_secs, \
+         trust_anchors, crls, master_key, rate_per_minute, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    };
+}
+pub(crate) use insert_group;
 
 /// Record a revocation: the `revocations` row (with the certificate's issuer and notAfter
 /// copied for CRL building) and a `revoked` change event. Binds: `$1` serial, `$2` reason
@@ -387,6 +499,42 @@ macro_rules! record_revocation {
     }};
 }
 pub(crate) use record_revocation;
+
+/// Append an audit entry inside an open transaction `$tx`: take the next sequence number
+/// and the previous hash from `audit_head` (the row lock orders concurrent appends), chain
+/// the entry ([`crate::audit::entry_hash`]) and move the head. Rolled back with the act.
+macro_rules! append_audit {
+    ($self:expr, $tx:ident, $ev:expr) => {{
+        let ev: &$crate::AuditEvent = $ev;
+        let (seq, prev): (i64, Vec<u8>) =
+            sqlx::query_as("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+                .fetch_one(&mut *$tx)
+                .await
+                .map_err(|e| $self.db_err(e))?;
+        let hash = $crate::audit::entry_hash(&prev, seq, ev);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(seq)
+        .bind(ev.at.0)
+        .bind(ev.actor.as_str())
+        .bind(ev.action.as_str())
+        .bind(ev.subject.as_str())
+        .bind(ev.details.as_str())
+        .bind(prev.as_slice())
+        .bind(&hash[..])
+        .execute(&mut *$tx)
+        .await
+        .map_err(|e| $self.db_err(e))?;
+        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+            .bind(&hash[..])
+            .execute(&mut *$tx)
+            .await
+            .map_err(|e| $self.db_err(e))?;
+    }};
+}
+pub(crate) use append_audit;
 
 /// Revoke every issued certificate of a device inside an open transaction `$tx`; evaluates
 /// to the serials revoked. The status update comes first (`RETURNING`), then exactly those
@@ -443,6 +591,7 @@ macro_rules! impl_store {
                 root: &$crate::CaRecord,
                 issuing: &$crate::CaRecord,
                 replace: bool,
+                audit: &$crate::AuditEvent,
             ) -> Result<(), $crate::StoreError> {
                 if root.kind != $crate::CaKind::Root || issuing.kind != $crate::CaKind::Issuing {
                     return Err($crate::StoreError::new(
@@ -492,6 +641,7 @@ macro_rules! impl_store {
                             .on_conflict(|| format!("a CA with id {} or an active {:?} CA already exists", ca.id, ca.kind))
                     })?;
                 }
+                $crate::common::append_audit!(self, tx, audit);
                 tx.commit().await.map_err(|e| self.db_err(e))
             }
 
@@ -532,23 +682,62 @@ macro_rules! impl_store {
 
             // --- devices ---
 
-            async fn insert_device(&self, device: &$crate::DeviceRecord) -> Result<(), $crate::StoreError> {
-                sqlx::query(
-                    "INSERT INTO devices (id, status, token_hash, token_used_at, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
+            async fn insert_device(
+                &self,
+                device: &$crate::DeviceRecord,
+                meta: &$crate::DeviceMeta,
+                audit: &$crate::AuditEvent,
+            ) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                sqlx::query($crate::common::insert_device!(""))
                 .bind(device.id.as_str())
                 .bind($crate::common::device_status_text(device.status))
                 .bind(device.token_hash.as_deref())
                 .bind(device.token_used_at.map(|t| t.0))
                 .bind(device.created_at.0)
                 .bind(device.updated_at.0)
-                .execute(self.writer())
+                .bind(meta.labels.as_deref())
+                .bind(meta.batch_id.as_deref())
+                .bind(meta.group.as_deref())
+                .bind(meta.method.as_deref())
+                .bind(meta.secret.as_deref())
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| {
                     self.db_err(e).on_conflict(|| format!("device {} (or its token hash) already exists", device.id))
                 })?;
-                Ok(())
+                $crate::common::append_audit!(self, tx, audit);
+                tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn ensure_device(
+                &self,
+                device: &$crate::DeviceRecord,
+                meta: &$crate::DeviceMeta,
+                audit: &$crate::AuditEvent,
+            ) -> Result<bool, $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                let done = sqlx::query($crate::common::insert_device!(" ON CONFLICT (id) DO NOTHING"))
+                    .bind(device.id.as_str())
+                    .bind($crate::common::device_status_text(device.status))
+                    .bind(device.token_hash.as_deref())
+                    .bind(device.token_used_at.map(|t| t.0))
+                    .bind(device.created_at.0)
+                    .bind(device.updated_at.0)
+                    .bind(meta.labels.as_deref())
+                    .bind(meta.batch_id.as_deref())
+                    .bind(meta.group.as_deref())
+                    .bind(meta.method.as_deref())
+                    .bind(meta.secret.as_deref())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                let created = done.rows_affected() > 0;
+                if created {
+                    $crate::common::append_audit!(self, tx, audit);
+                }
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(created)
             }
 
             async fn get_device(
@@ -602,6 +791,7 @@ macro_rules! impl_store {
                 batch_id: &str,
                 devices: &[$crate::BatchDevice],
                 at: devid_core::UnixTime,
+                audit: &$crate::AuditEvent,
             ) -> Result<Vec<devid_core::DeviceId>, $crate::StoreError> {
                 if devices.is_empty() {
                     return Ok(Vec::new());
@@ -635,6 +825,9 @@ macro_rules! impl_store {
                         created.push($crate::common::device_id_checked(id)?);
                     }
                 }
+                if !created.is_empty() {
+                    $crate::common::append_audit!(self, tx, audit);
+                }
                 tx.commit().await.map_err(|e| self.db_err(e))?;
                 Ok(created)
             }
@@ -643,13 +836,21 @@ macro_rules! impl_store {
                 &self,
                 id: &devid_core::DeviceId,
             ) -> Result<Option<$crate::DeviceMeta>, $crate::StoreError> {
-                let row: Option<(Option<String>, Option<String>)> =
-                    sqlx::query_as("SELECT labels, batch_id FROM devices WHERE id = $1")
-                        .bind(id.as_str())
-                        .fetch_optional(self.reader())
-                        .await
-                        .map_err(|e| self.db_err(e))?;
-                Ok(row.map(|(labels, batch_id)| $crate::DeviceMeta { labels, batch_id }))
+                type Row = (Option<String>, Option<String>, Option<String>, Option<String>, Option<Vec<u8>>);
+                let row: Option<Row> = sqlx::query_as(
+                    "SELECT labels, batch_id, group_name, method, secret FROM devices WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .fetch_optional(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                Ok(row.map(|(labels, batch_id, group, method, secret)| $crate::DeviceMeta {
+                    labels,
+                    batch_id,
+                    group,
+                    method,
+                    secret,
+                }))
             }
 
             // --- the issuance cycle ---
@@ -657,10 +858,28 @@ macro_rules! impl_store {
             async fn record_intent(
                 &self,
                 pending: &$crate::PendingCert,
-                redeem_token: Option<&[u8]>,
+                redeem: $crate::Redeem<'_>,
             ) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
-                if let Some(token_hash) = redeem_token {
+                if let $crate::Redeem::Nonce(nonce_hash) = redeem {
+                    // Single use: concurrent redeemers serialize on the challenge row and all
+                    // but the first match no row.
+                    let done = sqlx::query(
+                        "UPDATE challenges SET redeemed_at = $1 \
+                         WHERE nonce_hash = $2 AND redeemed_at IS NULL AND expires_at > $1",
+                    )
+                    .bind(pending.created_at.0)
+                    .bind(nonce_hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                    if done.rows_affected() == 0 {
+                        return Err($crate::StoreError::conflict(
+                            "enrollment challenge already used or expired".to_string(),
+                        ));
+                    }
+                }
+                if let $crate::Redeem::Token(token_hash) = redeem {
                     // The conditional update is the single-use check: concurrent redeemers
                     // serialize on the device row and all but the first match no row.
                     let done = sqlx::query(
@@ -684,8 +903,8 @@ macro_rules! impl_store {
                 }
                 sqlx::query(
                     "INSERT INTO certificates (serial, issuer_id, device_id, status, not_before, not_after, \
-                     csr_sha256, tbs_der, cert_der, created_at, updated_at) \
-                     VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, $8, $8)",
+                     csr_sha256, tbs_der, cert_der, created_at, updated_at, predecessor) \
+                     VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, $8, $8, $9)",
                 )
                 .bind(pending.serial.to_hex())
                 .bind(pending.issuer.as_str())
@@ -695,6 +914,7 @@ macro_rules! impl_store {
                 .bind(pending.csr_sha256.as_slice())
                 .bind(pending.tbs_der.as_slice())
                 .bind(pending.created_at.0)
+                .bind(pending.predecessor.as_ref().map(|s| s.to_hex()))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.db_err(e).on_conflict(|| format!("serial {} already exists", pending.serial)))?;
@@ -706,6 +926,7 @@ macro_rules! impl_store {
                 serial: &devid_core::Serial,
                 cert_der: &[u8],
                 now: devid_core::UnixTime,
+                audit: &$crate::AuditEvent,
             ) -> Result<$crate::CertRecord, $crate::StoreError> {
                 let hex = serial.to_hex();
                 let mut tx = self.begin().await?;
@@ -757,6 +978,7 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.db_err(e))?;
+                    $crate::common::append_audit!(self, tx, audit);
                 }
                 // Whatever is stored now: ours, or the one a concurrent caller completed first.
                 let row: Option<$crate::common::CertRow> =
@@ -850,6 +1072,7 @@ macro_rules! impl_store {
                 serial: &devid_core::Serial,
                 reason: devid_core::RevocationReason,
                 at: devid_core::UnixTime,
+                audit: &$crate::AuditEvent,
             ) -> Result<$crate::CertRecord, $crate::StoreError> {
                 let hex = serial.to_hex();
                 let mut tx = self.begin().await?;
@@ -866,6 +1089,7 @@ macro_rules! impl_store {
                 .map_err(|e| self.db_err(e))?;
                 if done.rows_affected() > 0 {
                     $crate::common::record_revocation!(self, tx, hex.as_str(), i16::from(reason.code()), at.0);
+                    $crate::common::append_audit!(self, tx, audit);
                 }
                 let row: Option<$crate::common::CertRow> =
                     sqlx::query_as(concat!($crate::common::cert_select!(), " WHERE c.serial = $1"))
@@ -1056,7 +1280,11 @@ macro_rules! impl_store {
                 }))
             }
 
-            async fn insert_credential(&self, c: &$crate::CredentialRecord) -> Result<(), $crate::StoreError> {
+            async fn insert_credential(
+                &self,
+                c: &$crate::CredentialRecord,
+                audit: &$crate::AuditEvent,
+            ) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
                 sqlx::query(
                     "INSERT INTO credentials (client_id, secret_hash, role, name, created_at, revoked_at) \
@@ -1071,6 +1299,7 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.db_err(e))?;
+                $crate::common::append_audit!(self, tx, audit);
                 tx.commit().await.map_err(|e| self.db_err(e))
             }
 
@@ -1103,14 +1332,20 @@ macro_rules! impl_store {
                 &self,
                 client_id: &str,
                 at: devid_core::UnixTime,
+                audit: &$crate::AuditEvent,
             ) -> Result<$crate::CredentialRecord, $crate::StoreError> {
                 let mut tx = self.begin().await?;
-                sqlx::query("UPDATE credentials SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL")
-                    .bind(client_id)
-                    .bind(at.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.db_err(e))?;
+                let done = sqlx::query(
+                    "UPDATE credentials SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL",
+                )
+                .bind(client_id)
+                .bind(at.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                if done.rows_affected() > 0 {
+                    $crate::common::append_audit!(self, tx, audit);
+                }
                 let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
                     "SELECT client_id, secret_hash, role, name, created_at, revoked_at FROM credentials WHERE client_id = $1",
                 )
@@ -1165,15 +1400,187 @@ macro_rules! impl_store {
                     .collect())
             }
 
-            async fn revoke_token(&self, jti: &str, expires_at: devid_core::UnixTime) -> Result<(), $crate::StoreError> {
+            async fn revoke_token(
+                &self,
+                jti: &str,
+                expires_at: devid_core::UnixTime,
+                audit: &$crate::AuditEvent,
+            ) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
-                sqlx::query("INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING")
-                    .bind(jti)
-                    .bind(expires_at.0)
+                let done = sqlx::query(
+                    "INSERT INTO revoked_tokens (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+                )
+                .bind(jti)
+                .bind(expires_at.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                if done.rows_affected() > 0 {
+                    $crate::common::append_audit!(self, tx, audit);
+                }
+                tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn put_group(
+                &self,
+                g: &$crate::GroupRecord,
+                replace: bool,
+                audit: &$crate::AuditEvent,
+            ) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                let sql = if replace {
+                    concat!(
+                        $crate::common::insert_group!(),
+                        " ON CONFLICT (name) DO UPDATE SET methods = excluded.methods, \
+                         registration = excluded.registration, id_source = excluded.id_source, \
+                         validity_secs = excluded.validity_secs, trust_anchors = excluded.trust_anchors, \
+                         crls = excluded.crls, master_key = excluded.master_key, \
+                         rate_per_minute = excluded.rate_per_minute, updated_at = excluded.updated_at"
+                    )
+                } else {
+                    $crate::common::insert_group!()
+                };
+                sqlx::query(sql)
+                    .bind(g.name.as_str())
+                    .bind(g.methods.join(","))
+                    .bind(g.registration.as_str())
+                    .bind(g.id_source.as_str())
+                    .bind(g.validity_secs)
+                    .bind($crate::common::pack_ders(&g.trust_anchors))
+                    .bind($crate::common::pack_ders(&g.crls))
+                    .bind(g.master_key.as_deref())
+                    .bind(g.rate_per_minute)
+                    .bind(g.created_at.0)
+                    .bind(g.updated_at.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e).on_conflict(|| format!("group {} already exists", g.name)))?;
+                $crate::common::append_audit!(self, tx, audit);
+                tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn get_group(&self, name: &str) -> Result<Option<$crate::GroupRecord>, $crate::StoreError> {
+                let row: Option<$crate::common::GroupRow> =
+                    sqlx::query_as(concat!($crate::common::group_select!(), " WHERE name = $1"))
+                        .bind(name)
+                        .fetch_optional(self.reader())
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                row.map($crate::GroupRecord::try_from).transpose()
+            }
+
+            async fn list_groups(&self) -> Result<Vec<$crate::GroupRecord>, $crate::StoreError> {
+                let rows: Vec<$crate::common::GroupRow> =
+                    sqlx::query_as(concat!($crate::common::group_select!(), " ORDER BY name LIMIT 10000"))
+                        .fetch_all(self.reader())
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                rows.into_iter().map($crate::GroupRecord::try_from).collect()
+            }
+
+            async fn delete_group(&self, name: &str, audit: &$crate::AuditEvent) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                let members: Option<(String,)> =
+                    sqlx::query_as("SELECT id FROM devices WHERE group_name = $1 LIMIT 1")
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                if let Some((id,)) = members {
+                    return Err($crate::StoreError::conflict(format!(
+                        "group {name} still has devices (e.g. {id}); move or remove them first"
+                    )));
+                }
+                let done = sqlx::query("DELETE FROM enrollment_groups WHERE name = $1")
+                    .bind(name)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.db_err(e))?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::not_found(format!("no group {name}")));
+                }
+                $crate::common::append_audit!(self, tx, audit);
                 tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn insert_challenge(
+                &self,
+                c: &$crate::ChallengeRecord,
+                purge_before: devid_core::UnixTime,
+            ) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                sqlx::query("DELETE FROM challenges WHERE expires_at < $1")
+                    .bind(purge_before.0)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                sqlx::query(
+                    "INSERT INTO challenges (nonce_hash, group_name, method, state, expires_at, redeemed_at) \
+                     VALUES ($1, $2, $3, $4, $5, NULL)",
+                )
+                .bind(c.nonce_hash.as_slice())
+                .bind(c.group.as_str())
+                .bind(c.method.as_str())
+                .bind(c.state.as_deref())
+                .bind(c.expires_at.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e).on_conflict(|| "nonce collision".to_string()))?;
+                tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn get_challenge(
+                &self,
+                nonce_hash: &[u8],
+            ) -> Result<Option<$crate::ChallengeRecord>, $crate::StoreError> {
+                let row: Option<$crate::common::ChallengeRow> = sqlx::query_as(
+                    "SELECT nonce_hash, group_name, method, state, expires_at, redeemed_at FROM challenges \
+                     WHERE nonce_hash = $1",
+                )
+                .bind(nonce_hash)
+                .fetch_optional(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                Ok(row.map($crate::common::challenge_from_row))
+            }
+
+            async fn append_audit(&self, audit: &$crate::AuditEvent) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                $crate::common::append_audit!(self, tx, audit);
+                tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn audit_entries(
+                &self,
+                after_seq: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::AuditRecord>, $crate::StoreError> {
+                let rows: Vec<$crate::common::AuditRow> = sqlx::query_as(
+                    "SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit_log \
+                     WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(after_seq)
+                .bind(i64::from($crate::common::clamp_limit(limit)))
+                .fetch_all(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(seq, at, actor, action, subject, details, prev_hash, hash)| $crate::AuditRecord {
+                        seq,
+                        event: $crate::AuditEvent { at: devid_core::UnixTime(at), actor, action, subject, details },
+                        prev_hash,
+                        hash,
+                    })
+                    .collect())
+            }
+
+            async fn audit_head(&self) -> Result<(i64, Vec<u8>), $crate::StoreError> {
+                let row: (i64, Vec<u8>) = sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                    .fetch_one(self.reader())
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                Ok(row)
             }
 
             async fn is_token_revoked(&self, jti: &str) -> Result<bool, $crate::StoreError> {
@@ -1190,6 +1597,7 @@ macro_rules! impl_store {
                 device: &devid_core::DeviceId,
                 reason: devid_core::RevocationReason,
                 at: devid_core::UnixTime,
+                audit: &$crate::AuditEvent,
             ) -> Result<Vec<devid_core::Serial>, $crate::StoreError> {
                 let mut tx = self.begin().await?;
                 let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM devices WHERE id = $1")
@@ -1201,6 +1609,7 @@ macro_rules! impl_store {
                     return Err($crate::StoreError::not_found(format!("no device {device}")));
                 }
                 let serials = $crate::common::revoke_device_rows!(self, tx, device, reason, at);
+                $crate::common::append_audit!(self, tx, audit);
                 tx.commit().await.map_err(|e| self.db_err(e))?;
                 Ok(serials)
             }
@@ -1210,6 +1619,7 @@ macro_rules! impl_store {
                 device: &devid_core::DeviceId,
                 reason: devid_core::RevocationReason,
                 at: devid_core::UnixTime,
+                audit: &$crate::AuditEvent,
             ) -> Result<Vec<devid_core::Serial>, $crate::StoreError> {
                 let mut tx = self.begin().await?;
                 let done = sqlx::query("UPDATE devices SET status = 'quarantined', updated_at = $2 WHERE id = $1")
@@ -1222,6 +1632,7 @@ macro_rules! impl_store {
                     return Err($crate::StoreError::not_found(format!("no device {device}")));
                 }
                 let serials = $crate::common::revoke_device_rows!(self, tx, device, reason, at);
+                $crate::common::append_audit!(self, tx, audit);
                 tx.commit().await.map_err(|e| self.db_err(e))?;
                 Ok(serials)
             }
@@ -1230,6 +1641,7 @@ macro_rules! impl_store {
                 &self,
                 device: &devid_core::DeviceId,
                 at: devid_core::UnixTime,
+                audit: &$crate::AuditEvent,
             ) -> Result<bool, $crate::StoreError> {
                 let mut tx = self.begin().await?;
                 let done = sqlx::query(
@@ -1248,6 +1660,9 @@ macro_rules! impl_store {
                     .map_err(|e| self.db_err(e))?;
                 if exists.is_none() {
                     return Err($crate::StoreError::not_found(format!("no device {device}")));
+                }
+                if done.rows_affected() > 0 {
+                    $crate::common::append_audit!(self, tx, audit);
                 }
                 tx.commit().await.map_err(|e| self.db_err(e))?;
                 Ok(done.rows_affected() > 0)
@@ -1286,6 +1701,7 @@ mod tests {
             created_at: 1,
             reason: None,
             revoked_at: None,
+            predecessor: None,
         }
     }
 

@@ -13,11 +13,13 @@ use std::sync::Arc;
 
 use devid_core::{CaId, DeviceId, ErrorKind, RevocationReason, Serial, UnixTime};
 
+pub mod audit;
 mod common;
 mod error;
 mod postgres;
 mod sqlite;
 
+pub use audit::{AuditEvent, AuditRecord};
 pub use error::StoreError;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -103,6 +105,69 @@ pub struct DeviceMeta {
     pub labels: Option<String>,
     /// The batch that registered it (bulk pre-registration).
     pub batch_id: Option<String>,
+    /// Its enrollment group.
+    pub group: Option<String>,
+    /// Its own attestation method (`None`: what its group allows).
+    pub method: Option<String>,
+    /// Its own secret (the derived-key method's device key), sealed by the key manager.
+    pub secret: Option<Vec<u8>>,
+}
+
+/// An enrollment group: the policy a factory line defines for the devices it makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// Its name.
+    pub name: String,
+    /// The attestation methods it allows (`token`, `x509`, `tpm`, `symmetric`).
+    pub methods: Vec<String>,
+    /// `required` (devices must be pre-registered) or `optional` (any device the group's
+    /// evidence proves may enroll; it is registered then).
+    pub registration: String,
+    /// How the device id is taken from the evidence (see `devid_attest::x509::IdSource`).
+    pub id_source: String,
+    /// Maximum certificate lifetime in seconds (`None`: the service default).
+    pub validity_secs: Option<i64>,
+    /// Trust anchors (manufacturer or TPM vendor CA certificates), DER.
+    pub trust_anchors: Vec<Vec<u8>>,
+    /// Manufacturer CRLs, DER.
+    pub crls: Vec<Vec<u8>>,
+    /// The derived-key method's master key, sealed by the key manager.
+    pub master_key: Option<Vec<u8>>,
+    /// Enrollments per minute the group allows (`None`: the service default).
+    pub rate_per_minute: Option<i64>,
+    /// When it was created.
+    pub created_at: UnixTime,
+    /// When it last changed.
+    pub updated_at: UnixTime,
+}
+
+/// An enrollment challenge (a single-use nonce), by the SHA-256 of the nonce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeRecord {
+    /// SHA-256 of the nonce.
+    pub nonce_hash: Vec<u8>,
+    /// The group it was issued for.
+    pub group: String,
+    /// The method it was issued for.
+    pub method: String,
+    /// What the method keeps between challenge and enrollment (JSON text; never a secret).
+    pub state: Option<String>,
+    /// When it stops being accepted.
+    pub expires_at: UnixTime,
+    /// When it was redeemed, if it was.
+    pub redeemed_at: Option<UnixTime>,
+}
+
+/// What step 4 redeems in the same transaction as it records the intent: nothing, a
+/// device's one-time token (by hash), or a challenge nonce (by hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redeem<'a> {
+    /// Nothing (a renewal, a retry).
+    Nothing,
+    /// The device's one-time enrollment token, by SHA-256.
+    Token(&'a [u8]),
+    /// A challenge nonce, by SHA-256.
+    Nonce(&'a [u8]),
 }
 
 /// Rows per `INSERT` statement of [`Store::insert_device_batch`] (6 bind parameters a row:
@@ -145,6 +210,8 @@ pub struct CertRecord {
     pub created_at: UnixTime,
     /// Revocation time and reason, if revoked.
     pub revocation: Option<(UnixTime, RevocationReason)>,
+    /// The certificate this one renewed (lineage).
+    pub predecessor: Option<Serial>,
 }
 
 /// What step 4 of the issuance cycle records: a certificate that is about to be signed.
@@ -166,6 +233,8 @@ pub struct PendingCert {
     pub tbs_der: Vec<u8>,
     /// Now.
     pub created_at: UnixTime,
+    /// The certificate this one renews.
+    pub predecessor: Option<Serial>,
 }
 
 /// A page of a list, with the cursor for the next page (`None` at the end).
@@ -305,6 +374,7 @@ pub trait Store: Send + Sync + 'static {
         root: &CaRecord,
         issuing: &CaRecord,
         replace: bool,
+        audit: &AuditEvent,
     ) -> Result<(), StoreError>;
     /// A CA by id.
     async fn get_ca(&self, id: &CaId) -> Result<Option<CaRecord>, StoreError>;
@@ -315,8 +385,22 @@ pub trait Store: Send + Sync + 'static {
 
     // --- devices ---
 
-    /// Register a device. [`ErrorKind::Conflict`] if the id exists.
-    async fn insert_device(&self, device: &DeviceRecord) -> Result<(), StoreError>;
+    /// Register a device with its group, method, secret and labels (`meta`).
+    /// [`ErrorKind::Conflict`] if the id exists.
+    async fn insert_device(
+        &self,
+        device: &DeviceRecord,
+        meta: &DeviceMeta,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Register a device unless its id exists (a group with optional registration); returns
+    /// whether this call created it (and appended `audit`).
+    async fn ensure_device(
+        &self,
+        device: &DeviceRecord,
+        meta: &DeviceMeta,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
     /// A device by id.
     async fn get_device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
     /// The device holding this token hash (redeemed or not).
@@ -334,21 +418,19 @@ pub trait Store: Send + Sync + 'static {
         batch_id: &str,
         devices: &[BatchDevice],
         at: UnixTime,
+        audit: &AuditEvent,
     ) -> Result<Vec<DeviceId>, StoreError>;
-    /// A device's labels and batch id (`None`: no such device).
+    /// A device's labels, batch id, group, method and sealed secret (`None`: no such device).
     async fn device_meta(&self, id: &DeviceId) -> Result<Option<DeviceMeta>, StoreError>;
 
     // --- the issuance cycle ---
 
-    /// Step 4: record the intent. When `redeem_token` is given, the device's token is marked
-    /// used in the same transaction, and only if it was unused and the device is not
-    /// quarantined; otherwise nothing is written and [`ErrorKind::Conflict`] is returned.
-    /// A serial collision is also [`ErrorKind::Conflict`].
-    async fn record_intent(
-        &self,
-        pending: &PendingCert,
-        redeem_token: Option<&[u8]>,
-    ) -> Result<(), StoreError>;
+    /// Step 4: record the intent. What `redeem` names is redeemed in the same transaction:
+    /// the device's token only if it was unused and the device is not quarantined; a
+    /// challenge only if it was unredeemed and unexpired at the intent's time. Otherwise
+    /// nothing is written and [`ErrorKind::Conflict`] is returned. A serial collision is
+    /// also [`ErrorKind::Conflict`].
+    async fn record_intent(&self, pending: &PendingCert, redeem: Redeem<'_>) -> Result<(), StoreError>;
     /// Step 6: store the signed certificate for a pending serial and mark the device
     /// enrolled. If the device was quarantined meanwhile, the certificate is stored revoked
     /// (privilegeWithdrawn) and [`ErrorKind::Forbidden`] is returned: it must not be handed out. Returns the stored certificate: if another caller completed the same serial
@@ -358,6 +440,7 @@ pub trait Store: Send + Sync + 'static {
         serial: &Serial,
         cert_der: &[u8],
         now: UnixTime,
+        audit: &AuditEvent,
     ) -> Result<CertRecord, StoreError>;
     /// A certificate by serial.
     async fn get_certificate(&self, serial: &Serial) -> Result<Option<CertRecord>, StoreError>;
@@ -385,6 +468,7 @@ pub trait Store: Send + Sync + 'static {
         serial: &Serial,
         reason: RevocationReason,
         at: UnixTime,
+        audit: &AuditEvent,
     ) -> Result<CertRecord, StoreError>;
     /// Revoke every issued certificate of a device; returns the serials this call revoked.
     /// [`ErrorKind::NotFound`] for an unknown device.
@@ -393,6 +477,7 @@ pub trait Store: Send + Sync + 'static {
         device: &DeviceId,
         reason: RevocationReason,
         at: UnixTime,
+        audit: &AuditEvent,
     ) -> Result<Vec<Serial>, StoreError>;
     /// Quarantine a device: its status becomes quarantined (enrollment and renewal are
     /// refused) and every issued certificate of it is revoked, in one transaction.
@@ -403,10 +488,16 @@ pub trait Store: Send + Sync + 'static {
         device: &DeviceId,
         reason: RevocationReason,
         at: UnixTime,
+        audit: &AuditEvent,
     ) -> Result<Vec<Serial>, StoreError>;
     /// Release a quarantined device (back to registered: it must enroll again). Returns
     /// whether it was quarantined. [`ErrorKind::NotFound`] for an unknown device.
-    async fn release_device(&self, device: &DeviceId, at: UnixTime) -> Result<bool, StoreError>;
+    async fn release_device(
+        &self,
+        device: &DeviceId,
+        at: UnixTime,
+        audit: &AuditEvent,
+    ) -> Result<bool, StoreError>;
 
     // --- publishing (OCSP, CRL) ---
 
@@ -444,22 +535,60 @@ pub trait Store: Send + Sync + 'static {
     // --- API credentials and access tokens ---
 
     /// Record a credential. [`ErrorKind::Conflict`] if the client id exists.
-    async fn insert_credential(&self, c: &CredentialRecord) -> Result<(), StoreError>;
+    async fn insert_credential(&self, c: &CredentialRecord, audit: &AuditEvent) -> Result<(), StoreError>;
     /// A credential by client id.
     async fn get_credential(&self, client_id: &str) -> Result<Option<CredentialRecord>, StoreError>;
     /// Every credential, oldest first.
     async fn list_credentials(&self) -> Result<Vec<CredentialRecord>, StoreError>;
     /// Revoke a credential (idempotent: the first revocation time stands).
     /// [`ErrorKind::NotFound`] for an unknown client id.
-    async fn revoke_credential(&self, client_id: &str, at: UnixTime) -> Result<CredentialRecord, StoreError>;
+    async fn revoke_credential(
+        &self,
+        client_id: &str,
+        at: UnixTime,
+        audit: &AuditEvent,
+    ) -> Result<CredentialRecord, StoreError>;
     /// Record a token signing public key.
     async fn put_token_key(&self, k: &TokenKeyRecord) -> Result<(), StoreError>;
     /// Token keys valid at `at`, newest first.
     async fn token_keys(&self, at: UnixTime) -> Result<Vec<TokenKeyRecord>, StoreError>;
     /// Revoke an access token by its `jti` (idempotent).
-    async fn revoke_token(&self, jti: &str, expires_at: UnixTime) -> Result<(), StoreError>;
+    async fn revoke_token(
+        &self,
+        jti: &str,
+        expires_at: UnixTime,
+        audit: &AuditEvent,
+    ) -> Result<(), StoreError>;
     /// Whether a token was revoked.
     async fn is_token_revoked(&self, jti: &str) -> Result<bool, StoreError>;
+
+    // --- enrollment groups and challenges ---
+
+    /// Record a group; with `replace`, an existing group of that name is updated (its
+    /// creation time kept). [`ErrorKind::Conflict`] if it exists and `replace` is false.
+    async fn put_group(&self, g: &GroupRecord, replace: bool, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// A group by name.
+    async fn get_group(&self, name: &str) -> Result<Option<GroupRecord>, StoreError>;
+    /// Every group, by name.
+    async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
+    /// Delete a group. [`ErrorKind::NotFound`] if there is none; [`ErrorKind::Conflict`]
+    /// while devices belong to it.
+    async fn delete_group(&self, name: &str, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Record a challenge (and delete challenges that expired before `purge_before`).
+    async fn insert_challenge(&self, c: &ChallengeRecord, purge_before: UnixTime) -> Result<(), StoreError>;
+    /// A challenge by nonce hash.
+    async fn get_challenge(&self, nonce_hash: &[u8]) -> Result<Option<ChallengeRecord>, StoreError>;
+
+    // --- audit log ---
+
+    /// Append an act that has no transaction of its own (an authentication failure, a
+    /// refused enrollment). Every other act is appended by its own method, in its own
+    /// transaction (the `audit` parameters).
+    async fn append_audit(&self, audit: &AuditEvent) -> Result<(), StoreError>;
+    /// Entries after `after_seq`, in sequence order, at most `limit` (clamped to 1000).
+    async fn audit_entries(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The newest entry's sequence number and hash ((0, 32 zero bytes) for an empty log).
+    async fn audit_head(&self) -> Result<(i64, Vec<u8>), StoreError>;
 }
 
 /// Open the store named by a database URL (`sqlite:PATH`, `sqlite::memory:`,

@@ -119,10 +119,6 @@ impl SqliteStore {
         &self.reader
     }
 
-    fn writer(&self) -> &SqlitePool {
-        &self.writer
-    }
-
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.db_err(e))
     }

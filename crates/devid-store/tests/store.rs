@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use devid_core::{CaId, DeviceId, ErrorKind, RevocationReason, Serial, UnixTime};
 use devid_store::{
-    CaKind, CaRecord, CertEventKind, CertStatus, CredentialRecord, CrlSink, DeviceRecord, DeviceStatus,
-    OcspResponderRecord, PendingCert, PgStore, SqliteStore, Store, TokenKeyRecord,
+    AuditEvent, CaKind, CaRecord, CertEventKind, CertStatus, CredentialRecord, CrlSink, DeviceMeta,
+    DeviceRecord, DeviceStatus, OcspResponderRecord, PendingCert, PgStore, Redeem, SqliteStore, Store,
+    TokenKeyRecord,
 };
 use devid_testkit::db::{Backend, TestDb};
 
@@ -53,6 +54,8 @@ both_backends!(
     serial_collision,
     migrations_run_twice,
     device_batch_insert,
+    audit_chain_is_dense_and_verifiable,
+    groups_challenges_and_lineage,
 );
 
 // --- fixtures ---
@@ -61,6 +64,10 @@ const T0: i64 = 1_800_000_000;
 
 fn t(n: i64) -> UnixTime {
     UnixTime(T0 + n)
+}
+
+fn ev() -> AuditEvent {
+    AuditEvent::new(t(0), "test", "test.act", "subject", serde_json::json!({"k": "v"}))
 }
 
 async fn open(db: &TestDb) -> Arc<dyn Store> {
@@ -93,7 +100,7 @@ fn hierarchy(n: u32, created: i64) -> (CaRecord, CaRecord) {
 
 async fn with_ca(store: &dyn Store) -> CaId {
     let (root, issuing) = hierarchy(1, 0);
-    store.put_ca_hierarchy(&root, &issuing, false).await.unwrap();
+    store.put_ca_hierarchy(&root, &issuing, false, &ev()).await.unwrap();
     issuing.id
 }
 
@@ -125,6 +132,7 @@ fn pending(serial: &Serial, issuer: &CaId, device: &DeviceId, csr: &[u8], create
         csr_sha256: csr.to_vec(),
         tbs_der: [b"tbs:".as_slice(), serial.as_bytes()].concat(),
         created_at: t(created),
+        predecessor: None,
     }
 }
 
@@ -158,7 +166,7 @@ async fn ca_hierarchy(backend: Backend) {
 
     // The first hierarchy.
     let (root1, issuing1) = hierarchy(1, 0);
-    store.put_ca_hierarchy(&root1, &issuing1, false).await.unwrap();
+    store.put_ca_hierarchy(&root1, &issuing1, false, &ev()).await.unwrap();
     assert_eq!(store.get_ca(&root1.id).await.unwrap(), Some(root1.clone()));
     assert_eq!(store.get_ca(&issuing1.id).await.unwrap(), Some(issuing1.clone()));
     assert_eq!(store.get_ca(&CaId::new("nope").unwrap()).await.unwrap(), None);
@@ -167,14 +175,14 @@ async fn ca_hierarchy(backend: Backend) {
 
     // Without replace: a CA exists.
     let (root2, issuing2) = hierarchy(2, 10);
-    assert_eq!(kind(store.put_ca_hierarchy(&root2, &issuing2, false).await), ErrorKind::Conflict);
+    assert_eq!(kind(store.put_ca_hierarchy(&root2, &issuing2, false, &ev()).await), ErrorKind::Conflict);
     assert_eq!(store.list_cas().await.unwrap().len(), 2);
 
     // Kinds must be root then issuing.
-    assert_eq!(kind(store.put_ca_hierarchy(&issuing2, &root2, true).await), ErrorKind::InvalidInput);
+    assert_eq!(kind(store.put_ca_hierarchy(&issuing2, &root2, true, &ev()).await), ErrorKind::InvalidInput);
 
     // Replace: the old pair stays, inactive; the new pair is active.
-    store.put_ca_hierarchy(&root2, &issuing2, true).await.unwrap();
+    store.put_ca_hierarchy(&root2, &issuing2, true, &ev()).await.unwrap();
     assert_eq!(store.active_ca(CaKind::Root).await.unwrap(), Some(root2.clone()));
     assert_eq!(store.active_ca(CaKind::Issuing).await.unwrap(), Some(issuing2.clone()));
     let old = store.get_ca(&root1.id).await.unwrap().unwrap();
@@ -189,7 +197,7 @@ async fn ca_hierarchy(backend: Backend) {
 
     // Replacing with ids that exist collides, and the transaction leaves everything as it was.
     let (root3, _) = hierarchy(3, 20);
-    assert_eq!(kind(store.put_ca_hierarchy(&root3, &issuing2, true).await), ErrorKind::Conflict);
+    assert_eq!(kind(store.put_ca_hierarchy(&root3, &issuing2, true, &ev()).await), ErrorKind::Conflict);
     assert_eq!(store.active_ca(CaKind::Root).await.unwrap(), Some(root2.clone()));
     assert_eq!(store.active_ca(CaKind::Issuing).await.unwrap(), Some(issuing2.clone()));
     assert_eq!(store.get_ca(&root3.id).await.unwrap(), None);
@@ -197,7 +205,7 @@ async fn ca_hierarchy(backend: Backend) {
     // A root held offline has no key reference.
     let (mut root4, issuing4) = hierarchy(4, 30);
     root4.key_ref = None;
-    store.put_ca_hierarchy(&root4, &issuing4, true).await.unwrap();
+    store.put_ca_hierarchy(&root4, &issuing4, true, &ev()).await.unwrap();
     assert_eq!(store.active_ca(CaKind::Root).await.unwrap(), Some(root4));
 
     drop(store);
@@ -208,26 +216,29 @@ async fn devices(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = open(&db).await;
     let d1 = device("sensor-1", Some(&[1; 32]));
-    store.insert_device(&d1).await.unwrap();
+    store.insert_device(&d1, &DeviceMeta::default(), &ev()).await.unwrap();
     assert_eq!(store.get_device(&d1.id).await.unwrap(), Some(d1.clone()));
     assert_eq!(store.get_device(&DeviceId::new("nope").unwrap()).await.unwrap(), None);
 
     // The same id again; another id with the same token hash.
-    let e = store.insert_device(&device("sensor-1", None)).await.unwrap_err();
+    let e = store.insert_device(&device("sensor-1", None), &DeviceMeta::default(), &ev()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict);
     assert!(e.to_string().contains("sensor-1"), "{e}");
-    assert_eq!(kind(store.insert_device(&device("sensor-2", Some(&[1; 32]))).await), ErrorKind::Conflict);
+    assert_eq!(
+        kind(store.insert_device(&device("sensor-2", Some(&[1; 32])), &DeviceMeta::default(), &ev()).await),
+        ErrorKind::Conflict
+    );
 
     // Devices without a token; one with every field set.
-    store.insert_device(&device("sensor-2", None)).await.unwrap();
-    store.insert_device(&device("sensor-3", None)).await.unwrap();
+    store.insert_device(&device("sensor-2", None), &DeviceMeta::default(), &ev()).await.unwrap();
+    store.insert_device(&device("sensor-3", None), &DeviceMeta::default(), &ev()).await.unwrap();
     let full = DeviceRecord {
         status: DeviceStatus::Quarantined,
         token_used_at: Some(t(5)),
         updated_at: t(6),
         ..device("sensor-4", Some(&[4; 32]))
     };
-    store.insert_device(&full).await.unwrap();
+    store.insert_device(&full, &DeviceMeta::default(), &ev()).await.unwrap();
     assert_eq!(store.get_device(&full.id).await.unwrap(), Some(full.clone()));
 
     assert_eq!(store.device_by_token_hash(&[1; 32]).await.unwrap(), Some(d1));
@@ -244,7 +255,7 @@ async fn device_paging(backend: Backend) {
     // Inserted out of order; ids sort byte-wise.
     let mut ids: Vec<String> = (0..25).rev().map(|i| format!("dev-{i:02}")).collect();
     for id in &ids {
-        store.insert_device(&device(id, None)).await.unwrap();
+        store.insert_device(&device(id, None), &DeviceMeta::default(), &ev()).await.unwrap();
     }
     ids.sort();
 
@@ -293,12 +304,12 @@ async fn issuance_round_trip(backend: Backend) {
     let issuer = with_ca(&*store).await;
     let token = [7u8; 32];
     let dev = device("sensor-1", Some(&token));
-    store.insert_device(&dev).await.unwrap();
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
 
     // Step 4: the intent, redeeming the token.
     let s = serial(1);
     let p = pending(&s, &issuer, &dev.id, &[0xcc; 32], 100);
-    store.record_intent(&p, Some(&token)).await.unwrap();
+    store.record_intent(&p, Redeem::Token(&token)).await.unwrap();
     let c = store.get_certificate(&s).await.unwrap().unwrap();
     assert_eq!(c.status, CertStatus::Pending);
     assert_eq!(c.cert_der, None);
@@ -317,7 +328,7 @@ async fn issuance_round_trip(backend: Backend) {
 
     // Step 6: the signed certificate; bytes come back identical (including 0x00 and 0xff).
     let der: Vec<u8> = (0..=255u8).cycle().take(1500).collect();
-    let issued = store.complete_issuance(&s, &der, t(101)).await.unwrap();
+    let issued = store.complete_issuance(&s, &der, t(101), &ev()).await.unwrap();
     assert_eq!(issued.status, CertStatus::Issued);
     assert_eq!(issued.cert_der.as_deref(), Some(der.as_slice()));
     assert_eq!(issued.tbs_der, p.tbs_der);
@@ -327,16 +338,16 @@ async fn issuance_round_trip(backend: Backend) {
     assert_eq!(d.updated_at, t(101));
 
     // Completing again keeps the first certificate.
-    let again = store.complete_issuance(&s, b"other", t(102)).await.unwrap();
+    let again = store.complete_issuance(&s, b"other", t(102), &ev()).await.unwrap();
     assert_eq!(again, issued);
     // Unknown serial.
-    assert_eq!(kind(store.complete_issuance(&serial(99), b"x", t(102)).await), ErrorKind::NotFound);
+    assert_eq!(kind(store.complete_issuance(&serial(99), b"x", t(102), &ev()).await), ErrorKind::NotFound);
     assert_eq!(store.get_certificate(&serial(99)).await.unwrap(), None);
 
     // A renewal (no token) for the same device.
     let s2 = serial(2);
-    store.record_intent(&pending(&s2, &issuer, &dev.id, &[0xdd; 32], 200), None).await.unwrap();
-    store.complete_issuance(&s2, b"second", t(201)).await.unwrap();
+    store.record_intent(&pending(&s2, &issuer, &dev.id, &[0xdd; 32], 200), Redeem::Nothing).await.unwrap();
+    store.complete_issuance(&s2, b"second", t(201), &ev()).await.unwrap();
     let all = store.list_certificates(Some(&dev.id), None, 10).await.unwrap();
     assert_eq!(all.items.iter().map(|c| c.serial.clone()).collect::<Vec<_>>(), [s, s2]);
 
@@ -350,20 +361,26 @@ async fn certificate_for_csr_is_newest(backend: Backend) {
     let issuer = with_ca(&*store).await;
     let a = device("dev-a", None);
     let b = device("dev-b", None);
-    store.insert_device(&a).await.unwrap();
-    store.insert_device(&b).await.unwrap();
+    store.insert_device(&a, &DeviceMeta::default(), &ev()).await.unwrap();
+    store.insert_device(&b, &DeviceMeta::default(), &ev()).await.unwrap();
     let csr = [0xab; 32];
     assert_eq!(store.certificate_for_csr(&a.id, &csr).await.unwrap(), None);
 
     // Older with a higher serial, newer with a lower serial: newest by time wins.
-    store.record_intent(&pending(&serial(9), &issuer, &a.id, &csr, 10), None).await.unwrap();
-    store.record_intent(&pending(&serial(5), &issuer, &a.id, &csr, 20), None).await.unwrap();
+    store.record_intent(&pending(&serial(9), &issuer, &a.id, &csr, 10), Redeem::Nothing).await.unwrap();
+    store.record_intent(&pending(&serial(5), &issuer, &a.id, &csr, 20), Redeem::Nothing).await.unwrap();
     // Same time: the higher serial wins.
-    store.record_intent(&pending(&serial(3), &issuer, &a.id, &[0x01; 32], 30), None).await.unwrap();
-    store.record_intent(&pending(&serial(4), &issuer, &a.id, &[0x01; 32], 30), None).await.unwrap();
+    store
+        .record_intent(&pending(&serial(3), &issuer, &a.id, &[0x01; 32], 30), Redeem::Nothing)
+        .await
+        .unwrap();
+    store
+        .record_intent(&pending(&serial(4), &issuer, &a.id, &[0x01; 32], 30), Redeem::Nothing)
+        .await
+        .unwrap();
     // The same CSR from another device.
-    store.record_intent(&pending(&serial(7), &issuer, &b.id, &csr, 40), None).await.unwrap();
-    store.complete_issuance(&serial(5), b"five", t(21)).await.unwrap();
+    store.record_intent(&pending(&serial(7), &issuer, &b.id, &csr, 40), Redeem::Nothing).await.unwrap();
+    store.complete_issuance(&serial(5), b"five", t(21), &ev()).await.unwrap();
 
     let c = store.certificate_for_csr(&a.id, &csr).await.unwrap().unwrap();
     assert_eq!(c.serial, serial(5));
@@ -384,12 +401,12 @@ async fn certificate_paging(backend: Backend) {
     let issuer = with_ca(&*store).await;
     let a = device("dev-a", None);
     let b = device("dev-b", None);
-    store.insert_device(&a).await.unwrap();
-    store.insert_device(&b).await.unwrap();
+    store.insert_device(&a, &DeviceMeta::default(), &ev()).await.unwrap();
+    store.insert_device(&b, &DeviceMeta::default(), &ev()).await.unwrap();
     for n in 0..12u64 {
         let dev = if n % 3 == 0 { &b.id } else { &a.id };
         store
-            .record_intent(&pending(&serial(n + 1), &issuer, dev, &[n as u8; 32], n as i64), None)
+            .record_intent(&pending(&serial(n + 1), &issuer, dev, &[n as u8; 32], n as i64), Redeem::Nothing)
             .await
             .unwrap();
     }
@@ -435,15 +452,22 @@ async fn token_is_single_use(backend: Backend) {
     let token = [3u8; 32];
     let dev = device("dev-1", Some(&token));
     let other = device("dev-2", Some(&[4u8; 32]));
-    store.insert_device(&dev).await.unwrap();
-    store.insert_device(&other).await.unwrap();
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
+    store.insert_device(&other, &DeviceMeta::default(), &ev()).await.unwrap();
 
     // Another device's token does not redeem for this one.
-    let e = store.record_intent(&pending(&serial(1), &issuer, &other.id, &[1; 32], 5), Some(&token)).await;
+    let e = store
+        .record_intent(&pending(&serial(1), &issuer, &other.id, &[1; 32], 5), Redeem::Token(&token))
+        .await;
     assert_eq!(kind(e), ErrorKind::Conflict);
 
-    store.record_intent(&pending(&serial(2), &issuer, &dev.id, &[1; 32], 10), Some(&token)).await.unwrap();
-    let e = store.record_intent(&pending(&serial(3), &issuer, &dev.id, &[2; 32], 11), Some(&token)).await;
+    store
+        .record_intent(&pending(&serial(2), &issuer, &dev.id, &[1; 32], 10), Redeem::Token(&token))
+        .await
+        .unwrap();
+    let e = store
+        .record_intent(&pending(&serial(3), &issuer, &dev.id, &[2; 32], 11), Redeem::Token(&token))
+        .await;
     assert_eq!(kind(e), ErrorKind::Conflict);
     // Nothing was written by the refused calls.
     assert_eq!(store.get_certificate(&serial(1)).await.unwrap(), None);
@@ -461,7 +485,7 @@ async fn concurrent_redeems_one_wins(backend: Backend) {
     let issuer = with_ca(&*store).await;
     let token = [5u8; 32];
     let dev = device("dev-1", Some(&token));
-    store.insert_device(&dev).await.unwrap();
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
 
     let start = Arc::new(tokio::sync::Barrier::new(50));
     let mut tasks = Vec::new();
@@ -471,7 +495,7 @@ async fn concurrent_redeems_one_wins(backend: Backend) {
         let p = pending(&serial(n + 1), &issuer, &dev.id, &[n as u8; 32], 10);
         tasks.push(tokio::spawn(async move {
             start.wait().await;
-            store.record_intent(&p, Some(&token)).await
+            store.record_intent(&p, Redeem::Token(&token)).await
         }));
     }
     let mut ok = 0;
@@ -495,15 +519,15 @@ async fn concurrent_completions_agree(backend: Backend) {
     let store = open(&db).await;
     let issuer = with_ca(&*store).await;
     let dev = device("dev-1", None);
-    store.insert_device(&dev).await.unwrap();
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
     let s = serial(1);
-    store.record_intent(&pending(&s, &issuer, &dev.id, &[1; 32], 10), None).await.unwrap();
+    store.record_intent(&pending(&s, &issuer, &dev.id, &[1; 32], 10), Redeem::Nothing).await.unwrap();
 
     let mut tasks = Vec::new();
     for n in 0..10u8 {
         let store = Arc::clone(&store);
         let s = s.clone();
-        tasks.push(tokio::spawn(async move { store.complete_issuance(&s, &[n; 8], t(11)).await }));
+        tasks.push(tokio::spawn(async move { store.complete_issuance(&s, &[n; 8], t(11), &ev()).await }));
     }
     let mut ders = Vec::new();
     for task in tasks {
@@ -522,17 +546,19 @@ async fn quarantined_device_cannot_redeem(backend: Backend) {
     let issuer = with_ca(&*store).await;
     let token = [6u8; 32];
     let dev = DeviceRecord { status: DeviceStatus::Quarantined, ..device("dev-q", Some(&token)) };
-    store.insert_device(&dev).await.unwrap();
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
 
-    let e = store.record_intent(&pending(&serial(1), &issuer, &dev.id, &[1; 32], 10), Some(&token)).await;
+    let e = store
+        .record_intent(&pending(&serial(1), &issuer, &dev.id, &[1; 32], 10), Redeem::Token(&token))
+        .await;
     assert_eq!(kind(e), ErrorKind::Conflict);
     assert_eq!(store.get_device(&dev.id).await.unwrap(), Some(dev.clone()));
     assert_eq!(store.get_certificate(&serial(1)).await.unwrap(), None);
 
     // A certificate recorded without a token (e.g. before the quarantine) is not handed out
     // when completed: it is stored revoked, and the device stays quarantined.
-    store.record_intent(&pending(&serial(2), &issuer, &dev.id, &[2; 32], 10), None).await.unwrap();
-    assert_eq!(kind(store.complete_issuance(&serial(2), b"der", t(11)).await), ErrorKind::Forbidden);
+    store.record_intent(&pending(&serial(2), &issuer, &dev.id, &[2; 32], 10), Redeem::Nothing).await.unwrap();
+    assert_eq!(kind(store.complete_issuance(&serial(2), b"der", t(11), &ev()).await), ErrorKind::Forbidden);
     assert_eq!(store.get_certificate(&serial(2)).await.unwrap().unwrap().status, CertStatus::Revoked);
     assert_eq!(store.get_device(&dev.id).await.unwrap().unwrap().status, DeviceStatus::Quarantined);
 
@@ -545,35 +571,35 @@ async fn revoke(backend: Backend) {
     let store = open(&db).await;
     let issuer = with_ca(&*store).await;
     let dev = device("dev-1", None);
-    store.insert_device(&dev).await.unwrap();
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
 
     assert_eq!(
-        kind(store.revoke(&serial(1), RevocationReason::KeyCompromise, t(50)).await),
+        kind(store.revoke(&serial(1), RevocationReason::KeyCompromise, t(50), &ev()).await),
         ErrorKind::NotFound
     );
 
-    store.record_intent(&pending(&serial(1), &issuer, &dev.id, &[1; 32], 10), None).await.unwrap();
-    let e = store.revoke(&serial(1), RevocationReason::KeyCompromise, t(50)).await.unwrap_err();
+    store.record_intent(&pending(&serial(1), &issuer, &dev.id, &[1; 32], 10), Redeem::Nothing).await.unwrap();
+    let e = store.revoke(&serial(1), RevocationReason::KeyCompromise, t(50), &ev()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict);
     assert!(e.to_string().contains("not issued"), "{e}");
     assert_eq!(store.get_certificate(&serial(1)).await.unwrap().unwrap().status, CertStatus::Pending);
 
-    let issued = store.complete_issuance(&serial(1), b"der", t(11)).await.unwrap();
-    let revoked = store.revoke(&serial(1), RevocationReason::KeyCompromise, t(50)).await.unwrap();
+    let issued = store.complete_issuance(&serial(1), b"der", t(11), &ev()).await.unwrap();
+    let revoked = store.revoke(&serial(1), RevocationReason::KeyCompromise, t(50), &ev()).await.unwrap();
     assert_eq!(revoked.status, CertStatus::Revoked);
     assert_eq!(revoked.revocation, Some((t(50), RevocationReason::KeyCompromise)));
     assert_eq!(revoked.cert_der, issued.cert_der);
     assert_eq!(store.get_certificate(&serial(1)).await.unwrap(), Some(revoked.clone()));
 
     // Idempotent: a second revocation changes nothing, whatever its reason and time.
-    let again = store.revoke(&serial(1), RevocationReason::Superseded, t(60)).await.unwrap();
+    let again = store.revoke(&serial(1), RevocationReason::Superseded, t(60), &ev()).await.unwrap();
     assert_eq!(again, revoked);
     // Revoked certificates show up in lists and in the CSR lookup with their revocation.
     let listed = store.list_certificates(Some(&dev.id), None, 10).await.unwrap();
     assert_eq!(listed.items, vec![revoked.clone()]);
     assert_eq!(store.certificate_for_csr(&dev.id, &[1; 32]).await.unwrap(), Some(revoked));
     // Completing a revoked certificate does not un-revoke it.
-    let done = store.complete_issuance(&serial(1), b"other", t(70)).await.unwrap();
+    let done = store.complete_issuance(&serial(1), b"other", t(70), &ev()).await.unwrap();
     assert_eq!(done.status, CertStatus::Revoked);
 
     // Every reason round-trips.
@@ -587,9 +613,9 @@ async fn revoke(backend: Backend) {
     ];
     for (i, reason) in reasons.into_iter().enumerate() {
         let s = serial(100 + i as u64);
-        store.record_intent(&pending(&s, &issuer, &dev.id, &[2; 32], 10), None).await.unwrap();
-        store.complete_issuance(&s, b"der", t(11)).await.unwrap();
-        let r = store.revoke(&s, reason, t(80)).await.unwrap();
+        store.record_intent(&pending(&s, &issuer, &dev.id, &[2; 32], 10), Redeem::Nothing).await.unwrap();
+        store.complete_issuance(&s, b"der", t(11), &ev()).await.unwrap();
+        let r = store.revoke(&s, reason, t(80), &ev()).await.unwrap();
         assert_eq!(r.revocation, Some((t(80), reason)));
     }
 
@@ -602,29 +628,33 @@ async fn quarantine_revokes_everything_and_release_restores(backend: Backend) {
     let store = open(&db).await;
     let issuer = with_ca(store.as_ref()).await;
     let (dev, other) = (device("q-1", None), device("q-2", None));
-    store.insert_device(&dev).await.unwrap();
-    store.insert_device(&other).await.unwrap();
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
+    store.insert_device(&other, &DeviceMeta::default(), &ev()).await.unwrap();
     // Two issued certificates and one pending for q-1; one issued for q-2.
     for n in 1..=3 {
-        store.record_intent(&pending(&serial(n), &issuer, &dev.id, b"csr", 10), None).await.unwrap();
+        store
+            .record_intent(&pending(&serial(n), &issuer, &dev.id, b"csr", 10), Redeem::Nothing)
+            .await
+            .unwrap();
     }
-    store.complete_issuance(&serial(1), b"der1", t(11)).await.unwrap();
-    store.complete_issuance(&serial(2), b"der2", t(11)).await.unwrap();
-    store.record_intent(&pending(&serial(9), &issuer, &other.id, b"csr", 10), None).await.unwrap();
-    store.complete_issuance(&serial(9), b"der9", t(11)).await.unwrap();
+    store.complete_issuance(&serial(1), b"der1", t(11), &ev()).await.unwrap();
+    store.complete_issuance(&serial(2), b"der2", t(11), &ev()).await.unwrap();
+    store.record_intent(&pending(&serial(9), &issuer, &other.id, b"csr", 10), Redeem::Nothing).await.unwrap();
+    store.complete_issuance(&serial(9), b"der9", t(11), &ev()).await.unwrap();
 
     let unknown = DeviceId::new("nobody").unwrap();
     assert_eq!(
-        kind(store.quarantine_device(&unknown, RevocationReason::KeyCompromise, t(20)).await),
+        kind(store.quarantine_device(&unknown, RevocationReason::KeyCompromise, t(20), &ev()).await),
         ErrorKind::NotFound
     );
-    assert_eq!(kind(store.release_device(&unknown, t(20)).await), ErrorKind::NotFound);
+    assert_eq!(kind(store.release_device(&unknown, t(20), &ev()).await), ErrorKind::NotFound);
     assert_eq!(
-        kind(store.revoke_device_certificates(&unknown, RevocationReason::KeyCompromise, t(20)).await),
+        kind(store.revoke_device_certificates(&unknown, RevocationReason::KeyCompromise, t(20), &ev()).await),
         ErrorKind::NotFound
     );
 
-    let mut revoked = store.quarantine_device(&dev.id, RevocationReason::KeyCompromise, t(20)).await.unwrap();
+    let mut revoked =
+        store.quarantine_device(&dev.id, RevocationReason::KeyCompromise, t(20), &ev()).await.unwrap();
     revoked.sort();
     assert_eq!(revoked, vec![serial(1), serial(2)]);
     assert_eq!(store.get_device(&dev.id).await.unwrap().unwrap().status, DeviceStatus::Quarantined);
@@ -638,21 +668,28 @@ async fn quarantine_revokes_everything_and_release_restores(backend: Backend) {
     assert_eq!(store.get_certificate(&serial(9)).await.unwrap().unwrap().status, CertStatus::Issued);
     // Idempotent: nothing more to revoke, status unchanged.
     assert!(
-        store.quarantine_device(&dev.id, RevocationReason::KeyCompromise, t(21)).await.unwrap().is_empty()
+        store
+            .quarantine_device(&dev.id, RevocationReason::KeyCompromise, t(21), &ev())
+            .await
+            .unwrap()
+            .is_empty()
     );
     assert_eq!(
         store.get_certificate(&serial(1)).await.unwrap().unwrap().revocation,
         Some((t(20), RevocationReason::KeyCompromise))
     );
 
-    assert!(store.release_device(&dev.id, t(30)).await.unwrap());
+    assert!(store.release_device(&dev.id, t(30), &ev()).await.unwrap());
     assert_eq!(store.get_device(&dev.id).await.unwrap().unwrap().status, DeviceStatus::Registered);
-    assert!(!store.release_device(&dev.id, t(31)).await.unwrap(), "releasing twice is a no-op");
+    assert!(!store.release_device(&dev.id, t(31), &ev()).await.unwrap(), "releasing twice is a no-op");
     // Release does not un-revoke.
     assert_eq!(store.get_certificate(&serial(1)).await.unwrap().unwrap().status, CertStatus::Revoked);
 
     // Revoking a device's certificates leaves the device's status alone.
-    let got = store.revoke_device_certificates(&other.id, RevocationReason::Superseded, t(40)).await.unwrap();
+    let got = store
+        .revoke_device_certificates(&other.id, RevocationReason::Superseded, t(40), &ev())
+        .await
+        .unwrap();
     assert_eq!(got, vec![serial(9)]);
     assert_eq!(store.get_device(&other.id).await.unwrap().unwrap().status, DeviceStatus::Enrolled);
     db.cleanup().await;
@@ -663,13 +700,17 @@ async fn quarantine_during_issuance_revokes_the_new_certificate(backend: Backend
     let store = open(&db).await;
     let issuer = with_ca(store.as_ref()).await;
     let dev = device("q-race", None);
-    store.insert_device(&dev).await.unwrap();
-    store.record_intent(&pending(&serial(1), &issuer, &dev.id, b"csr", 10), None).await.unwrap();
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
+    store.record_intent(&pending(&serial(1), &issuer, &dev.id, b"csr", 10), Redeem::Nothing).await.unwrap();
     // Quarantined between step 4 (intent) and step 6 (store the signed certificate).
     assert!(
-        store.quarantine_device(&dev.id, RevocationReason::KeyCompromise, t(11)).await.unwrap().is_empty()
+        store
+            .quarantine_device(&dev.id, RevocationReason::KeyCompromise, t(11), &ev())
+            .await
+            .unwrap()
+            .is_empty()
     );
-    assert_eq!(kind(store.complete_issuance(&serial(1), b"der1", t(12)).await), ErrorKind::Forbidden);
+    assert_eq!(kind(store.complete_issuance(&serial(1), b"der1", t(12), &ev()).await), ErrorKind::Forbidden);
     let c = store.get_certificate(&serial(1)).await.unwrap().unwrap();
     assert_eq!(c.status, CertStatus::Revoked, "stored, and revoked: never handed out as good");
     assert_eq!(c.cert_der.as_deref(), Some(b"der1".as_slice()));
@@ -685,19 +726,26 @@ async fn serial_collision(backend: Backend) {
     let token = [8u8; 32];
     let a = device("dev-a", None);
     let b = device("dev-b", Some(&token));
-    store.insert_device(&a).await.unwrap();
-    store.insert_device(&b).await.unwrap();
+    store.insert_device(&a, &DeviceMeta::default(), &ev()).await.unwrap();
+    store.insert_device(&b, &DeviceMeta::default(), &ev()).await.unwrap();
 
-    store.record_intent(&pending(&serial(1), &issuer, &a.id, &[1; 32], 10), None).await.unwrap();
-    let e = store.record_intent(&pending(&serial(1), &issuer, &a.id, &[2; 32], 11), None).await.unwrap_err();
+    store.record_intent(&pending(&serial(1), &issuer, &a.id, &[1; 32], 10), Redeem::Nothing).await.unwrap();
+    let e = store
+        .record_intent(&pending(&serial(1), &issuer, &a.id, &[2; 32], 11), Redeem::Nothing)
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Conflict);
     assert!(e.to_string().contains(&serial(1).to_hex()), "{e}");
 
     // A collision while redeeming a token rolls the redemption back: the token still works.
-    let e = store.record_intent(&pending(&serial(1), &issuer, &b.id, &[3; 32], 12), Some(&token)).await;
+    let e =
+        store.record_intent(&pending(&serial(1), &issuer, &b.id, &[3; 32], 12), Redeem::Token(&token)).await;
     assert_eq!(kind(e), ErrorKind::Conflict);
     assert_eq!(store.get_device(&b.id).await.unwrap().unwrap().token_used_at, None);
-    store.record_intent(&pending(&serial(2), &issuer, &b.id, &[3; 32], 13), Some(&token)).await.unwrap();
+    store
+        .record_intent(&pending(&serial(2), &issuer, &b.id, &[3; 32], 13), Redeem::Token(&token))
+        .await
+        .unwrap();
 
     // The original is untouched.
     let c = store.get_certificate(&serial(1)).await.unwrap().unwrap();
@@ -710,7 +758,7 @@ async fn serial_collision(backend: Backend) {
 async fn migrations_run_twice(backend: Backend) {
     let db = TestDb::new(backend).await;
     let first = open(&db).await;
-    first.insert_device(&device("dev-1", None)).await.unwrap();
+    first.insert_device(&device("dev-1", None), &DeviceMeta::default(), &ev()).await.unwrap();
     // A second store on the same database while the first is open, then after it is gone.
     let second = open(&db).await;
     assert!(second.get_device(&DeviceId::new("dev-1").unwrap()).await.unwrap().is_some());
@@ -748,7 +796,10 @@ async fn closed_stores_are_unavailable() {
     lite.ping().await.unwrap();
     lite.close().await;
     assert_eq!(kind(lite.ping().await), ErrorKind::Unavailable);
-    assert_eq!(kind(lite.insert_device(&device("d", None)).await), ErrorKind::Unavailable);
+    assert_eq!(
+        kind(lite.insert_device(&device("d", None), &DeviceMeta::default(), &ev()).await),
+        ErrorKind::Unavailable
+    );
     db.cleanup().await;
 }
 
@@ -767,9 +818,12 @@ async fn connect_dispatches_on_the_url() {
     assert_eq!(store.backend(), "sqlite");
     let issuer = with_ca(&*store).await;
     let dev = device("dev-1", Some(&[1; 32]));
-    store.insert_device(&dev).await.unwrap();
-    store.record_intent(&pending(&serial(1), &issuer, &dev.id, &[1; 32], 10), Some(&[1; 32])).await.unwrap();
-    let c = store.complete_issuance(&serial(1), b"der", t(11)).await.unwrap();
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
+    store
+        .record_intent(&pending(&serial(1), &issuer, &dev.id, &[1; 32], 10), Redeem::Token(&[1; 32]))
+        .await
+        .unwrap();
+    let c = store.complete_issuance(&serial(1), b"der", t(11), &ev()).await.unwrap();
     assert_eq!(store.get_certificate(&serial(1)).await.unwrap(), Some(c));
     assert_eq!(store.list_devices(None, 10).await.unwrap().items.len(), 1);
 }
@@ -780,7 +834,7 @@ async fn sqlite_file_is_created_and_persists() {
     let path = db.url.strip_prefix("sqlite:").unwrap().to_string();
     assert!(!std::path::Path::new(&path).exists());
     let store = SqliteStore::connect(&db.url).await.unwrap();
-    store.insert_device(&device("dev-1", None)).await.unwrap();
+    store.insert_device(&device("dev-1", None), &DeviceMeta::default(), &ev()).await.unwrap();
     store.close().await;
     assert!(std::path::Path::new(&path).exists());
     let store = SqliteStore::connect(&db.url).await.unwrap();
@@ -795,14 +849,17 @@ async fn events_record_issuance_and_revocation(backend: Backend) {
     let issuer = with_ca(store.as_ref()).await;
     assert_eq!(store.last_event_seq().await.unwrap(), 0);
     let dev = device("ev-1", None);
-    store.insert_device(&dev).await.unwrap();
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
     for n in 1..=2 {
-        store.record_intent(&pending(&serial(n), &issuer, &dev.id, b"csr", 10), None).await.unwrap();
-        store.complete_issuance(&serial(n), b"der", t(11)).await.unwrap();
+        store
+            .record_intent(&pending(&serial(n), &issuer, &dev.id, b"csr", 10), Redeem::Nothing)
+            .await
+            .unwrap();
+        store.complete_issuance(&serial(n), b"der", t(11), &ev()).await.unwrap();
     }
-    store.revoke(&serial(1), RevocationReason::KeyCompromise, t(12)).await.unwrap();
-    store.revoke(&serial(1), RevocationReason::KeyCompromise, t(13)).await.unwrap(); // idempotent: no event
-    store.quarantine_device(&dev.id, RevocationReason::PrivilegeWithdrawn, t(14)).await.unwrap();
+    store.revoke(&serial(1), RevocationReason::KeyCompromise, t(12), &ev()).await.unwrap();
+    store.revoke(&serial(1), RevocationReason::KeyCompromise, t(13), &ev()).await.unwrap(); // idempotent: no event
+    store.quarantine_device(&dev.id, RevocationReason::PrivilegeWithdrawn, t(14), &ev()).await.unwrap();
     let events = store.events_after(0, 100).await.unwrap();
     let got: Vec<(Serial, CertEventKind, i64)> =
         events.iter().map(|e| (e.serial.clone(), e.kind, e.at.0)).collect();
@@ -887,7 +944,7 @@ async fn crl_rebuild_streams_revoked_unexpired_and_numbers_grow(backend: Backend
     let store = open(&db).await;
     let issuer = with_ca(store.as_ref()).await;
     let dev = device("crl-1", None);
-    store.insert_device(&dev).await.unwrap();
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
     // serial 1: revoked, valid until T0+10+86400; serial 2: revoked but expired by `now`;
     // serial 3: issued, not revoked.
     for n in 1..=3 {
@@ -895,11 +952,11 @@ async fn crl_rebuild_streams_revoked_unexpired_and_numbers_grow(backend: Backend
         if n == 2 {
             p.not_after = t(20);
         }
-        store.record_intent(&p, None).await.unwrap();
-        store.complete_issuance(&serial(n), b"der", t(11)).await.unwrap();
+        store.record_intent(&p, Redeem::Nothing).await.unwrap();
+        store.complete_issuance(&serial(n), b"der", t(11), &ev()).await.unwrap();
     }
-    store.revoke(&serial(1), RevocationReason::KeyCompromise, t(12)).await.unwrap();
-    store.revoke(&serial(2), RevocationReason::Superseded, t(13)).await.unwrap();
+    store.revoke(&serial(1), RevocationReason::KeyCompromise, t(12), &ev()).await.unwrap();
+    store.revoke(&serial(2), RevocationReason::Superseded, t(13), &ev()).await.unwrap();
 
     let mut sink = ListSink::default();
     let crl = store.rebuild_crl(&issuer, 0, t(30), &mut sink).await.unwrap().expect("built");
@@ -974,20 +1031,20 @@ async fn credentials_and_token_keys(backend: Backend) {
         created_at: t(1),
         revoked_at: None,
     };
-    store.insert_credential(&c).await.unwrap();
-    assert_eq!(kind(store.insert_credential(&c).await), ErrorKind::Conflict);
+    store.insert_credential(&c, &ev()).await.unwrap();
+    assert_eq!(kind(store.insert_credential(&c, &ev()).await), ErrorKind::Conflict);
     let bad_role = CredentialRecord { client_id: "cl_2".into(), role: "root".into(), ..c.clone() };
-    assert!(store.insert_credential(&bad_role).await.is_err(), "roles are checked by the schema");
+    assert!(store.insert_credential(&bad_role, &ev()).await.is_err(), "roles are checked by the schema");
     assert_eq!(store.get_credential("cl_1").await.unwrap(), Some(c.clone()));
     assert_eq!(store.get_credential("nope").await.unwrap(), None);
-    let revoked = store.revoke_credential("cl_1", t(5)).await.unwrap();
+    let revoked = store.revoke_credential("cl_1", t(5), &ev()).await.unwrap();
     assert_eq!(revoked.revoked_at, Some(t(5)));
     assert_eq!(
-        store.revoke_credential("cl_1", t(9)).await.unwrap().revoked_at,
+        store.revoke_credential("cl_1", t(9), &ev()).await.unwrap().revoked_at,
         Some(t(5)),
         "first revocation stands"
     );
-    assert_eq!(kind(store.revoke_credential("nope", t(9)).await), ErrorKind::NotFound);
+    assert_eq!(kind(store.revoke_credential("nope", t(9), &ev()).await), ErrorKind::NotFound);
     assert_eq!(store.list_credentials().await.unwrap().len(), 1);
 
     let k = |kid: &str, created: i64, not_after: i64| TokenKeyRecord {
@@ -1005,8 +1062,8 @@ async fn credentials_and_token_keys(backend: Backend) {
     assert_eq!(kids, vec!["b".to_string()]);
 
     assert!(!store.is_token_revoked("j1").await.unwrap());
-    store.revoke_token("j1", t(100)).await.unwrap();
-    store.revoke_token("j1", t(100)).await.unwrap();
+    store.revoke_token("j1", t(100), &ev()).await.unwrap();
+    store.revoke_token("j1", t(100), &ev()).await.unwrap();
     assert!(store.is_token_revoked("j1").await.unwrap());
     db.cleanup().await;
 }
@@ -1017,7 +1074,10 @@ async fn device_batch_insert(backend: Backend) {
     use devid_store::BatchDevice;
     let db = TestDb::new(backend).await;
     let store = open(&db).await;
-    store.insert_device(&device("pre-existing", Some(&[9; 32]))).await.unwrap();
+    store
+        .insert_device(&device("pre-existing", Some(&[9; 32])), &DeviceMeta::default(), &ev())
+        .await
+        .unwrap();
     let row = |i: u32| BatchDevice {
         id: DeviceId::new(format!("bulk-{i:05}")).unwrap(),
         token_hash: Some([&i.to_be_bytes()[..], &[1u8; 28]].concat()),
@@ -1027,7 +1087,7 @@ async fn device_batch_insert(backend: Backend) {
     let n = devid_store::BATCH_STATEMENT_ROWS as u32 + 500;
     let mut batch: Vec<BatchDevice> = (0..n).map(row).collect();
     batch.push(BatchDevice { id: DeviceId::new("pre-existing").unwrap(), token_hash: None, labels: None });
-    let created = store.insert_device_batch("b-1", &batch, t(5)).await.unwrap();
+    let created = store.insert_device_batch("b-1", &batch, t(5), &ev()).await.unwrap();
     assert_eq!(created.len(), n as usize);
     assert!(!created.iter().any(|d| d.as_str() == "pre-existing"));
 
@@ -1048,13 +1108,132 @@ async fn device_batch_insert(backend: Backend) {
     assert_eq!(store.device_meta(&DeviceId::new("nope").unwrap()).await.unwrap(), None);
 
     // Resubmitting the same batch, or part of it with new rows: only the new rows are created.
-    assert!(store.insert_device_batch("b-1", &batch, t(6)).await.unwrap().is_empty());
+    assert!(store.insert_device_batch("b-1", &batch, t(6), &ev()).await.unwrap().is_empty());
     let mut part: Vec<BatchDevice> = (10..20).map(row).collect();
     part.push(row(n));
-    let created = store.insert_device_batch("b-1", &part, t(7)).await.unwrap();
+    let created = store.insert_device_batch("b-1", &part, t(7), &ev()).await.unwrap();
     assert_eq!(created, vec![DeviceId::new(format!("bulk-{n:05}")).unwrap()]);
     let all = store.list_devices(None, 1000).await.unwrap();
     assert_eq!(all.items.len(), 1000);
-    assert!(store.insert_device_batch("b-1", &[], t(8)).await.unwrap().is_empty());
+    assert!(store.insert_device_batch("b-1", &[], t(8), &ev()).await.unwrap().is_empty());
+    db.cleanup().await;
+}
+
+/// Acts append in their own transaction; concurrent appends get dense sequence numbers and
+/// one unbroken chain; a refused act leaves no entry.
+async fn audit_chain_is_dense_and_verifiable(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    assert_eq!(store.audit_head().await.unwrap(), (0, vec![0; 32]));
+    store.insert_device(&device("a-1", None), &DeviceMeta::default(), &ev()).await.unwrap();
+    // A refused act (duplicate id) rolls its entry back with it.
+    assert!(store.insert_device(&device("a-1", None), &DeviceMeta::default(), &ev()).await.is_err());
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let e = AuditEvent::new(t(n), format!("actor-{n}"), "auth.failure", "x", serde_json::json!({}));
+            store.append_audit(&e).await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let entries = store.audit_entries(0, 1000).await.unwrap();
+    assert_eq!(entries.len(), 21);
+    let mut prev = devid_store::audit::GENESIS_HASH.to_vec();
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.seq, i as i64 + 1);
+        assert_eq!(e.prev_hash, prev);
+        assert_eq!(e.hash, devid_store::audit::entry_hash(&prev, e.seq, &e.event).to_vec());
+        prev = e.hash.clone();
+    }
+    assert_eq!(store.audit_head().await.unwrap(), (21, prev));
+    assert_eq!(store.audit_entries(19, 1000).await.unwrap().len(), 2);
+    assert_eq!(entries[0].event.details, r#"{"k":"v"}"#);
+    db.cleanup().await;
+}
+
+/// Groups round-trip (anchors, sealed key), refuse duplicates and deletion while devices
+/// belong to them; a challenge is redeemed once, not after it expires; ensure_device is
+/// idempotent; a renewal records its predecessor.
+async fn groups_challenges_and_lineage(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let g = devid_store::GroupRecord {
+        name: "line-7".into(),
+        methods: vec!["x509".into(), "symmetric".into()],
+        registration: "optional".into(),
+        id_source: "subject-serial".into(),
+        validity_secs: Some(3600),
+        trust_anchors: vec![b"anchor-1".to_vec(), b"".to_vec(), b"anchor-3".to_vec()],
+        crls: vec![],
+        master_key: Some(b"sealed".to_vec()),
+        rate_per_minute: Some(60),
+        created_at: t(1),
+        updated_at: t(1),
+    };
+    store.put_group(&g, false, &ev()).await.unwrap();
+    assert_eq!(kind(store.put_group(&g, false, &ev()).await), ErrorKind::Conflict);
+    assert_eq!(store.get_group("line-7").await.unwrap().unwrap(), g);
+    let g2 = devid_store::GroupRecord {
+        registration: "required".into(),
+        updated_at: t(2),
+        created_at: t(2),
+        ..g.clone()
+    };
+    store.put_group(&g2, true, &ev()).await.unwrap();
+    let got = store.get_group("line-7").await.unwrap().unwrap();
+    assert_eq!((got.registration.as_str(), got.created_at, got.updated_at), ("required", t(1), t(2)));
+    assert_eq!(store.list_groups().await.unwrap().len(), 1);
+    assert!(store.get_group("nope").await.unwrap().is_none());
+
+    let meta =
+        DeviceMeta { group: Some("line-7".into()), method: Some("x509".into()), ..DeviceMeta::default() };
+    let dev = device("g-dev", None);
+    assert!(store.ensure_device(&dev, &meta, &ev()).await.unwrap());
+    assert!(!store.ensure_device(&dev, &meta, &ev()).await.unwrap());
+    assert_eq!(store.device_meta(&dev.id).await.unwrap().unwrap().group.as_deref(), Some("line-7"));
+    assert_eq!(kind(store.delete_group("line-7", &ev()).await), ErrorKind::Conflict);
+    assert_eq!(kind(store.delete_group("nope", &ev()).await), ErrorKind::NotFound);
+
+    let c = devid_store::ChallengeRecord {
+        nonce_hash: vec![7; 32],
+        group: "line-7".into(),
+        method: "x509".into(),
+        state: None,
+        expires_at: t(300),
+        redeemed_at: None,
+    };
+    store.insert_challenge(&c, t(0)).await.unwrap();
+    assert_eq!(store.get_challenge(&[7; 32]).await.unwrap().unwrap(), c);
+    // Expired at the intent's time: refused.
+    let late = PendingCert { created_at: t(301), ..pending(&serial(1), &issuer, &dev.id, &[1; 32], 301) };
+    assert_eq!(kind(store.record_intent(&late, Redeem::Nonce(&[7; 32])).await), ErrorKind::Conflict);
+    store
+        .record_intent(&pending(&serial(1), &issuer, &dev.id, &[1; 32], 10), Redeem::Nonce(&[7; 32]))
+        .await
+        .unwrap();
+    assert_eq!(
+        kind(
+            store
+                .record_intent(&pending(&serial(2), &issuer, &dev.id, &[2; 32], 11), Redeem::Nonce(&[7; 32]))
+                .await
+        ),
+        ErrorKind::Conflict
+    );
+    assert!(store.get_challenge(&[7; 32]).await.unwrap().unwrap().redeemed_at.is_some());
+    // Purged once expired.
+    let c2 = devid_store::ChallengeRecord { nonce_hash: vec![8; 32], ..c.clone() };
+    store.insert_challenge(&c2, t(400)).await.unwrap();
+    assert!(store.get_challenge(&[7; 32]).await.unwrap().is_none());
+
+    // Lineage.
+    store.complete_issuance(&serial(1), b"der1", t(11), &ev()).await.unwrap();
+    let renewal =
+        PendingCert { predecessor: Some(serial(1)), ..pending(&serial(3), &issuer, &dev.id, &[3; 32], 20) };
+    store.record_intent(&renewal, Redeem::Nothing).await.unwrap();
+    assert_eq!(store.get_certificate(&serial(3)).await.unwrap().unwrap().predecessor, Some(serial(1)));
     db.cleanup().await;
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use devid_authority::{Authority, AuthorityConfig, CaInitParams};
+use devid_authority::{Actor, Authority, AuthorityConfig, CaInitParams};
 use devid_ca::profile::CaSubject;
 use devid_core::{Clock, DeviceId, Entropy, KeyRef, OsEntropy, RevocationReason, Serial, SystemClock};
 use devid_kms::{Kms, soft::Kek, soft::SoftKeyStore};
@@ -72,8 +72,34 @@ enum Command {
     /// API credentials (for factory lines, operators, auditors, admins).
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print the OpenAPI 3.1 document of the HTTP API.
     Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the whole log: names the first edited, inserted or deleted
+    /// entry and exits 1 if there is one. Prints the head (sequence number and hash): keep
+    /// it elsewhere and pass it to a later verify as --expect, so that a rewrite of the
+    /// whole chain is caught too.
+    Verify {
+        /// A head printed by an earlier verify (or the seq:hash of an exported entry), as
+        /// SEQ:HASH; that entry must still be in the chain, unchanged.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the log as JSON lines to stdout (for a SIEM), oldest first.
+    Export {
+        /// Start after this sequence number (the last one you exported).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -309,6 +335,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Release { device_id } => release(&cfg, &device_id).await,
         Command::Crl(CrlCommand::Build { json }) => crl_build(&cfg, json).await,
         Command::Credential(c) => credential(&cfg, c).await,
+        Command::Audit(a) => audit(&cfg, a).await,
         Command::Openapi => {
             println!("{}", openapi_json()?);
             Ok(())
@@ -432,6 +459,7 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
             clock.as_ref(),
             rng.as_ref(),
             &params,
+            &Actor::System,
         )
         .await?;
         println!("created a development CA (software keys in {})", cfg.soft_dir.display());
@@ -562,7 +590,8 @@ async fn ca_init(cfg: &Config, a: CaInitArgs) -> Result<(), CliError> {
         offline_root: a.offline_root,
         force: a.force,
     };
-    let report = devid_authority::init_ca(store.as_ref(), root_kms, kms, &clock, &rng, &params).await?;
+    let report =
+        devid_authority::init_ca(store.as_ref(), root_kms, kms, &clock, &rng, &params, &Actor::cli()).await?;
     let fp = devid_ca::fingerprint_sha256(&report.root_der);
     if a.json {
         let v = serde_json::json!({
@@ -630,7 +659,8 @@ async fn device_add(cfg: &Config, id: &str, json: bool) -> Result<(), CliError> 
     let id = DeviceId::new(id).map_err(|e| CliError(format!("--id: {e}")))?;
     let store = open_store(cfg).await?;
     let (_, token) =
-        devid_authority::register_device(store.as_ref(), &SystemClock, &OsEntropy, &id, true).await?;
+        devid_authority::register_device(store.as_ref(), &SystemClock, &OsEntropy, &id, true, &Actor::cli())
+            .await?;
     let token = token.ok_or_else(|| CliError("no token was generated".into()))?;
     if json {
         println!("{}", serde_json::json!({ "id": id.to_string(), "token": token.reveal() }));
@@ -708,8 +738,16 @@ async fn device_import(cfg: &Config, a: ImportArgs) -> Result<(), CliError> {
             eprint!("\rimporting {batch_id}: {}/{} rows ({pct}%)", c.done, c.total);
         }
     };
-    let result =
-        bulk::import_batch(store.as_ref(), &SystemClock, &OsEntropy, &batch_id, rows, &mut on_chunk).await;
+    let result = bulk::import_batch(
+        store.as_ref(),
+        &SystemClock,
+        &OsEntropy,
+        &batch_id,
+        rows,
+        &Actor::cli(),
+        &mut on_chunk,
+    )
+    .await;
     if progress {
         eprintln!();
     }
@@ -773,7 +811,9 @@ async fn revoke(cfg: &Config, a: RevokeArgs) -> Result<(), CliError> {
     let store = open_store(cfg).await?;
     if let Some(device) = &a.device {
         let device = device_id_arg(device)?;
-        let serials = devid_authority::revoke_device(store.as_ref(), &SystemClock, &device, a.reason).await?;
+        let serials =
+            devid_authority::revoke_device(store.as_ref(), &SystemClock, &device, a.reason, &Actor::cli())
+                .await?;
         if a.json {
             println!(
                 "{}",
@@ -786,7 +826,9 @@ async fn revoke(cfg: &Config, a: RevokeArgs) -> Result<(), CliError> {
     }
     let text = a.serial.as_deref().unwrap_or_default();
     let serial = Serial::from_hex(text).map_err(|e| CliError(format!("serial '{text}': {e}")))?;
-    let c = devid_authority::revoke_certificate(store.as_ref(), &SystemClock, &serial, a.reason).await?;
+    let c =
+        devid_authority::revoke_certificate(store.as_ref(), &SystemClock, &serial, a.reason, &Actor::cli())
+            .await?;
     let (at, reason) = c.revocation.map(|(t, r)| (t.to_rfc3339(), r.name())).unwrap_or_default();
     if a.json {
         println!(
@@ -802,7 +844,8 @@ async fn revoke(cfg: &Config, a: RevokeArgs) -> Result<(), CliError> {
 async fn quarantine(cfg: &Config, id: &str, reason: RevocationReason, json: bool) -> Result<(), CliError> {
     let device = device_id_arg(id)?;
     let store = open_store(cfg).await?;
-    let serials = devid_authority::quarantine(store.as_ref(), &SystemClock, &device, reason).await?;
+    let serials =
+        devid_authority::quarantine(store.as_ref(), &SystemClock, &device, reason, &Actor::cli()).await?;
     if json {
         println!(
             "{}",
@@ -817,7 +860,7 @@ async fn quarantine(cfg: &Config, id: &str, reason: RevocationReason, json: bool
 async fn release(cfg: &Config, id: &str) -> Result<(), CliError> {
     let device = device_id_arg(id)?;
     let store = open_store(cfg).await?;
-    if devid_authority::release(store.as_ref(), &SystemClock, &device).await? {
+    if devid_authority::release(store.as_ref(), &SystemClock, &device, &Actor::cli()).await? {
         println!("device {device} released; it must enroll again");
     } else {
         println!("device {device} was not quarantined");
@@ -884,6 +927,67 @@ async fn crl_build(cfg: &Config, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+async fn audit(cfg: &Config, a: AuditCommand) -> Result<(), CliError> {
+    let store = open_store(cfg).await?;
+    match a {
+        AuditCommand::Verify { expect, json } => {
+            let expect = match &expect {
+                None => None,
+                Some(e) => {
+                    let parsed = e.split_once(':').and_then(|(s, h)| {
+                        let seq: i64 = s.parse().ok()?;
+                        (seq > 0 && h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                            .then_some((seq, h))
+                    });
+                    Some(parsed.ok_or_else(|| {
+                        CliError("--expect: give SEQ:HASH (a sequence number and 64 hex digits)".into())
+                    })?)
+                }
+            };
+            let r = devid_authority::audit::verify(store.as_ref(), expect).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": r.first_bad.is_none(), "entries": r.entries,
+                        "head": {"seq": r.head.0, "hash": r.head.1},
+                        "first_bad": r.first_bad.as_ref().map(|(seq, why)| serde_json::json!({"seq": seq, "reason": why})),
+                    })
+                );
+            } else if r.first_bad.is_none() {
+                println!("audit log intact: {} entries; head {}:{}", r.entries, r.head.0, r.head.1);
+            }
+            match r.first_bad {
+                None => Ok(()),
+                Some((seq, why)) => {
+                    Err(CliError(format!("audit log is NOT intact: first bad entry {seq}: {why}")))
+                }
+            }
+        }
+        AuditCommand::Export { after } => {
+            use std::io::Write;
+            if after < 0 {
+                return Err(CliError("--after must be 0 or more".into()));
+            }
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut last = after;
+            loop {
+                let page = store.audit_entries(last, 1000).await?;
+                for r in &page {
+                    serde_json::to_writer(&mut out, &devid_authority::audit::to_json(r))?;
+                    out.write_all(b"\n")?;
+                }
+                match page.last() {
+                    Some(r) if page.len() == 1000 => last = r.seq,
+                    _ => break,
+                }
+            }
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
 async fn credential(cfg: &Config, c: CredentialCommand) -> Result<(), CliError> {
     let store = open_store(cfg).await?;
     match c {
@@ -896,6 +1000,7 @@ async fn credential(cfg: &Config, c: CredentialCommand) -> Result<(), CliError> 
                 &OsEntropy,
                 role,
                 &name,
+                &Actor::cli(),
             )
             .await?;
             if json {
@@ -930,11 +1035,19 @@ async fn credential(cfg: &Config, c: CredentialCommand) -> Result<(), CliError> 
             }
         }
         CredentialCommand::Revoke { client_id } => {
-            let c =
-                store.revoke_credential(&client_id, SystemClock.now()).await.map_err(|e| match e.kind() {
-                    devid_core::ErrorKind::NotFound => CliError(format!("no credential {client_id}")),
-                    _ => CliError(e.to_string()),
-                })?;
+            let c = devid_authority::auth::revoke_credential(
+                store.as_ref(),
+                &SystemClock,
+                &client_id,
+                &Actor::cli(),
+            )
+            .await
+            .map_err(|e| match e {
+                devid_authority::AuthorityError::NotFound(_) => {
+                    CliError(format!("no credential {client_id}"))
+                }
+                e => CliError(e.to_string()),
+            })?;
             println!("credential {} revoked", c.client_id);
         }
     }
