@@ -316,6 +316,11 @@ async fn every_route_every_role() {
                 assert!(r.status != 401 && r.status != 403, "{ctx}: {} {}", r.status, r.text);
                 assert!(r.status < 500, "{ctx}: {} {}", r.status, r.text);
             }
+            Access::ClientCertificate => {
+                // Over plain HTTP there is no client certificate: refused, whatever token.
+                let r = call(&server, method, &path, Some(&tokens[&Role::Admin]), body).await;
+                r.problem(403, "client-certificate-required", &format!("{method} {path} over plain HTTP"));
+            }
             Access::Roles(roles) => {
                 protected += 1;
                 for role in Role::ALL {
@@ -910,7 +915,8 @@ async fn devices_and_certificates_rest(backend: Backend) {
     sorted.sort();
     sorted.dedup();
     assert_eq!(ids, sorted, "in order, each once");
-    assert_eq!(ids, ["rest-1", "rest-2", "rest-3", "rest-4", "rest-notoken"]);
+    // devid's own TLS server certificates are recorded under the device devid-tls-server.
+    assert_eq!(ids, ["devid-tls-server", "rest-1", "rest-2", "rest-3", "rest-4", "rest-notoken"]);
 
     drop(server);
     install.cleanup().await;

@@ -69,8 +69,10 @@ async fn metrics_count_enrollments_ocsp_and_requests() {
     assert_eq!(v("devid_http_requests_total{route=\"/v1/enroll\",method=\"POST\",status=\"401\"}"), 1.0);
     assert_eq!(v("devid_http_requests_total{route=\"/ocsp\",method=\"POST\",status=\"200\"}"), 2.0);
     assert_eq!(v("devid_http_request_duration_seconds_count{route=\"/v1/enroll\",method=\"POST\"}"), 2.0);
-    assert_eq!(v("devid_kms_sign_seconds_count"), 1.0);
-    assert_eq!(v("devid_kms_sign_seconds_bucket{le=\"+Inf\"}"), 1.0);
+    // Two CA signatures: the renewal listener's server certificate and the device's.
+    assert_eq!(v("devid_kms_sign_seconds_count"), 2.0);
+    assert_eq!(v("devid_kms_sign_seconds_bucket{le=\"+Inf\"}"), 2.0);
+    assert_eq!(v("devid_attestation_failures_total{reason=\"bad-proof\"}"), 0.0);
     assert!(v("devid_kms_sign_seconds_sum") > 0.0, "{text}");
     assert_eq!(v("devid_certificates_revoked_total"), 0.0);
     assert!(text.contains("# TYPE devid_http_request_duration_seconds histogram\n"), "{text}");

@@ -115,6 +115,9 @@ fn access_table_matches_the_committed_document() {
                 assert!(roles.is_empty(), "{method} {path} is public but lists roles {roles:?}");
                 assert!(!bearer, "{method} {path} is public but asks for a bearer token");
             }
+            Access::ClientCertificate => {
+                assert_eq!(op["security"], serde_json::json!([{"deviceCertificate": []}]), "{method} {path}");
+            }
             Access::Roles(want) => {
                 assert_eq!(
                     op["security"],

@@ -24,6 +24,12 @@ command -v python3 >/dev/null || die "python3 not found: $(sudo_hint python3 pyt
 { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null || die "nginx not found: $(sudo_hint nginx)"
 { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null || die "mosquitto not found: $(sudo_hint mosquitto)"
 { command -v mosquitto_sub && command -v mosquitto_pub; } >/dev/null || die "mosquitto_sub/mosquitto_pub not found: $(sudo_hint mosquitto-clients)"
+# TPM 2.0: a software TPM with EK certificates (swtpm, swtpm_setup, swtpm_localca), the
+# tpm2-tools that provision it, and libtss2 for the agent's TPM support.
+for t in swtpm swtpm_setup tpm2_createek; do
+  command -v "$t" >/dev/null || die "$t not found: $(sudo_hint swtpm swtpm-tools tpm2-tools gnutls-bin libtss2-dev)"
+done
+pkg-config --exists tss2-esys 2>/dev/null || die "libtss2 (tss2-esys) not found: $(sudo_hint libtss2-dev pkg-config)"
 
 work=$(mktemp -d -t devid-tests.XXXXXX)
 pg_bin=""; pg_data=""
@@ -77,7 +83,7 @@ fi
 "$venv/bin/openapi-spec-validator" openapi/devid.json || die "openapi/devid.json is not a valid OpenAPI document"
 
 # --- the tests ----------------------------------------------------------------------------
-cargo test --workspace "$@"
+cargo test --workspace --all-features "$@"
 
 # --- schema-driven fuzzing of the HTTP API (Schemathesis) --------------------------------
 bash tests/fuzz.sh

@@ -124,6 +124,11 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    /// The renewal listener's base URL (`https://127.0.0.1:PORT`).
+    pub fn renew_base(&self) -> String {
+        self.banner.iter().find_map(|l| l.strip_prefix("renewal listener on ")).unwrap().to_string()
+    }
+
     /// The root fingerprint the server printed.
     pub fn root_fingerprint(&self) -> String {
         self.banner.iter().find_map(|l| l.strip_prefix("root CA SHA-256 fingerprint: ")).unwrap().to_string()
@@ -365,6 +370,8 @@ impl Install {
             .arg("--database-url")
             .arg(&self.db.url)
             .env("RUST_LOG", "warn")
+            // The renewal listener on a free port: tests run side by side.
+            .env("DEVID_TLS__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null());
         for (k, v) in &self.env {
             c.env(k, v);

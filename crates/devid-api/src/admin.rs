@@ -72,6 +72,14 @@ pub struct NewDevice {
     /// Give it a one-time enrollment token (default true).
     #[serde(default = "yes")]
     pub token: bool,
+    /// Its enrollment group.
+    pub group: Option<String>,
+    /// Its own attestation method (`token`, `x509`, `tpm`, `symmetric`), which its group
+    /// must allow.
+    pub method: Option<String>,
+    /// Its own derived key for the `symmetric` method: 32 to 64 bytes, base64url. Stored
+    /// sealed; never shown again.
+    pub secret: Option<String>,
 }
 
 fn yes() -> bool {
@@ -264,7 +272,17 @@ async fn create_device(
     ApiJson(req): ApiJson<NewDevice>,
 ) -> Result<(StatusCode, axum::Json<RegisteredDevice>), ApiError> {
     let id = device_id(&req.id)?;
-    let (d, token) = state.authority.register_device(&id, req.token, &actor).await?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", m);
+    let method = req.method.as_deref().map(str::parse).transpose().map_err(bad)?;
+    let secret = match &req.secret {
+        None => None,
+        Some(s) => Some(zeroize::Zeroizing::new(
+            crate::enroll::unb64(s).ok_or_else(|| bad("secret: not base64url".into()))?,
+        )),
+    };
+    let opts =
+        devid_authority::DeviceOptions { token: req.token, group: req.group, method, secret, labels: None };
+    let (d, token) = state.authority.register_device(&id, &opts, &actor).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(RegisteredDevice { id: d.id.to_string(), token: token.map(|t| t.reveal().to_string()) }),

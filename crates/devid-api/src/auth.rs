@@ -34,11 +34,20 @@ pub enum Access {
     Public,
     /// A bearer token of one of these roles.
     Roles(&'static [Role]),
+    /// A device certificate from our issuing CA, presented on the mutual-TLS (renewal)
+    /// listener; the handler checks it (403 `client-certificate-required` elsewhere).
+    ClientCertificate,
 }
 
 /// The access table: (method, route template, access). HEAD follows GET.
 pub const ACCESS: &[(&str, &str, Access)] = &[
     ("POST", "/v1/enroll", Access::Public),
+    ("POST", "/v1/enroll/challenge", Access::Public),
+    ("POST", "/v1/renew", Access::ClientCertificate),
+    ("POST", "/v1/groups", Access::Roles(&[Admin])),
+    ("GET", "/v1/groups", Access::Roles(&[Admin, Factory, Operator, Auditor])),
+    ("GET", "/v1/groups/{name}", Access::Roles(&[Admin, Factory, Operator, Auditor])),
+    ("DELETE", "/v1/groups/{name}", Access::Roles(&[Admin])),
     ("GET", "/v1/ca/chain", Access::Public),
     ("GET", "/v1/ca/{file}", Access::Public),
     ("GET", "/healthz", Access::Public),
@@ -83,7 +92,7 @@ pub(crate) async fn authorize(State(state): State<AppState>, mut req: Request, n
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
     let Some(route) = route else { return next.run(req).await };
     match access(req.method(), &route) {
-        Some(Access::Public) => next.run(req).await,
+        Some(Access::Public | Access::ClientCertificate) => next.run(req).await,
         Some(Access::Roles(roles)) => {
             let Some(token) = bearer(req.headers()) else {
                 return unauthenticated("a bearer token is required", false);
@@ -382,6 +391,16 @@ pub(crate) fn document(doc: &mut utoipa::openapi::OpenApi) {
         ),
     );
     components.add_security_scheme(
+        "deviceCertificate",
+        SecurityScheme::MutualTls {
+            description: Some(
+                "Mutual TLS on the renewal listener with the device's current certificate (issued by devid)."
+                    .to_string(),
+            ),
+            extensions: None,
+        },
+    );
+    components.add_security_scheme(
         "client",
         SecurityScheme::Http(
             HttpBuilder::new()
@@ -402,7 +421,7 @@ pub(crate) fn document(doc: &mut utoipa::openapi::OpenApi) {
         };
         let Some(op) = op else { continue };
         let roles: Vec<&str> = match access {
-            Access::Public => Vec::new(),
+            Access::Public | Access::ClientCertificate => Vec::new(),
             Access::Roles(r) => r.iter().map(|r| r.as_str()).collect(),
         };
         match access {
@@ -410,6 +429,9 @@ pub(crate) fn document(doc: &mut utoipa::openapi::OpenApi) {
                 op.security = Some(vec![SecurityRequirement::new("client", Vec::<String>::new())]);
             }
             Access::Public => {}
+            Access::ClientCertificate => {
+                op.security = Some(vec![SecurityRequirement::new("deviceCertificate", Vec::<String>::new())]);
+            }
             Access::Roles(_) => {
                 op.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
                 let line = format!("Roles: {}.", roles.join(", "));

@@ -11,11 +11,13 @@ mod admin;
 mod audit;
 pub mod auth;
 mod bulk;
-mod enroll;
+pub mod enroll;
+mod groups;
 mod metrics;
 mod ops;
 mod pki;
 pub mod problem;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +67,8 @@ pub struct AppState {
         (name = "devices", description = "Device registration, lookup, revocation and quarantine"),
         (name = "certificates", description = "Certificate lookup and revocation"),
         (name = "credentials", description = "API credentials"),
-        (name = "audit", description = "The tamper-evident audit log")
+        (name = "audit", description = "The tamper-evident audit log"),
+        (name = "groups", description = "Enrollment groups and their policy")
     )
 )]
 struct ApiDoc;
@@ -82,6 +85,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(bulk::routes())
         .merge(metrics::routes())
         .merge(audit::routes())
+        .merge(groups::routes())
 }
 
 /// The OpenAPI 3.1 document of every route, generated from the handlers.

@@ -8,7 +8,11 @@ pub const BINDING_LABEL: &[u8] = b"devid-attest-v1";
 /// `SHA-256("devid-attest-v1" || 0x00 || nonce || SHA-256(csr_der))`: binds the server's
 /// single-use nonce to the CSR (and so to the key being certified).
 pub fn binding(nonce: &[u8], csr_der: &[u8]) -> [u8; 32] {
-    let csr_hash = Sha256::digest(csr_der);
+    binding_from_csr_hash(nonce, &Sha256::digest(csr_der).into())
+}
+
+/// [`binding`] from the CSR's SHA-256 (which the server has already computed).
+pub fn binding_from_csr_hash(nonce: &[u8], csr_hash: &[u8; 32]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(BINDING_LABEL);
     h.update([0u8]);

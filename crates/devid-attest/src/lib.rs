@@ -19,7 +19,7 @@ pub mod symmetric;
 pub mod tpm;
 pub mod x509;
 
-pub use binding::{BINDING_LABEL, binding};
+pub use binding::{BINDING_LABEL, binding, binding_from_csr_hash};
 pub use error::{AttestError, Failure};
 
 /// What an attestor established about a device.

@@ -8,17 +8,25 @@ use devid_store::{AuditEvent, CertRecord, CertStatus, DeviceStatus, PendingCert,
 use crate::issuer::ActiveIssuer;
 use crate::{Actor, Authority, AuthorityError};
 
-/// How a device proved itself: the method and a summary of the evidence, for the audit log
-/// entry written with the certificate (step 6).
+/// What steps 1 and 2 decided for steps 3 to 6: how the device proved itself (for the
+/// audit entry written with the certificate), the lifetime policy allows, and the
+/// certificate a renewal replaces.
 #[derive(Debug, Clone)]
-pub(crate) struct Evidence {
+pub(crate) struct IssueContext {
     /// `token`, `x509`, `tpm`, `symmetric`, `renewal`.
     pub method: &'static str,
     /// What the attestor established (never a secret).
     pub summary: serde_json::Value,
+    /// The group's maximum lifetime (the service's own caps it too).
+    pub validity_secs: Option<i64>,
+    /// The certificate this one renews.
+    pub predecessor: Option<Serial>,
+    /// For devid's own TLS server certificate: its DNS names and IP addresses (the server
+    /// profile instead of the device profile).
+    pub server_names: Option<Vec<String>>,
 }
 
-impl Evidence {
+impl IssueContext {
     /// The audit event of a certificate issued on this evidence.
     fn audit(&self, at: UnixTime, device: &DeviceId, serial: &Serial, not_after: UnixTime) -> AuditEvent {
         let action = if self.method == "renewal" { "certificate.renew" } else { "certificate.issue" };
@@ -32,12 +40,19 @@ impl Evidence {
                 "method": self.method,
                 "evidence": self.summary,
                 "not_after": not_after.to_rfc3339(),
+                "predecessor": self.predecessor.as_ref().map(Serial::to_hex),
             }),
         )
     }
 }
 
-const TOKEN: Evidence = Evidence { method: "token", summary: serde_json::Value::Null };
+const TOKEN: IssueContext = IssueContext {
+    method: "token",
+    summary: serde_json::Value::Null,
+    validity_secs: None,
+    predecessor: None,
+    server_names: None,
+};
 
 /// A one-time enrollment token: 256 random bits, base64url, prefixed `devid_et_` so that
 /// secret scanners can recognise a leaked one. Only its SHA-256 is stored: a 256-bit random
@@ -145,22 +160,41 @@ impl Authority {
         device: &DeviceId,
         csr: &VerifiedCsr,
         redeem: Redeem<'_>,
-        evidence: &Evidence,
+        ctx: &IssueContext,
     ) -> Result<Issued, AuthorityError> {
         let issuer = self.issuer().await;
         let now = self.clock.now();
+        let shorter;
+        let profile = match ctx.validity_secs {
+            Some(v) if v < issuer.profile.validity_secs => {
+                shorter = devid_ca::profile::LeafProfile { validity_secs: v, ..issuer.profile.clone() };
+                &shorter
+            }
+            _ => &issuer.profile,
+        };
         // Step 3: a random serial (CSPRNG, 159 bits, positive) and the certificate built
         // from the profile, never from the extensions the CSR asks for.
         let serial = Serial::random(self.rng.as_ref());
-        let (tbs_der, validity) = devid_ca::profile::leaf_tbs(
-            &issuer.info,
-            issuer.signer.algorithm(),
-            &issuer.profile,
-            &serial,
-            device,
-            &csr.spki_der,
-            now,
-        )?;
+        let (tbs_der, validity) = match &ctx.server_names {
+            None => devid_ca::profile::leaf_tbs(
+                &issuer.info,
+                issuer.signer.algorithm(),
+                profile,
+                &serial,
+                device,
+                &csr.spki_der,
+                now,
+            )?,
+            Some(names) => devid_ca::profile::server_tbs(
+                &issuer.info,
+                issuer.signer.algorithm(),
+                profile,
+                &serial,
+                names,
+                &csr.spki_der,
+                now,
+            )?,
+        };
         // Step 4: record the intent (serial, device, TBS) — and redeem the token in the same
         // transaction, so a token yields at most one certificate however many race for it.
         let pending = PendingCert {
@@ -172,14 +206,14 @@ impl Authority {
             csr_sha256: csr.sha256.to_vec(),
             tbs_der: tbs_der.clone(),
             created_at: now,
-            predecessor: None,
+            predecessor: ctx.predecessor.clone(),
         };
         self.store.record_intent(&pending, redeem).await.map_err(|e| match (e.kind(), redeem) {
             (devid_core::ErrorKind::Conflict, Redeem::Token(_)) => AuthorityError::TokenUsed,
             (devid_core::ErrorKind::Conflict, Redeem::Nonce(_)) => AuthorityError::NonceUsed,
             _ => AuthorityError::Store(e),
         })?;
-        let audit = evidence.audit(now, device, &serial, validity.not_after);
+        let audit = ctx.audit(now, device, &serial, validity.not_after);
         self.sign_and_store(&issuer, serial, tbs_der, audit).await
     }
 
@@ -218,7 +252,7 @@ impl Authority {
         self.issued(stored).await
     }
 
-    async fn issued(&self, c: CertRecord) -> Result<Issued, AuthorityError> {
+    pub(crate) async fn issued(&self, c: CertRecord) -> Result<Issued, AuthorityError> {
         let cert_der =
             c.cert_der.ok_or_else(|| AuthorityError::Internal("issued certificate without DER".into()))?;
         let issuer = self.issuer().await;

@@ -56,6 +56,9 @@ pub enum AuthorityError {
     /// Invalid input other than a CSR.
     #[error("{0}")]
     Invalid(String),
+    /// The request conflicts with what exists (a group of that name, a group in use).
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -105,9 +108,10 @@ impl AuthorityError {
             | AuthorityError::InvalidClient => ErrorKind::Unauthorized,
             AuthorityError::Forbidden(_) => ErrorKind::Forbidden,
             AuthorityError::RateLimited { .. } => ErrorKind::RateLimited,
-            AuthorityError::TokenUsed | AuthorityError::DeviceExists(_) | AuthorityError::CaExists => {
-                ErrorKind::Conflict
-            }
+            AuthorityError::TokenUsed
+            | AuthorityError::DeviceExists(_)
+            | AuthorityError::CaExists
+            | AuthorityError::Conflict(_) => ErrorKind::Conflict,
             AuthorityError::DeviceQuarantined
             | AuthorityError::MethodNotAllowed(_)
             | AuthorityError::DeviceNotRegistered(_)
@@ -147,6 +151,7 @@ impl AuthorityError {
             AuthorityError::CaExists => "ca-exists",
             AuthorityError::NotFound(_) => "not-found",
             AuthorityError::Invalid(_) => "invalid-request",
+            AuthorityError::Conflict(_) => "conflict",
             AuthorityError::Store(_)
             | AuthorityError::Kms(_)
             | AuthorityError::Ca(_)

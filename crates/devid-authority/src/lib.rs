@@ -4,16 +4,19 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod attested;
 pub mod audit;
 pub mod auth;
 pub mod bulk;
 mod ca_init;
 mod enroll;
 mod error;
+pub mod groups;
 mod issuer;
 pub mod metrics;
 mod ops;
 pub mod publish;
+mod renew;
 mod revocation;
 
 use std::sync::Arc;
@@ -23,8 +26,11 @@ use devid_kms::KeyManager;
 use devid_store::{DeviceRecord, DeviceStatus, Store};
 use tokio::sync::RwLock;
 
+pub use attested::{Challenge, Evidence, NONCE_LEN, TpmIdentity};
 pub use audit::Actor;
 pub use ca_init::{CaInitParams, CaInitReport, init_ca};
+/// The longest IDevID chain accepted (device certificate and intermediates).
+pub use devid_attest::x509::MAX_CHAIN_LEN;
 pub use enroll::{EnrollToken, Issued};
 pub use error::AuthorityError;
 pub use issuer::ActiveIssuer;
@@ -43,6 +49,13 @@ pub struct AuthorityConfig {
     pub device_uri_prefix: String,
     /// CRL shards per CA (must equal the publisher's).
     pub crl_shards: u16,
+    /// How long an enrollment challenge (nonce) is accepted, in seconds (default 300).
+    pub challenge_ttl_secs: i64,
+    /// Renewal is allowed from this fraction of a certificate's lifetime on (0 to 1;
+    /// default 0.5).
+    pub renew_after_fraction: f64,
+    /// Renewal is allowed this many seconds after expiry (default 3600).
+    pub renew_grace_secs: i64,
 }
 
 /// The authority: owns the store, the key manager and the active issuing CA, and runs the
@@ -118,18 +131,57 @@ impl Authority {
     }
 }
 
-/// Register a device, optionally with a one-time enrollment token. Returns the token in
-/// clear once; only its SHA-256 is stored.
+/// How a device is registered: its token, group, own method and own secret.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceOptions {
+    /// Give it a one-time enrollment token (shown once; only its SHA-256 is stored).
+    pub token: bool,
+    /// Its enrollment group (which must exist).
+    pub group: Option<String>,
+    /// Its own method (which its group must allow).
+    pub method: Option<groups::Method>,
+    /// Its own derived-key secret (method symmetric), sealed before it is stored.
+    pub secret: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// Its labels (a JSON object of string to string, as text).
+    pub labels: Option<String>,
+}
+
+/// Register a device. Returns the token in clear once; only its SHA-256 is stored.
 pub async fn register_device(
     store: &dyn Store,
+    kms: &dyn KeyManager,
     clock: &dyn Clock,
     rng: &dyn Entropy,
     id: &DeviceId,
-    with_token: bool,
+    opts: &DeviceOptions,
     actor: &Actor,
 ) -> Result<(DeviceRecord, Option<EnrollToken>), AuthorityError> {
+    if let Some(g) = &opts.group {
+        let group = store.get_group(g).await?.ok_or(AuthorityError::NotFound("group"))?;
+        if let Some(m) = opts.method
+            && !groups::methods_of(&group).contains(&m)
+        {
+            return Err(AuthorityError::MethodNotAllowed(m.as_str().into()));
+        }
+    }
+    if opts.method.is_some() && opts.group.is_none() && opts.method != Some(groups::Method::Token) {
+        return Err(AuthorityError::Invalid("a device with an attested method needs a group".into()));
+    }
+    if opts.method == Some(groups::Method::Token) && !opts.token {
+        return Err(AuthorityError::Invalid("the token method needs a token".into()));
+    }
+    let secret = match &opts.secret {
+        None => None,
+        Some(_) if opts.method != Some(groups::Method::Symmetric) => {
+            return Err(AuthorityError::Invalid("a device secret is for the symmetric method only".into()));
+        }
+        Some(s) if s.len() < 32 || s.len() > 64 => {
+            return Err(AuthorityError::Invalid("a device secret must be 32 to 64 bytes".into()));
+        }
+        Some(s) => Some(kms.seal(&groups::device_seal_context(id.as_str()), s)?),
+    };
     let now = clock.now();
-    let token = with_token.then(|| EnrollToken::generate(rng));
+    let token = opts.token.then(|| EnrollToken::generate(rng));
     let record = DeviceRecord {
         id: id.clone(),
         status: DeviceStatus::Registered,
@@ -138,13 +190,25 @@ pub async fn register_device(
         created_at: now,
         updated_at: now,
     };
-    let audit =
-        audit::event(now, actor, "device.register", id.as_str(), serde_json::json!({"token": with_token}));
-    store.insert_device(&record, &devid_store::DeviceMeta::default(), &audit).await.map_err(|e| {
-        match e.kind() {
-            devid_core::ErrorKind::Conflict => AuthorityError::DeviceExists(id.to_string()),
-            _ => AuthorityError::Store(e),
-        }
+    let meta = devid_store::DeviceMeta {
+        labels: opts.labels.clone(),
+        batch_id: None,
+        group: opts.group.clone(),
+        method: opts.method.map(|m| m.as_str().to_string()),
+        secret,
+    };
+    let audit = audit::event(
+        now,
+        actor,
+        "device.register",
+        id.as_str(),
+        serde_json::json!({
+            "token": opts.token, "group": opts.group, "method": meta.method, "secret": opts.secret.is_some(),
+        }),
+    );
+    store.insert_device(&record, &meta, &audit).await.map_err(|e| match e.kind() {
+        devid_core::ErrorKind::Conflict => AuthorityError::DeviceExists(id.to_string()),
+        _ => AuthorityError::Store(e),
     })?;
     Ok((record, token))
 }

@@ -220,15 +220,38 @@ pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl
 }
 
 /// Certificates issued, by enrollment method.
-pub static CERTIFICATES_ISSUED: LabeledCounters<2> = LabeledCounters::new(["token", "other"]);
+pub static CERTIFICATES_ISSUED: LabeledCounters<6> =
+    LabeledCounters::new(["token", "x509", "tpm", "symmetric", "renewal", "other"]);
+/// Refused attestation evidence, by reason (`devid_attest::Failure`).
+pub static ATTESTATION_FAILURES: LabeledCounters<10> = LabeledCounters::new([
+    "malformed",
+    "untrusted-chain",
+    "expired",
+    "revoked",
+    "bad-proof",
+    "binding-mismatch",
+    "bad-attributes",
+    "no-device-id",
+    "unsupported-algorithm",
+    "other",
+]);
 /// Certificates revoked through this process (REST, or quarantine racing an enrollment).
 pub static CERTIFICATES_REVOKED: Counter = Counter::new();
 /// Refused enrollments, by problem code.
-pub static ENROLLMENT_FAILURES: LabeledCounters<13> = LabeledCounters::new([
+pub static ENROLLMENT_FAILURES: LabeledCounters<22> = LabeledCounters::new([
     "bad-csr",
     "token-invalid",
     "token-used",
     "device-quarantined",
+    "nonce-invalid",
+    "nonce-used",
+    "attestation-failed",
+    "method-not-allowed",
+    "device-not-registered",
+    "renewal-refused",
+    "client-certificate-required",
+    "rate-limited",
+    "forbidden",
     "invalid-request",
     "unsupported-media-type",
     "body-too-large",
@@ -263,6 +286,9 @@ pub fn render(out: &mut String) {
     let name = "devid_enrollment_failures_total";
     family(out, name, "counter", "Refused enrollments, by problem code.");
     ENROLLMENT_FAILURES.render(out, name, "reason");
+    let name = "devid_attestation_failures_total";
+    family(out, name, "counter", "Refused attestation evidence, by reason.");
+    ATTESTATION_FAILURES.render(out, name, "reason");
     let name = "devid_ocsp_responses_total";
     family(out, name, "counter", "OCSP responses, by source: cache, signed or error.");
     sample(out, name, &[("source", "cache")], OCSP_CACHE.get());

@@ -12,15 +12,16 @@ impl Authority {
     pub async fn register_device(
         &self,
         id: &DeviceId,
-        with_token: bool,
+        opts: &crate::DeviceOptions,
         actor: &Actor,
     ) -> Result<(DeviceRecord, Option<EnrollToken>), AuthorityError> {
         crate::register_device(
             self.store.as_ref(),
+            self.kms.as_ref(),
             self.clock.as_ref(),
             self.rng.as_ref(),
             id,
-            with_token,
+            opts,
             actor,
         )
         .await
@@ -146,5 +147,41 @@ impl Authority {
         limit: u32,
     ) -> Result<Vec<devid_store::AuditRecord>, AuthorityError> {
         Ok(self.store.audit_entries(after_seq, limit).await?)
+    }
+}
+
+impl Authority {
+    /// Define (or with `replace`, redefine) an enrollment group; see [`crate::groups::put_group`].
+    pub async fn put_group(
+        &self,
+        spec: crate::groups::GroupSpec,
+        replace: bool,
+        actor: &Actor,
+    ) -> Result<(crate::groups::GroupView, Option<zeroize::Zeroizing<Vec<u8>>>), AuthorityError> {
+        crate::groups::put_group(
+            self.store.as_ref(),
+            self.kms.as_ref(),
+            self.clock.as_ref(),
+            self.rng.as_ref(),
+            spec,
+            replace,
+            actor,
+        )
+        .await
+    }
+
+    /// A group.
+    pub async fn group(&self, name: &str) -> Result<crate::groups::GroupView, AuthorityError> {
+        crate::groups::get_group(self.store.as_ref(), name).await
+    }
+
+    /// Every group.
+    pub async fn groups(&self) -> Result<Vec<crate::groups::GroupView>, AuthorityError> {
+        crate::groups::list_groups(self.store.as_ref()).await
+    }
+
+    /// Delete a group no device belongs to.
+    pub async fn delete_group(&self, name: &str, actor: &Actor) -> Result<(), AuthorityError> {
+        crate::groups::delete_group(self.store.as_ref(), self.clock.as_ref(), name, actor).await
     }
 }

@@ -36,3 +36,12 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
     d.as_ref().iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
+
+/// The serial number of a DER certificate (RFC 5280 §4.1.2.2).
+pub fn certificate_serial(der: &[u8]) -> Result<devid_core::Serial, CaError> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(der)
+        .map_err(|e| CaError::InvalidCertificate(format!("not a certificate: {e}")))?;
+    devid_core::Serial::from_bytes(cert.tbs_certificate.serial_number.as_bytes())
+        .map_err(|e| CaError::InvalidCertificate(format!("serial: {e}")))
+}

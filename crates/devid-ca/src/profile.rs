@@ -154,6 +154,61 @@ pub fn leaf_tbs(
     subject_spki_der: &[u8],
     now: UnixTime,
 ) -> Result<(Vec<u8>, Validity), CaError> {
+    let uri = format!("{}{}", profile.device_uri_prefix, device);
+    let san = vec![GeneralName::UniformResourceIdentifier(Ia5String::new(&uri)?)];
+    end_entity_tbs(
+        issuer,
+        alg,
+        profile,
+        serial,
+        device.as_str(),
+        subject_spki_der,
+        now,
+        rfc5280::ID_KP_CLIENT_AUTH,
+        san,
+    )
+}
+
+/// Build the TBSCertificate of devid's own TLS server certificate (the renewal
+/// listener): like a device leaf, but with EKU serverAuth (RFC 5280 §4.2.1.12) and the
+/// listener's DNS names and IP addresses as subject alternative names (§4.2.1.6).
+pub fn server_tbs(
+    issuer: &IssuerInfo,
+    alg: SignatureAlgorithm,
+    profile: &LeafProfile,
+    serial: &Serial,
+    names: &[String],
+    subject_spki_der: &[u8],
+    now: UnixTime,
+) -> Result<(Vec<u8>, Validity), CaError> {
+    let mut san = Vec::with_capacity(names.len());
+    for n in names {
+        match n.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => {
+                san.push(GeneralName::IpAddress(OctetString::new(ip.octets().to_vec())?))
+            }
+            Ok(std::net::IpAddr::V6(ip)) => {
+                san.push(GeneralName::IpAddress(OctetString::new(ip.octets().to_vec())?))
+            }
+            Err(_) => san.push(GeneralName::DnsName(Ia5String::new(n)?)),
+        }
+    }
+    let cn = names.first().map(String::as_str).unwrap_or("devid");
+    end_entity_tbs(issuer, alg, profile, serial, cn, subject_spki_der, now, rfc5280::ID_KP_SERVER_AUTH, san)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn end_entity_tbs(
+    issuer: &IssuerInfo,
+    alg: SignatureAlgorithm,
+    profile: &LeafProfile,
+    serial: &Serial,
+    subject_cn: &str,
+    subject_spki_der: &[u8],
+    now: UnixTime,
+    eku: ObjectIdentifier,
+    san: Vec<GeneralName>,
+) -> Result<(Vec<u8>, Validity), CaError> {
     if profile.validity_secs <= 0 {
         return Err(CaError::Encoding("leaf validity must be positive".into()));
     }
@@ -165,12 +220,11 @@ pub fn leaf_tbs(
     if validity.not_after <= now {
         return Err(CaError::InvalidCertificate("the issuing CA has expired".into()));
     }
-    let uri = format!("{}{}", profile.device_uri_prefix, device);
     let extensions = vec![
         ext(&BasicConstraints { ca: false, path_len_constraint: None }, true)?,
         ext(&KeyUsage(KeyUsages::DigitalSignature.into()), true)?,
-        ext(&ExtendedKeyUsage(vec![rfc5280::ID_KP_CLIENT_AUTH]), false)?,
-        ext(&SubjectAltName(vec![GeneralName::UniformResourceIdentifier(Ia5String::new(&uri)?)]), false)?,
+        ext(&ExtendedKeyUsage(vec![eku]), false)?,
+        ext(&SubjectAltName(san), false)?,
         ext(&SubjectKeyIdentifier(OctetString::new(key_id(&spki))?), false)?,
         ext(&aki(&issuer.ski)?, false)?,
         ext(
@@ -206,7 +260,7 @@ pub fn leaf_tbs(
         alg,
         issuer.name.clone(),
         validity,
-        name(&[(rfc4519::CN, device.as_str())])?,
+        name(&[(rfc4519::CN, subject_cn)])?,
         spki,
         extensions,
     )?;

@@ -206,6 +206,7 @@ pub struct SoftKeyStore {
     argon2: Argon2Params,
     rng: SystemRandom,
     cache: Mutex<HashMap<String, Arc<SoftSigner>>>,
+    seal_key: std::sync::OnceLock<Zeroizing<[u8; 32]>>,
 }
 
 impl fmt::Debug for SoftKeyStore {
@@ -255,7 +256,110 @@ impl SoftKeyStore {
                 return Err(io_error(&format!("cannot open software key store {}", dir.display()), &e));
             }
         }
-        Ok(SoftKeyStore { dir, kek, argon2, rng: SystemRandom::new(), cache: Mutex::new(HashMap::new()) })
+        Ok(SoftKeyStore {
+            dir,
+            kek,
+            argon2,
+            rng: SystemRandom::new(),
+            cache: Mutex::new(HashMap::new()),
+            seal_key: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The AES-256 key that seals secrets kept in the database: from a raw KEK by HMAC-SHA256
+    /// with a fixed label (RFC 5869 §2.2 extract step, as a one-block KDF); from a
+    /// passphrase by Argon2id over the installation's random `seal.salt` (made once, 0600).
+    /// Derived once per process.
+    fn seal_key(&self) -> Result<&Zeroizing<[u8; 32]>, KmsError> {
+        if let Some(k) = self.seal_key.get() {
+            return Ok(k);
+        }
+        let key = match &self.kek {
+            Kek::Key(k) => {
+                let mac = aws_lc_rs::hmac::sign(
+                    &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, k.as_slice()),
+                    b"devid-seal-v1",
+                );
+                let mut out = Zeroizing::new([0u8; 32]);
+                out.copy_from_slice(mac.as_ref());
+                out
+            }
+            Kek::Passphrase(pass) => {
+                let path = self.dir.join("seal.salt");
+                let salt = match fs::read(&path) {
+                    Ok(s) if s.len() == SALT_LEN => s,
+                    Ok(_) => {
+                        return Err(KmsError::Backend {
+                            kind: ErrorKind::Internal,
+                            detail: format!("{} is not {SALT_LEN} bytes", path.display()),
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        let mut salt = [0u8; SALT_LEN];
+                        self.rng.fill(&mut salt).map_err(|_| internal("random salt"))?;
+                        let mut f =
+                            OpenOptions::new()
+                                .write(true)
+                                .create_new(true)
+                                .mode(0o600)
+                                .open(&path)
+                                .map_err(|e| io_error(&format!("cannot create {}", path.display()), &e))?;
+                        f.write_all(&salt)
+                            .and_then(|()| f.sync_all())
+                            .map_err(|e| io_error(&format!("cannot write {}", path.display()), &e))?;
+                        salt.to_vec()
+                    }
+                    Err(e) => return Err(io_error(&format!("cannot read {}", path.display()), &e)),
+                };
+                derive_argon2id(pass, &salt, self.argon2)?
+            }
+        };
+        Ok(self.seal_key.get_or_init(|| key))
+    }
+
+    /// See [`KeyManager::seal`]. Layout: version byte 1, 12-byte nonce, ciphertext and tag.
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let key = self.seal_key()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce).map_err(|_| internal("random nonce"))?;
+        let sealing =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.as_slice()).map_err(|_| internal("AES key"))?);
+        let mut buf = plaintext.to_vec();
+        sealing
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(format!("devid-seal-v1:{context}").as_bytes()),
+                &mut buf,
+            )
+            .map_err(|_| internal("AES-GCM seal failed"))?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + buf.len());
+        out.push(1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&buf);
+        Ok(out)
+    }
+
+    /// See [`KeyManager::unseal`].
+    pub fn unseal(&self, context: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+        let key = self.seal_key()?;
+        let fail = || KmsError::Decrypt { key: format!("sealed secret ({context})") };
+        if sealed.len() < 1 + NONCE_LEN + 16 || sealed[0] != 1 {
+            return Err(fail());
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| fail())?;
+        let sealing =
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.as_slice()).map_err(|_| internal("AES key"))?);
+        let mut buf = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
+        let n = sealing
+            .open_in_place(
+                nonce,
+                Aad::from(format!("devid-seal-v1:{context}").as_bytes()),
+                buf.as_mut_slice(),
+            )
+            .map_err(|_| fail())?
+            .len();
+        buf.truncate(n);
+        Ok(buf)
     }
 
     /// The key directory.
@@ -626,6 +730,23 @@ mod tests {
         // A raw-key store cannot read a passphrase file.
         let raw = SoftKeyStore::open(dir.path(), Kek::Key(Zeroizing::new([7u8; 32]))).expect("open");
         assert!(matches!(raw.signer(&k), Err(KmsError::Decrypt { .. })));
+    }
+
+    #[test]
+    fn sealed_secrets_open_only_in_their_context() {
+        for kek in [pass("seal pass"), Kek::Key(Zeroizing::new([7; 32]))] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SoftKeyStore::open_for_tests(dir.path(), kek).unwrap();
+            let sealed = store.seal("group:a", b"master key").unwrap();
+            assert!(!sealed.windows(10).any(|w| w == b"master key"));
+            assert_eq!(store.unseal("group:a", &sealed).unwrap().as_slice(), b"master key");
+            assert!(store.unseal("group:b", &sealed).is_err(), "context is bound");
+            let mut bad = sealed.clone();
+            *bad.last_mut().unwrap() ^= 1;
+            assert!(store.unseal("group:a", &bad).is_err());
+            assert!(store.unseal("group:a", &[1, 2, 3]).is_err());
+            assert_ne!(store.seal("group:a", b"master key").unwrap(), sealed, "fresh nonce");
+        }
     }
 
     #[test]

@@ -64,6 +64,40 @@ pub struct RawConfig {
     pub crl: CrlRaw,
     /// API access tokens.
     pub auth: AuthRaw,
+    /// The renewal listener (mutual TLS).
+    pub tls: TlsRaw,
+    /// Enrollment and renewal policy.
+    pub enroll: EnrollRaw,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsRaw {
+    /// Listen address of the renewal listener (HTTPS, mutual TLS), or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// DNS names and IP addresses of its server certificate, comma-separated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub names: Option<String>,
+    /// Lifetime of its server certificate (re-issued at half of it), e.g. `7d`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validity: Option<String>,
+}
+
+/// `[enroll]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollRaw {
+    /// How long an enrollment challenge is accepted, e.g. `5m`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge_ttl: Option<String>,
+    /// Renewal opens at this fraction of a certificate's lifetime (0 to 1), e.g. `0.5`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renew_after: Option<String>,
+    /// Renewal is still allowed this long after expiry, e.g. `1h`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renew_grace: Option<String>,
 }
 
 /// `[auth]`.
@@ -221,6 +255,18 @@ pub struct Config {
     pub crl_shards: u16,
     /// Access token lifetime.
     pub token_lifetime: Duration,
+    /// Renewal listener address (`None`: off).
+    pub tls_listen: Option<SocketAddr>,
+    /// Names in the renewal listener's certificate.
+    pub tls_names: Vec<String>,
+    /// Lifetime of the renewal listener's certificate.
+    pub tls_validity: Duration,
+    /// Enrollment challenge lifetime.
+    pub challenge_ttl: Duration,
+    /// Renewal opens at this fraction of the lifetime.
+    pub renew_after: f64,
+    /// Renewal grace period after expiry.
+    pub renew_grace: Duration,
 }
 
 /// A configuration error, naming the key.
@@ -234,8 +280,20 @@ fn bad(key: &str, msg: impl std::fmt::Display) -> ConfigError {
 
 /// The top-level keys, used to keep unrelated `DEVID_*` variables (e.g. the test
 /// runner's `DEVID_TEST_*`) out of the configuration.
-const KEYS: [&str; 10] =
-    ["listen", "data_dir", "database_url", "public_url", "issuance", "kms", "log", "ocsp", "crl", "auth"];
+const KEYS: [&str; 12] = [
+    "listen",
+    "data_dir",
+    "database_url",
+    "public_url",
+    "issuance",
+    "kms",
+    "log",
+    "ocsp",
+    "crl",
+    "auth",
+    "tls",
+    "enroll",
+];
 
 /// Whether a `DEVID_`-stripped, lowercased variable name is one of ours (`listen`,
 /// `kms__passphrase`, …), as opposed to e.g. the test runner's `DEVID_TEST_*`.
@@ -486,7 +544,63 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Duration::from_secs(1),
         Duration::from_secs(900),
     )?;
+    let tls_listen = match raw.tls.listen.as_deref().unwrap_or("127.0.0.1:8443") {
+        "off" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|_| {
+            bad("tls.listen", format!("'{text}' is not an address like 127.0.0.1:8443 (or off)"))
+        })?),
+    };
+    let tls_names: Vec<String> = match raw.tls.names.as_deref() {
+        Some(n) => n.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        None => {
+            let mut names = vec!["localhost".to_string()];
+            if let Some(a) = tls_listen {
+                let ip = a.ip();
+                names.push(if ip.is_unspecified() { "127.0.0.1".to_string() } else { ip.to_string() });
+            }
+            names
+        }
+    };
+    if tls_names.is_empty()
+        || tls_names.iter().any(|n| n.len() > 253 || !n.is_ascii() || n.contains(char::is_whitespace))
+    {
+        return Err(bad("tls.names", "give one or more DNS names or IP addresses, comma-separated"));
+    }
+    let tls_validity = duration(
+        "tls.validity",
+        raw.tls.validity.as_deref(),
+        Duration::from_secs(7 * 86400),
+        Duration::from_secs(3600),
+        Duration::from_secs(397 * 86400),
+    )?;
+    let challenge_ttl = duration(
+        "enroll.challenge_ttl",
+        raw.enroll.challenge_ttl.as_deref(),
+        Duration::from_secs(300),
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    )?;
+    let renew_after = match raw.enroll.renew_after.as_deref() {
+        None => 0.5,
+        Some(s) => match s.trim().parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => f,
+            _ => return Err(bad("enroll.renew_after", format!("'{s}' is not a fraction from 0 to 1"))),
+        },
+    };
+    let renew_grace = duration(
+        "enroll.renew_grace",
+        raw.enroll.renew_grace.as_deref(),
+        Duration::from_secs(3600),
+        Duration::ZERO,
+        Duration::from_secs(30 * 86400),
+    )?;
     Ok(Config {
+        tls_listen,
+        tls_names,
+        tls_validity,
+        challenge_ttl,
+        renew_after,
+        renew_grace,
         ocsp_validity,
         ocsp_responder_validity,
         ocsp_cache_capacity,

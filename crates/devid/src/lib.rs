@@ -75,6 +75,9 @@ enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Enrollment groups (policy for a factory line's devices).
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Print the OpenAPI 3.1 document of the HTTP API.
     Openapi,
 }
@@ -169,6 +172,9 @@ struct ServeArgs {
     /// Public base URL put into certificates (OCSP, CA issuers, CRL) [default: http://<listen address>].
     #[arg(long, value_name = "URL")]
     public_url: Option<String>,
+    /// Renewal listener (HTTPS, mutual TLS) address, or `off` [default: 127.0.0.1:8443].
+    #[arg(long, value_name = "ADDR")]
+    tls_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -237,19 +243,104 @@ struct CaInitArgs {
 #[derive(Debug, Subcommand)]
 enum DeviceCommand {
     /// Register a device and print its one-time enrollment token.
-    Add {
-        /// The device id (1-128 of A-Z a-z 0-9 . _ : -).
-        #[arg(long)]
-        id: String,
-        /// Print {"id": …, "token": …}.
-        #[arg(long)]
-        json: bool,
-    },
+    Add(DeviceAddArgs),
     /// Pre-register a batch of devices from a file (JSON lines or CSV with a header row
     /// id,method,group,labels). Idempotent: importing the same file again creates nothing
     /// and resumes an import that stopped midway. Created devices' one-time tokens are
     /// written as JSON lines {"id", "token"} (shown once), to stdout or --tokens FILE.
     Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+struct DeviceAddArgs {
+    /// The device id (1-128 of A-Z a-z 0-9 . _ : -).
+    #[arg(long)]
+    id: String,
+    /// Its enrollment group (devices of groups with `--registration required` must be
+    /// registered in the group before they enroll).
+    #[arg(long, value_name = "NAME")]
+    group: Option<String>,
+    /// Its own attestation method, which its group must allow: token, x509, tpm, symmetric
+    /// [default: a token, and whatever its group allows].
+    #[arg(long, value_name = "METHOD", value_parser = parse_method)]
+    method: Option<devid_authority::groups::Method>,
+    /// Its own derived key for the symmetric method: a file holding 32-64 bytes (raw, hex
+    /// or base64). Stored sealed.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// Do not make a one-time enrollment token (for devices that attest another way).
+    #[arg(long)]
+    no_token: bool,
+    /// Print {"id": …, "token": …}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Define an enrollment group: which attestation methods it allows, their trust
+    /// anchors, whether devices must be registered first, the certificate lifetime.
+    Add(GroupAddArgs),
+    /// List the groups.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a group.
+    Show {
+        /// The group name.
+        name: String,
+    },
+    /// Delete a group no device belongs to.
+    Remove {
+        /// The group name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct GroupAddArgs {
+    /// The group name (1-64 of A-Z a-z 0-9 . _ -).
+    name: String,
+    /// Allowed methods (repeat, or comma-separate): x509, tpm, symmetric, token.
+    #[arg(long = "method", value_name = "METHOD", required = true, value_delimiter = ',', value_parser = parse_method)]
+    methods: Vec<devid_authority::groups::Method>,
+    /// A trust anchor: a PEM (or DER) file of CA certificates (the manufacturer's IDevID CA
+    /// for x509, the TPM vendor's EK CA for tpm). Repeat for more.
+    #[arg(long = "trust-anchor", value_name = "FILE")]
+    trust_anchors: Vec<PathBuf>,
+    /// A manufacturer CRL (PEM or DER) checked for x509 chains. Repeat for more.
+    #[arg(long = "crl", value_name = "FILE")]
+    crls: Vec<PathBuf>,
+    /// required: devices must be registered in the group first; optional: any device the
+    /// group's evidence proves may enroll (it is registered then).
+    #[arg(long, default_value = "required", value_parser = ["required", "optional"])]
+    registration: String,
+    /// Maximum certificate lifetime, e.g. 12h (capped by issuance.validity).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    validity: Option<std::time::Duration>,
+    /// For x509: where the device id is: subject-serial, subject-cn, san-uri:<prefix>,
+    /// san-dns [default: subject-serial].
+    #[arg(long, value_name = "SOURCE")]
+    id_source: Option<String>,
+    /// For symmetric: the master key, a file holding 32-64 bytes (raw, hex or base64)
+    /// [default: generated, printed once].
+    #[arg(long, value_name = "FILE")]
+    master_key_file: Option<PathBuf>,
+    /// Enrollments a minute for the whole group.
+    #[arg(long, value_name = "N")]
+    rate: Option<i64>,
+    /// Replace the group if it exists.
+    #[arg(long)]
+    replace: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_method(s: &str) -> Result<devid_authority::groups::Method, String> {
+    s.parse()
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +412,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     if let Command::Serve(a) = &cli.command {
         overrides.listen = a.listen.clone();
         overrides.public_url = a.public_url.clone();
+        overrides.tls.listen = a.tls_listen.clone();
     }
     let cfg = config::load(cli.config.as_deref(), &overrides)?;
     init_tracing(&cfg);
@@ -328,7 +420,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(_) => serve(cfg).await,
         Command::Ca(CaCommand::Init(args)) => ca_init(&cfg, *args).await,
         Command::Ca(CaCommand::Show { json }) => ca_show(&cfg, json).await,
-        Command::Device(DeviceCommand::Add { id, json }) => device_add(&cfg, &id, json).await,
+        Command::Device(DeviceCommand::Add(args)) => device_add(&cfg, args).await,
+        Command::Group(g) => group(&cfg, g).await,
         Command::Device(DeviceCommand::Import(args)) => device_import(&cfg, args).await,
         Command::Revoke(args) => revoke(&cfg, args).await,
         Command::Quarantine { device_id, reason, json } => quarantine(&cfg, &device_id, reason, json).await,
@@ -483,9 +576,17 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
             backdate_secs: cfg.backdate.as_secs() as i64,
             device_uri_prefix: cfg.device_uri_prefix.clone(),
             crl_shards: cfg.crl_shards,
+            challenge_ttl_secs: cfg.challenge_ttl.as_secs() as i64,
+            renew_after_fraction: cfg.renew_after,
+            renew_grace_secs: cfg.renew_grace.as_secs() as i64,
         },
     )
     .await?;
+    let authority = Arc::new(authority);
+    let tls = match cfg.tls_listen {
+        None => None,
+        Some(addr) => Some(start_tls(&cfg, &authority, addr).await?),
+    };
     let publish = publish_config(&cfg, public_url.clone());
     let publisher = devid_authority::publish::Publisher::start(
         store.clone(),
@@ -508,6 +609,9 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     } else {
         println!("OCSP: {base}/ocsp   CRL: {base}/crl/{}.crl", issuer.id);
     }
+    if let Some((l, _)) = &tls {
+        println!("renewal listener on https://{}", l.local_addr()?);
+    }
     println!("listening on http://{addr}");
     let tokens = Arc::new(devid_authority::auth::TokenService::new(
         store.clone(),
@@ -520,12 +624,85 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
             t
         },
     ));
-    let app = devid_api::router(devid_api::AppState { authority: Arc::new(authority), publisher, tokens });
+    let app = devid_api::router(devid_api::AppState { authority, publisher, tokens });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let tls_task = tls.map(|(l, config)| {
+        tokio::spawn(devid_api::tls::serve(l, config, app.clone(), stopped(stop_rx.clone())))
+    });
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stopped(stop_rx))
         .await?;
+    if let Some(t) = tls_task {
+        let _ = t.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The renewal listener: bind, get a server certificate from our own CA for a key held in
+/// memory only, and re-issue it (with a new key) at half its lifetime.
+async fn start_tls(
+    cfg: &Config,
+    authority: &Arc<Authority>,
+    addr: std::net::SocketAddr,
+) -> Result<(tokio::net::TcpListener, rustls::ServerConfig), CliError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError(format!("cannot listen on {addr} (tls.listen): {e}")))?;
+    let validity = cfg.tls_validity.as_secs() as i64;
+    let names = cfg.tls_names.clone();
+    let (chain, pkcs8) = server_certificate(authority, &names, validity).await?;
+    let resolver = Arc::new(devid_api::tls::ServerCert::new(chain, &pkcs8)?);
+    let issuing: Vec<Vec<u8>> = authority
+        .store()
+        .list_cas()
+        .await?
+        .into_iter()
+        .filter(|c| c.kind == CaKind::Issuing)
+        .map(|c| c.cert_der)
+        .collect();
+    let config = devid_api::tls::server_config(resolver.clone(), &issuing, cfg.renew_grace.as_secs())?;
+    let authority = authority.clone();
+    tokio::spawn(async move {
+        let every = std::time::Duration::from_secs((validity / 2).max(60) as u64);
+        loop {
+            tokio::time::sleep(every).await;
+            match server_certificate(&authority, &names, validity).await {
+                Ok((chain, pkcs8)) => {
+                    if let Err(e) = resolver.replace(chain, &pkcs8) {
+                        tracing::error!(error = %e, "renewal listener: new server certificate not usable");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e.0, "renewal listener: cannot renew the server certificate")
+                }
+            }
+        }
+    });
+    Ok((listener, config))
+}
+
+/// A server certificate chain (leaf, issuing CA) and its in-memory key (PKCS#8).
+async fn server_certificate(
+    authority: &Authority,
+    names: &[String],
+    validity: i64,
+) -> Result<(Vec<Vec<u8>>, zeroize::Zeroizing<Vec<u8>>), CliError> {
+    let (pkcs8, spki) = devid_api::tls::generate_server_key()?;
+    let issued = authority.issue_server_certificate(names, &spki, validity).await?;
+    let mut chain = vec![issued.cert_der];
+    // The issuing CA (the first certificate of the chain); the root stays with the client.
+    if let Some(p) = pem::parse_many(issued.chain_pem.as_bytes())?.into_iter().next() {
+        chain.push(p.into_contents());
+    }
+    Ok((chain, pkcs8))
 }
 
 async fn shutdown_signal() {
@@ -655,18 +832,166 @@ async fn ca_show(cfg: &Config, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn device_add(cfg: &Config, id: &str, json: bool) -> Result<(), CliError> {
-    let id = DeviceId::new(id).map_err(|e| CliError(format!("--id: {e}")))?;
+async fn device_add(cfg: &Config, a: DeviceAddArgs) -> Result<(), CliError> {
+    let id = DeviceId::new(&a.id).map_err(|e| CliError(format!("--id: {e}")))?;
+    let secret = match &a.secret_file {
+        Some(f) => Some(read_key_file(f, "--secret-file")?),
+        None => None,
+    };
     let store = open_store(cfg).await?;
-    let (_, token) =
-        devid_authority::register_device(store.as_ref(), &SystemClock, &OsEntropy, &id, true, &Actor::cli())
-            .await?;
-    let token = token.ok_or_else(|| CliError("no token was generated".into()))?;
-    if json {
-        println!("{}", serde_json::json!({ "id": id.to_string(), "token": token.reveal() }));
+    let kms = build_kms(cfg)?;
+    let opts = devid_authority::DeviceOptions {
+        token: !a.no_token,
+        group: a.group.clone(),
+        method: a.method,
+        secret,
+        labels: None,
+    };
+    let (_, token) = devid_authority::register_device(
+        store.as_ref(),
+        &kms,
+        &SystemClock,
+        &OsEntropy,
+        &id,
+        &opts,
+        &Actor::cli(),
+    )
+    .await?;
+    match (token, a.json) {
+        (Some(t), true) => println!("{}", serde_json::json!({ "id": id.to_string(), "token": t.reveal() })),
+        (None, true) => println!("{}", serde_json::json!({ "id": id.to_string(), "token": null })),
+        (Some(t), false) => {
+            println!("device {id} registered; one-time enrollment token (shown once):");
+            println!("{}", t.reveal());
+        }
+        (None, false) => println!("device {id} registered"),
+    }
+    Ok(())
+}
+
+/// A key file: raw bytes, or 64-128 hex digits, or base64 (surrounding whitespace ignored).
+fn read_key_file(path: &Path, flag: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, CliError> {
+    use base64::Engine;
+    let raw = zeroize::Zeroizing::new(
+        std::fs::read(path).map_err(|e| CliError(format!("{flag}: cannot read {}: {e}", path.display())))?,
+    );
+    let text = std::str::from_utf8(&raw).ok().map(str::trim);
+    let decoded = text.and_then(|t| {
+        if t.len() >= 64 && t.len() % 2 == 0 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(t).ok()
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.trim_end_matches('=')))
+                .ok()
+                .filter(|k| k.len() >= 32)
+        }
+    });
+    let key = zeroize::Zeroizing::new(decoded.unwrap_or_else(|| raw.to_vec()));
+    if key.len() < 32 || key.len() > 64 {
+        return Err(CliError(format!("{flag}: {} does not hold a 32-64 byte key", path.display())));
+    }
+    Ok(key)
+}
+
+/// Certificates or CRLs from a PEM (any number of blocks with `label`) or DER file.
+fn read_ders(path: &Path, label: &str, flag: &str) -> Result<Vec<Vec<u8>>, CliError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| CliError(format!("{flag}: cannot read {}: {e}", path.display())))?;
+    if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
+        let blocks = pem::parse_many(&bytes)
+            .map_err(|e| CliError(format!("{flag}: {} is not PEM: {e}", path.display())))?;
+        let ders: Vec<Vec<u8>> =
+            blocks.into_iter().filter(|p| p.tag() == label).map(|p| p.into_contents()).collect();
+        if ders.is_empty() {
+            return Err(CliError(format!("{flag}: no {label} in {}", path.display())));
+        }
+        Ok(ders)
     } else {
-        println!("device {id} registered; one-time enrollment token (shown once):");
-        println!("{}", token.reveal());
+        Ok(vec![bytes])
+    }
+}
+
+async fn group(cfg: &Config, g: GroupCommand) -> Result<(), CliError> {
+    use devid_authority::groups;
+    let store = open_store(cfg).await?;
+    let show = |v: &groups::GroupView, master_key: Option<&[u8]>| {
+        use base64::Engine;
+        serde_json::json!({
+            "name": v.record.name, "methods": v.record.methods, "registration": v.record.registration,
+            "id_source": v.record.id_source, "validity_secs": v.record.validity_secs,
+            "trust_anchors": v.anchors.iter().map(|(s, f)| serde_json::json!({"subject": s, "sha256": f})).collect::<Vec<_>>(),
+            "crls": v.record.crls.len(), "has_master_key": v.has_master_key, "rate_per_minute": v.record.rate_per_minute,
+            "created_at": v.record.created_at.to_rfc3339(), "updated_at": v.record.updated_at.to_rfc3339(),
+            "master_key": master_key.map(|k| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k)),
+        })
+    };
+    match g {
+        GroupCommand::Add(a) => {
+            let mut anchors = Vec::new();
+            for f in &a.trust_anchors {
+                anchors.extend(read_ders(f, "CERTIFICATE", "--trust-anchor")?);
+            }
+            let mut crls = Vec::new();
+            for f in &a.crls {
+                crls.extend(read_ders(f, "X509 CRL", "--crl")?);
+            }
+            let master_key = match &a.master_key_file {
+                Some(f) => Some(read_key_file(f, "--master-key-file")?),
+                None => None,
+            };
+            let spec = groups::GroupSpec {
+                name: a.name.clone(),
+                methods: a.methods.clone(),
+                registration_required: a.registration == "required",
+                id_source: a.id_source.clone(),
+                validity_secs: a.validity.map(|d| d.as_secs() as i64),
+                trust_anchors: anchors,
+                crls,
+                master_key,
+                rate_per_minute: a.rate,
+            };
+            let kms = build_kms(cfg)?;
+            let (view, generated) = groups::put_group(
+                store.as_ref(),
+                &kms,
+                &SystemClock,
+                &OsEntropy,
+                spec,
+                a.replace,
+                &Actor::cli(),
+            )
+            .await?;
+            if a.json {
+                println!("{}", show(&view, generated.as_deref().map(|k| k.as_slice())));
+            } else {
+                println!("group {} defined: methods {}", view.record.name, view.record.methods.join(","));
+                if let Some(k) = generated {
+                    println!("master key (base64url, shown once): {}", {
+                        use base64::Engine;
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.as_slice())
+                    });
+                }
+            }
+        }
+        GroupCommand::List { json } => {
+            let all: Vec<serde_json::Value> =
+                groups::list_groups(store.as_ref()).await?.iter().map(|v| show(v, None)).collect();
+            if json {
+                println!("{}", serde_json::Value::Array(all));
+            } else {
+                for g in all {
+                    println!("{g}");
+                }
+            }
+        }
+        GroupCommand::Show { name } => {
+            println!("{}", show(&groups::get_group(store.as_ref(), &name).await?, None))
+        }
+        GroupCommand::Remove { name } => {
+            groups::delete_group(store.as_ref(), &SystemClock, &name, &Actor::cli()).await?;
+            println!("group {name} deleted");
+        }
     }
     Ok(())
 }

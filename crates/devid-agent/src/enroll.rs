@@ -1,0 +1,302 @@
+//! Enrollment (PROTOCOL.md §1–2) and renewal (§3), from evidence to files on disk.
+
+use std::path::PathBuf;
+
+use devid_core::DeviceId;
+use zeroize::Zeroizing;
+
+use crate::client::{endpoint, http_client, mtls_client, post_json, read_pem_certificates};
+use crate::error::{AgentError, ErrorKind};
+use crate::files::{self, CertInfo, Layout, NewFile};
+use crate::keys::{Csr, DeviceKey, FactoryKey, pem_certificates};
+use crate::protocol::{
+    ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, RenewRequest, b64, unb64,
+};
+
+/// What the device proves its identity with.
+pub enum Evidence {
+    /// A one-time enrollment token from `devid device add`.
+    Token {
+        /// The token (a secret).
+        token: Zeroizing<String>,
+    },
+    /// An X.509 IDevID: the factory chain (DER, device certificate first) and its key.
+    X509 {
+        /// The enrollment group.
+        group: String,
+        /// The factory chain, DER, device certificate first.
+        chain: Vec<Vec<u8>>,
+        /// The factory key.
+        key: FactoryKey,
+    },
+    /// A key derived from the group master key (or provisioned per device).
+    Symmetric {
+        /// The enrollment group.
+        group: String,
+        /// The device id the key belongs to.
+        device_id: DeviceId,
+        /// The device key (a secret).
+        device_key: Zeroizing<[u8; 32]>,
+    },
+    /// A TPM 2.0 (feature `tpm`).
+    #[cfg(feature = "tpm")]
+    Tpm {
+        /// The enrollment group.
+        group: String,
+        /// The TCTI, e.g. `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
+        tcti: String,
+        /// Which EK.
+        ek: crate::tpm::EkKind,
+    },
+}
+
+impl Evidence {
+    /// The method name of the protocol.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Evidence::Token { .. } => "token",
+            Evidence::X509 { .. } => "x509",
+            Evidence::Symmetric { .. } => "symmetric",
+            #[cfg(feature = "tpm")]
+            Evidence::Tpm { .. } => "tpm",
+        }
+    }
+
+    /// Whether enrolling again with this evidence can work (a token is single-use).
+    pub fn is_reusable(&self) -> bool {
+        !matches!(self, Evidence::Token { .. })
+    }
+}
+
+impl std::fmt::Debug for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evidence").field("method", &self.method()).finish_non_exhaustive()
+    }
+}
+
+/// An enrollment to do.
+#[derive(Debug)]
+pub struct EnrollPlan {
+    /// The enrollment server's base URL.
+    pub server: String,
+    /// Trust exactly these CA certificates (PEM file) for the server's TLS; else the
+    /// built-in web PKI roots.
+    pub ca: Option<PathBuf>,
+    /// The evidence.
+    pub evidence: Evidence,
+    /// The device id for the CSR's CN, when known.
+    pub device_id: Option<DeviceId>,
+}
+
+/// A renewal to do.
+#[derive(Debug, Clone)]
+pub struct RenewPlan {
+    /// The renewal listener's base URL (https).
+    pub server: String,
+    /// Trust exactly these CA certificates (PEM file); else the root at the end of
+    /// `chain.pem`.
+    pub ca: Option<PathBuf>,
+    /// Make a new key instead of certifying the current one again.
+    pub rekey: bool,
+}
+
+/// What was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The device id (the certificate's CN), when it has one.
+    pub device_id: Option<String>,
+    /// The serial number, lowercase hex.
+    pub serial: String,
+    /// notAfter, RFC 3339.
+    pub not_after: String,
+    /// The certificate file.
+    pub cert: PathBuf,
+    /// The chain file.
+    pub chain: PathBuf,
+    /// The key file (`key.pem`, or `key.tpm` for a TPM key).
+    pub key: PathBuf,
+}
+
+impl Outcome {
+    /// `{device_id, serial, not_after, cert, chain, key}` (paths), for `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "device_id": self.device_id,
+            "serial": self.serial,
+            "not_after": self.not_after,
+            "cert": self.cert.display().to_string(),
+            "chain": self.chain.display().to_string(),
+            "key": self.key.display().to_string(),
+        })
+    }
+}
+
+/// Enroll: make a key and a CSR, prove the identity as the evidence says, and write
+/// `key.pem` (0600), `cert.pem` and `chain.pem` atomically into `layout`.
+pub async fn enroll(plan: &EnrollPlan, layout: &Layout) -> Result<Outcome, AgentError> {
+    let roots = match &plan.ca {
+        Some(p) => Some(read_pem_certificates(p)?),
+        None => None,
+    };
+    let http = http_client(roots.as_deref())?;
+    #[cfg(feature = "tpm")]
+    if let Evidence::Tpm { group, tcti, ek } = &plan.evidence {
+        return crate::tpm_enroll::enroll(&http, plan, group, tcti, *ek, layout).await;
+    }
+    let key = DeviceKey::generate()?;
+    let csr = key.csr(plan.device_id.as_ref().map(DeviceId::as_str))?;
+    let body = match &plan.evidence {
+        Evidence::Token { token } => EnrollRequest::Token { token: token.to_string(), csr: csr.pem.clone() },
+        Evidence::X509 { group, chain, key: factory } => {
+            let (nonce_text, binding) = challenge(&http, &plan.server, group, "x509", &csr).await?;
+            EnrollRequest::X509 {
+                group: group.clone(),
+                nonce: nonce_text,
+                chain: chain.iter().map(|c| b64(c)).collect(),
+                signature: b64(&factory.sign(&binding)?),
+                csr: csr.pem.clone(),
+            }
+        }
+        Evidence::Symmetric { group, device_id, device_key } => {
+            let (nonce_text, binding) = challenge(&http, &plan.server, group, "symmetric", &csr).await?;
+            EnrollRequest::Symmetric {
+                group: group.clone(),
+                device_id: device_id.to_string(),
+                nonce: nonce_text,
+                proof: b64(&devid_attest::symmetric::proof(device_key.as_slice(), &binding)),
+                csr: csr.pem.clone(),
+            }
+        }
+        #[cfg(feature = "tpm")]
+        Evidence::Tpm { .. } => {
+            return Err(AgentError::usage("internal: TPM evidence reached the software path"));
+        }
+    };
+    let url = endpoint(&plan.server, "/v1/enroll")?;
+    let resp: EnrollResponse = post_json(&http, &url, &body, "enrollment").await?;
+    let (info, cert_der) = check_issued(&resp, &key.spki_der())?;
+    let key_pem = key.pkcs8_pem();
+    store(layout, &resp, &cert_der, Some((files::KEY_PEM, key_pem.as_bytes())))?;
+    Ok(outcome(layout, &resp, info, layout.key()))
+}
+
+/// Renew over mutual TLS with the current certificate and key (PROTOCOL.md §3): the same
+/// key by default, a new one with `rekey` (written only once the new certificate is
+/// there).
+pub async fn renew(plan: &RenewPlan, layout: &Layout) -> Result<Outcome, AgentError> {
+    if !layout.key().is_file() && layout.key_tpm().is_file() {
+        return Err(AgentError::usage(
+            "this identity's key is in a TPM; renewing it over mutual TLS is not supported by this agent yet: enroll again",
+        ));
+    }
+    let key_pem = Zeroizing::new(files::read_text(&layout.key())?);
+    let current = DeviceKey::from_pkcs8_pem(&key_pem)?;
+    let cert_pem = files::read_text(&layout.cert())?;
+    let cert_der = pem_certificates(&cert_pem)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| AgentError::crypto(format!("{} holds no certificate", layout.cert().display())))?;
+    let chain = pem_certificates(&files::read_text(&layout.chain())?)?;
+    let info = files::cert_info(&cert_der)?;
+    let roots = match &plan.ca {
+        Some(p) => read_pem_certificates(p)?,
+        None => vec![chain.last().cloned().ok_or_else(|| {
+            AgentError::crypto(format!(
+                "{} holds no certificate to trust; give --ca",
+                layout.chain().display()
+            ))
+        })?],
+    };
+    // Present the certificate and the intermediates (not the root: the server has it).
+    let mut presented = vec![cert_der];
+    presented.extend(chain.iter().take(chain.len().saturating_sub(1)).cloned());
+    let key_der = Zeroizing::new(
+        pem::parse(key_pem.as_bytes())
+            .map_err(|e| AgentError::crypto(format!("the device key is not PEM: {e}")))?
+            .into_contents(),
+    );
+    let http = mtls_client(&roots, presented, key_der.to_vec())?;
+
+    let new_key = if plan.rekey { Some(DeviceKey::generate()?) } else { None };
+    let key = new_key.as_ref().unwrap_or(&current);
+    let csr = key.csr(info.common_name.as_deref())?;
+    let url = endpoint(&plan.server, "/v1/renew")?;
+    let resp: EnrollResponse =
+        post_json(&http, &url, &RenewRequest { csr: csr.pem.clone() }, "renewal").await?;
+    let (new_info, new_der) = check_issued(&resp, &key.spki_der())?;
+    let new_key_pem = new_key.as_ref().map(DeviceKey::pkcs8_pem);
+    store(layout, &resp, &new_der, new_key_pem.as_ref().map(|k| (files::KEY_PEM, k.as_bytes())))?;
+    Ok(outcome(layout, &resp, new_info, layout.key()))
+}
+
+/// `POST /v1/enroll/challenge`, then the binding over the nonce and the CSR.
+pub(crate) async fn challenge(
+    http: &reqwest::Client,
+    server: &str,
+    group: &str,
+    method: &str,
+    csr: &Csr,
+) -> Result<(String, [u8; 32]), AgentError> {
+    let url = endpoint(server, "/v1/enroll/challenge")?;
+    let req = ChallengeRequest { group: group.to_string(), method: method.to_string(), tpm: None };
+    let resp: ChallengeResponse = post_json(http, &url, &req, "challenge").await?;
+    let nonce = nonce_bytes(&resp)?;
+    Ok((resp.nonce, devid_attest::binding(&nonce, &csr.der)))
+}
+
+/// The nonce of a challenge answer: 32 bytes, base64url.
+pub(crate) fn nonce_bytes(resp: &ChallengeResponse) -> Result<Vec<u8>, AgentError> {
+    match unb64(&resp.nonce) {
+        Some(n) if n.len() == 32 => Ok(n),
+        _ => Err(AgentError::new(ErrorKind::Protocol, "the challenge nonce is not 32 bytes of base64url")),
+    }
+}
+
+/// Check the issued certificate: it parses and certifies the key we asked for.
+pub(crate) fn check_issued(
+    resp: &EnrollResponse,
+    spki_der: &[u8],
+) -> Result<(CertInfo, Vec<u8>), AgentError> {
+    let der = pem_certificates(&resp.certificate)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| AgentError::new(ErrorKind::Protocol, "the answer holds no certificate"))?;
+    if pem_certificates(&resp.chain)?.is_empty() {
+        return Err(AgentError::new(ErrorKind::Protocol, "the answer holds no CA chain"));
+    }
+    if files::cert_spki_der(&der)? != spki_der {
+        return Err(AgentError::new(
+            ErrorKind::Protocol,
+            "the issued certificate is not for the key in the CSR",
+        ));
+    }
+    Ok((files::cert_info(&der)?, der))
+}
+
+/// Write the certificate, the chain and (when given) the key, atomically each.
+pub(crate) fn store(
+    layout: &Layout,
+    resp: &EnrollResponse,
+    cert_der: &[u8],
+    key: Option<(&str, &[u8])>,
+) -> Result<(), AgentError> {
+    let cert_pem = crate::keys::certificate_pem(cert_der);
+    let mut new_files = Vec::new();
+    if let Some((name, bytes)) = key {
+        new_files.push(NewFile { name, contents: bytes, mode: 0o600 });
+    }
+    new_files.push(NewFile { name: files::CERT_PEM, contents: cert_pem.as_bytes(), mode: 0o644 });
+    new_files.push(NewFile { name: files::CHAIN_PEM, contents: resp.chain.as_bytes(), mode: 0o644 });
+    files::write_files(&layout.dir, &new_files)
+}
+
+pub(crate) fn outcome(layout: &Layout, resp: &EnrollResponse, info: CertInfo, key: PathBuf) -> Outcome {
+    Outcome {
+        device_id: info.common_name,
+        serial: resp.serial.clone(),
+        not_after: resp.not_after.clone(),
+        cert: layout.cert(),
+        chain: layout.chain(),
+        key,
+    }
+}

@@ -1,0 +1,137 @@
+//! Renewal over mutual TLS: a device proves itself with its current certificate (the TLS
+//! handshake checked that it chains to our issuing CA and that the device holds its key)
+//! and gets a new one, within policy.
+
+use devid_store::{CertStatus, DeviceStatus, Redeem};
+use serde_json::json;
+
+use crate::enroll::IssueContext;
+use crate::{Authority, AuthorityError, Issued};
+
+impl Authority {
+    /// Renew the certificate `presented` (DER, from the TLS handshake) for the key in `csr`
+    /// (the same key or a new one).
+    ///
+    /// Policy: the certificate is one this CA issued and stored, byte for byte; it is not
+    /// revoked; its device is not quarantined; at least `renew_after_fraction` of its
+    /// lifetime has passed; it expired no more than `renew_grace_secs` ago. The new
+    /// certificate records the old one as its predecessor (lineage) and gets the lifetime
+    /// of the device's group. A retry with the same CSR returns the certificate already
+    /// issued for it.
+    pub async fn renew(&self, presented: &[u8], csr: &[u8]) -> Result<Issued, AuthorityError> {
+        let refuse = |why: &str| Err(AuthorityError::RenewalRefused(why.to_string()));
+        let csr = devid_ca::csr::parse_and_verify(csr)?;
+        let serial = devid_ca::certificate_serial(presented)
+            .map_err(|_| AuthorityError::RenewalRefused("the client certificate does not parse".into()))?;
+        let Some(current) = self.store.get_certificate(&serial).await? else {
+            return refuse("the client certificate was not issued by this CA");
+        };
+        if current.cert_der.as_deref() != Some(presented) {
+            return refuse("the client certificate was not issued by this CA");
+        }
+        match current.status {
+            CertStatus::Issued => {}
+            CertStatus::Revoked => return refuse("the certificate is revoked"),
+            CertStatus::Pending => return refuse("the certificate was never issued"),
+        }
+        let device = current.device.clone();
+        let record = self.store.get_device(&device).await?.ok_or(AuthorityError::NotFound("device"))?;
+        if record.status == DeviceStatus::Quarantined {
+            return Err(AuthorityError::DeviceQuarantined);
+        }
+        let now = self.clock.now();
+        let lifetime = (current.not_after.0 - current.not_before.0).max(1);
+        let from = current.not_before.0 + (lifetime as f64 * self.config.renew_after_fraction) as i64;
+        if now.0 < from {
+            return Err(AuthorityError::RenewalRefused(format!(
+                "too early: renewal opens at {}",
+                devid_core::UnixTime(from).to_rfc3339()
+            )));
+        }
+        if now.0 > current.not_after.0 + self.config.renew_grace_secs {
+            return refuse("the certificate expired longer ago than the grace period; enroll again");
+        }
+        // A retry of this renewal: the certificate already issued for this CSR.
+        if let Some(prior) = self.store.certificate_for_csr(&device, &csr.sha256).await?
+            && prior.predecessor.as_ref() == Some(&serial)
+            && prior.status == CertStatus::Issued
+        {
+            return self.issued(prior).await;
+        }
+        let meta = self.store.device_meta(&device).await?.unwrap_or_default();
+        let validity_secs = match &meta.group {
+            Some(g) => self.store.get_group(g).await?.and_then(|g| g.validity_secs),
+            None => None,
+        };
+        let ctx = IssueContext {
+            method: "renewal",
+            summary: json!({"predecessor": serial.to_hex(), "same_key": current_key_matches(presented, &csr.spki_der)}),
+            validity_secs,
+            predecessor: Some(serial),
+            server_names: None,
+        };
+        let issued = self.issue(&device, &csr, Redeem::Nothing, &ctx).await?;
+        crate::metrics::CERTIFICATES_ISSUED.inc("renewal");
+        Ok(issued)
+    }
+}
+
+/// Whether the CSR's key is the presented certificate's key (its SPKI appears verbatim).
+fn current_key_matches(cert_der: &[u8], spki_der: &[u8]) -> bool {
+    !spki_der.is_empty() && cert_der.windows(spki_der.len()).any(|w| w == spki_der)
+}
+
+/// The device id under which devid records its own TLS server certificates.
+pub const SERVER_DEVICE_ID: &str = "devid-tls-server";
+
+impl Authority {
+    /// Issue devid's own TLS server certificate (the renewal listener) for `spki_der` (a
+    /// key the caller holds in memory), naming `names` (DNS names or IP addresses), with
+    /// `validity_secs` of lifetime. Recorded in the store like every certificate, under the
+    /// device [`SERVER_DEVICE_ID`].
+    pub async fn issue_server_certificate(
+        &self,
+        names: &[String],
+        spki_der: &[u8],
+        validity_secs: i64,
+    ) -> Result<Issued, AuthorityError> {
+        use sha2::Digest;
+        if names.is_empty() {
+            return Err(AuthorityError::Invalid("the TLS server certificate needs at least one name".into()));
+        }
+        let now = self.clock.now();
+        let device = devid_core::DeviceId::new(SERVER_DEVICE_ID)
+            .map_err(|e| AuthorityError::Internal(format!("server device id: {e}")))?;
+        let record = devid_store::DeviceRecord {
+            id: device.clone(),
+            status: DeviceStatus::Registered,
+            token_hash: None,
+            token_used_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let audit = crate::audit::event(
+            now,
+            &crate::Actor::System,
+            "device.register",
+            SERVER_DEVICE_ID,
+            json!({"purpose": "devid TLS server certificates"}),
+        );
+        self.store.ensure_device(&record, &devid_store::DeviceMeta::default(), &audit).await?;
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(&sha2::Sha256::digest(spki_der));
+        let csr = devid_ca::csr::VerifiedCsr {
+            spki_der: spki_der.to_vec(),
+            key_type: devid_ca::csr::DeviceKeyType::EcP256,
+            sha256,
+        };
+        let ctx = IssueContext {
+            method: "server",
+            summary: json!({"names": names}),
+            validity_secs: Some(validity_secs),
+            predecessor: None,
+            server_names: Some(names.to_vec()),
+        };
+        self.issue(&device, &csr, Redeem::Nothing, &ctx).await
+    }
+}
