@@ -19,7 +19,13 @@ use devid_authority::auth::Role;
 use devid_testkit::pki;
 use serde_json::{Value, json};
 
-on_both_backends!(access_sanity, revocation, credentials_api, devices_and_certificates_rest);
+on_both_backends!(
+    access_sanity,
+    revocation,
+    credentials_api,
+    devices_and_certificates_rest,
+    client_certificate_authentication
+);
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -996,5 +1002,81 @@ async fn no_secrets_in_the_debug_log() {
     }
     assert!(!log.contains("devid_cs_"), "something that looks like a client secret is in the log");
     assert!(!log.contains("$argon2"), "a secret hash is in the log");
+    install.cleanup().await;
+}
+
+/// An HTTPS client for the renewal listener with `identity` (PEM key + certificates),
+/// trusting `root_pem`.
+fn mtls_client(identity_pem: &str, root_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(root_pem.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(identity_pem.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// RFC 8705 §2.1 (tls_client_auth): a credential's client certificate, issued by devid,
+/// gets tokens on the mutual-TLS listener without the secret; the wrong client id, a
+/// device's certificate and a revoked credential do not.
+async fn client_certificate_authentication(backend: Backend) {
+    let install = Install::new(backend).await;
+    let server = install.serve();
+    let dir = install.dir.path().join("client-cert");
+    let out = install.run_ok(&[
+        "credential",
+        "create",
+        "--role",
+        "operator",
+        "--name",
+        "line 9",
+        "--client-cert-out",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let client_id = v["client_id"].as_str().unwrap().to_string();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(dir.join("key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+    let chain = devid_testkit::pki::split_pem(&read("chain.pem"));
+    let identity = format!("{}{}{}", read("key.pem"), read("cert.pem"), chain[0]);
+    let client = mtls_client(&identity, &chain[1]);
+    let token_url = format!("{}/v1/auth/token", server.renew_base());
+    let ask = |client: reqwest::Client, id: String| {
+        let url = token_url.clone();
+        async move {
+            let r = client
+                .post(url)
+                .form(&[("grant_type", "client_credentials"), ("client_id", id.as_str())])
+                .send()
+                .await
+                .unwrap();
+            Resp::read(r).await
+        }
+    };
+    let r = ask(client.clone(), client_id.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let token = r.json["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get(&server, "/v1/devices", &token).await.status, 200);
+
+    // Another client id with this certificate: refused.
+    let other = cli_credential(&install, "admin");
+    ask(client.clone(), other.client_id.clone()).await.oauth_error(
+        401,
+        "invalid_client",
+        "another client's id",
+    );
+    // A device's certificate for the credential's id: refused.
+    let dev = common::enroll_device_with_key(&install, &server, "not-a-client").await;
+    let dev_client =
+        mtls_client(&format!("{}{}{}", dev.key_pem, dev.cert_pem, dev.issuing_pem), &dev.root_pem);
+    ask(dev_client, client_id.clone()).await.oauth_error(401, "invalid_client", "a device certificate");
+    // Revoked credential: refused.
+    install.run_ok(&["credential", "revoke", &client_id]);
+    ask(client, client_id.clone()).await.oauth_error(401, "invalid_client", "a revoked credential");
+    drop(server);
     install.cleanup().await;
 }

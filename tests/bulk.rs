@@ -120,8 +120,8 @@ async fn batch_over_rest(backend: Backend) {
     assert_eq!(reasons[0].0, 101);
     assert!(reasons[0].2.starts_with("invalid id"), "{reasons:?}");
     assert!(reasons[1].0 == 202 && reasons[1].2.starts_with("bad JSON"), "{reasons:?}");
-    assert_eq!(reasons[2], (303, "x-303", "method x509 is not available yet"));
-    assert_eq!(reasons[3], (404, "x-404", "enrollment groups are not available yet"));
+    assert_eq!(reasons[2], (303, "x-303", "method x509 needs a group"));
+    assert_eq!(reasons[3], (404, "x-404", "unknown group line-1"));
     assert_eq!(reasons[4], (505, "dev-00001", "duplicate id (first on line 2)"));
 
     // A created device enrolls with its token.
@@ -155,6 +155,33 @@ async fn batch_over_rest(backend: Backend) {
     );
     assert_eq!(body["rows"][2]["result"], "present");
     assert_eq!(body["rows"][3]["reason"], "bad CSV: expected 4 fields, found 3");
+
+    // Rows in a group, with their own method: a token only for the token method; the
+    // group's filter lists them; a method the group does not allow is refused.
+    install.run_ok(&["group", "add", "sym", "--method", "symmetric,token", "--json"]);
+    let rows = concat!(
+        "{\"id\":\"g-1\",\"group\":\"sym\",\"method\":\"symmetric\",\"labels\":{\"line\":\"9\"}}\n",
+        "{\"id\":\"g-2\",\"group\":\"sym\"}\n",
+        "{\"id\":\"g-3\",\"group\":\"sym\",\"method\":\"x509\"}\n",
+    );
+    let (status, _, body) =
+        post_batch(&server, &factory, "grouped", "application/x-ndjson", rows.into()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["result"], "created", "{body}");
+    assert!(body["rows"][0].get("token").is_none(), "{body}");
+    assert!(body["rows"][1]["token"].as_str().unwrap().starts_with("devid_et_"), "{body}");
+    assert_eq!(body["rows"][2]["reason"], "group sym does not allow method x509", "{body}");
+    let r = http().get(server.url("/v1/devices?group=sym")).bearer_auth(&factory).send().await.unwrap();
+    let listed: Value = r.json().await.unwrap();
+    let ids: Vec<&str> =
+        listed["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["g-1", "g-2"], "{listed}");
+    let r = http().get(server.url("/v1/devices?label=line%3D9")).bearer_auth(&factory).send().await.unwrap();
+    let listed: Value = r.json().await.unwrap();
+    assert_eq!(listed["items"][0]["id"], "g-1", "{listed}");
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    let r = http().get(server.url("/v1/devices?status=bogus")).bearer_auth(&factory).send().await.unwrap();
+    assert_eq!(r.status(), 400);
 
     // Not allowed for operators; the wrong media type; a bad batch id; no batch at all.
     let (status, ct, body) =
@@ -205,7 +232,7 @@ async fn import_with_the_cli(backend: Backend) {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 6, "{text}");
     assert_eq!(lines[0], "line,id,reason");
-    assert_eq!(lines[3], "303,x-303,method x509 is not available yet");
+    assert_eq!(lines[3], "303,x-303,method x509 needs a group");
     assert_eq!(lines[5], "505,dev-00001,duplicate id (first on line 2)");
 
     // Again, with the tokens to a file and a JSON summary: nothing new.

@@ -47,6 +47,9 @@ cleanup() {
 trap cleanup EXIT
 
 export DEVID_LOG__LEVEL=warn
+# The renewal listener on a free port; rate limits off (a fuzz run is one client sending as
+# fast as it can; tests/ratelimit.rs covers the limits).
+export DEVID_TLS__LISTEN=127.0.0.1:0 DEVID_LIMITS__PER_SOURCE=0 DEVID_LIMITS__PER_DEVICE=0 DEVID_LIMITS__PER_CREDENTIAL=0
 # Port 0: the kernel picks a free port, and the server prints the one it bound.
 "$bin" serve --listen 127.0.0.1:0 --data-dir "$work/data" >"$work/server.log" 2>&1 &
 server_pid=$!

@@ -210,6 +210,29 @@ pub async fn enroll_device(install: &Install, server: &Server, id: &str) -> Enro
     }
 }
 
+/// What [`enroll_device_with_key`] returns: an enrolled device with its private key.
+pub struct EnrolledWithKey {
+    pub key_pem: String,
+    pub cert_pem: String,
+    pub issuing_pem: String,
+    pub root_pem: String,
+}
+
+/// Register and enroll a device, keeping its private key (PKCS#8 PEM).
+pub async fn enroll_device_with_key(install: &Install, server: &Server, id: &str) -> EnrolledWithKey {
+    let token = install.add_device(id);
+    let (key, csr) = devid_testkit::pki::csr_p256(id);
+    let (status, body, _) = enroll(server, &token, &csr).await;
+    assert_eq!(status, 200, "enroll {id}: {body}");
+    let chain = devid_testkit::pki::split_pem(body["chain"].as_str().unwrap());
+    EnrolledWithKey {
+        key_pem: key.serialize_pem(),
+        cert_pem: body["certificate"].as_str().unwrap().to_string(),
+        issuing_pem: chain[0].clone(),
+        root_pem: chain[1].clone(),
+    }
+}
+
 /// A scratch directory where files are written by name and `openssl` runs.
 pub struct OpensslDir {
     pub dir: tempfile::TempDir,
@@ -372,6 +395,8 @@ impl Install {
             .env("RUST_LOG", "warn")
             // The renewal listener on a free port: tests run side by side.
             .env("DEVID_TLS__LISTEN", "127.0.0.1:0")
+            // Tests enroll one device many times on purpose; tests/ratelimit.rs sets limits.
+            .env("DEVID_LIMITS__PER_DEVICE", "0")
             .stdin(Stdio::null());
         for (k, v) in &self.env {
             c.env(k, v);

@@ -104,22 +104,41 @@ pub struct DevicePage {
     pub next: Option<String>,
 }
 
-/// Paging.
+/// Device listing filter and paging.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct Paging {
+    /// Only devices of this enrollment group.
+    pub group: Option<String>,
+    /// Only devices in this state: `registered`, `enrolled`, `quarantined`.
+    pub status: Option<String>,
+    /// Only devices with this label, as `key=value`.
+    pub label: Option<String>,
     /// Continue after this key (from `next`).
     pub cursor: Option<String>,
     /// At most this many (default 100; values outside 1–1000 are clamped).
     pub limit: Option<u32>,
 }
 
+fn bad_query(m: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", m)
+}
+
 /// Certificate listing filter and paging.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct CertQuery {
     /// Only this device's certificates.
     pub device: Option<String>,
+    /// Only certificates in this state: `pending`, `issued`, `revoked`.
+    pub status: Option<String>,
+    /// Only certificates whose notAfter is before this time (RFC 3339), e.g. to find those
+    /// due for renewal.
+    pub expiring_before: Option<String>,
+    /// Only certificates of devices of this enrollment group.
+    pub group: Option<String>,
     /// Continue after this serial (from `next`).
     pub cursor: Option<String>,
     /// At most this many (default 100; values outside 1–1000 are clamped).
@@ -301,7 +320,24 @@ async fn list_devices(
     State(state): State<AppState>,
     ApiQuery(p): ApiQuery<Paging>,
 ) -> Result<axum::Json<DevicePage>, ApiError> {
-    let page = state.authority.devices(p.cursor.as_deref(), p.limit.unwrap_or(100)).await?;
+    let status = match p.status.as_deref() {
+        None => None,
+        Some("registered") => Some(DeviceStatus::Registered),
+        Some("enrolled") => Some(DeviceStatus::Enrolled),
+        Some("quarantined") => Some(DeviceStatus::Quarantined),
+        Some(other) => {
+            return Err(bad_query(format!("status: {other:?} is not registered, enrolled or quarantined")));
+        }
+    };
+    let label = match p.label.as_deref() {
+        None => None,
+        Some(l) => match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Some((k.to_string(), v.to_string())),
+            _ => return Err(bad_query("label: give key=value")),
+        },
+    };
+    let filter = devid_store::DeviceFilter { group: p.group, status, label };
+    let page = state.authority.devices(&filter, p.cursor.as_deref(), p.limit.unwrap_or(100)).await?;
     Ok(axum::Json(DevicePage { items: page.items.into_iter().map(Device::from).collect(), next: page.next }))
 }
 
@@ -398,8 +434,22 @@ async fn list_certificates(
     ApiQuery(q): ApiQuery<CertQuery>,
 ) -> Result<axum::Json<CertificatePage>, ApiError> {
     let device = q.device.as_deref().map(device_id).transpose()?;
-    let page =
-        state.authority.certificates(device.as_ref(), q.cursor.as_deref(), q.limit.unwrap_or(100)).await?;
+    let status = match q.status.as_deref() {
+        None => None,
+        Some("pending") => Some(CertStatus::Pending),
+        Some("issued") => Some(CertStatus::Issued),
+        Some("revoked") => Some(CertStatus::Revoked),
+        Some(other) => return Err(bad_query(format!("status: {other:?} is not pending, issued or revoked"))),
+    };
+    let expiring_before =
+        match q.expiring_before.as_deref() {
+            None => None,
+            Some(t) => Some(devid_core::UnixTime::parse_rfc3339(t).ok_or_else(|| {
+                bad_query("expiring_before: give an RFC 3339 time, e.g. 2026-12-01T00:00:00Z")
+            })?),
+        };
+    let filter = devid_store::CertFilter { device, status, expiring_before, group: q.group };
+    let page = state.authority.certificates(&filter, q.cursor.as_deref(), q.limit.unwrap_or(100)).await?;
     Ok(axum::Json(CertificatePage {
         items: page.items.into_iter().map(Certificate::from).collect(),
         next: page.next,

@@ -91,7 +91,18 @@ pub fn openapi_path(route: &str) -> String {
 pub(crate) async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
     let Some(route) = route else { return next.run(req).await };
-    match access(req.method(), &route) {
+    let access = access(req.method(), &route);
+    // Per-source limit of the routes devices call without credentials.
+    if matches!(access, Some(Access::Public | Access::ClientCertificate))
+        && (route.starts_with("/v1/enroll") || route == "/v1/renew")
+    {
+        let source = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+        if let Err(e) = state.authority.admit_source(source.as_deref().unwrap_or("unknown")) {
+            devid_authority::metrics::ENROLLMENT_FAILURES.inc("rate-limited");
+            return ApiError::from(e).into_response();
+        }
+    }
+    match access {
         Some(Access::Public | Access::ClientCertificate) => next.run(req).await,
         Some(Access::Roles(roles)) => {
             let Some(token) = bearer(req.headers()) else {
@@ -99,6 +110,9 @@ pub(crate) async fn authorize(State(state): State<AppState>, mut req: Request, n
             };
             match state.tokens.verify(token).await {
                 Ok(p) if roles.contains(&p.role) => {
+                    if let Err(e) = state.authority.admit_credential(&p.client_id) {
+                        return ApiError::from(e).into_response();
+                    }
                     req.extensions_mut().insert(p);
                     next.run(req).await
                 }
@@ -282,7 +296,9 @@ fn is_form(headers: &HeaderMap) -> bool {
 }
 
 /// Exchange client credentials for an access token (RFC 6749 §4.4.2: `grant_type=
-/// client_credentials`, client authenticated with HTTP Basic).
+/// client_credentials`), the client authenticated with HTTP Basic (id and secret) or, on
+/// the mutual-TLS listener, with its client certificate and `client_id` in the form
+/// (RFC 8705 §2.1).
 #[utoipa::path(post, path = "/v1/auth/token", tag = "auth",
     request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "`grant_type=client_credentials`"),
     responses(
@@ -294,6 +310,7 @@ fn is_form(headers: &HeaderMap) -> bool {
 async fn token(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    tls_client: Option<axum::Extension<crate::enroll::PeerCertificate>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -312,11 +329,22 @@ async fn token(
         }
         None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required"),
     }
-    let (client_id, secret) = match client_credentials(&headers) {
-        Ok(c) => c,
-        Err(r) => return *r,
+    // Mutual-TLS client authentication (RFC 8705 §2.1): on the renewal listener, with the
+    // credential's client certificate, no Authorization header, and client_id in the form.
+    let form_client = params.iter().find(|(k, _)| k == "client_id").map(|(_, v)| v.clone());
+    let result = match (tls_client, headers.contains_key(header::AUTHORIZATION), form_client) {
+        (Some(axum::Extension(cert)), false, Some(client_id)) => {
+            state.tokens.exchange_with_certificate(&client_id, &cert.0, peer.ip()).await
+        }
+        _ => {
+            let (client_id, secret) = match client_credentials(&headers) {
+                Ok(c) => c,
+                Err(r) => return *r,
+            };
+            state.tokens.exchange(&client_id, &secret, peer.ip()).await
+        }
     };
-    match state.tokens.exchange(&client_id, &secret, peer.ip()).await {
+    match result {
         Ok(t) => {
             let mut r = axum::Json(TokenResponse {
                 access_token: t.access_token,

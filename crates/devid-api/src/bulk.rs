@@ -64,7 +64,9 @@ impl From<BatchReport> for BatchResult {
                 .into_iter()
                 .map(|row| {
                     let (result, reason, token) = match row.result {
-                        RowResult::Created(t) => ("created", None, Some(t.reveal().to_string())),
+                        RowResult::Created(t) => {
+                            ("created", None, t.as_ref().map(|t| t.reveal().to_string()))
+                        }
                         RowResult::Present => ("present", None, None),
                         RowResult::Rejected(why) => ("rejected", Some(why), None),
                     };

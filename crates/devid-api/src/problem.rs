@@ -35,12 +35,14 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     detail: String,
+    /// Seconds for `Retry-After` (RFC 9110 §10.2.3), on 429.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     /// A problem with an explicit status, code and public detail.
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        ApiError { status, code, detail: detail.into() }
+        ApiError { status, code, detail: detail.into(), retry_after: None }
     }
 
     /// The problem code (the last part of the `type` URI).
@@ -71,7 +73,11 @@ impl From<AuthorityError> for ApiError {
         } else {
             tracing::info!(error = %e, "request refused");
         }
-        ApiError { status, code: e.code(), detail: e.public_detail() }
+        let retry_after = match &e {
+            AuthorityError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
+        ApiError { status, code: e.code(), detail: e.public_detail(), retry_after }
     }
 }
 
@@ -87,7 +93,7 @@ impl From<JsonRejection> for ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
             _ => "invalid-request",
         };
-        ApiError { status, code, detail: r.body_text() }
+        ApiError { status, code, detail: r.body_text(), retry_after: None }
     }
 }
 
@@ -101,13 +107,19 @@ impl IntoResponse for ApiError {
             detail: self.detail,
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
-        (self.status, [(header::CONTENT_TYPE, PROBLEM_JSON)], json).into_response()
+        let mut r = (self.status, [(header::CONTENT_TYPE, PROBLEM_JSON)], json).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        r
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, code: "invalid-request", detail: r.body_text() }
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", r.body_text())
     }
 }
 

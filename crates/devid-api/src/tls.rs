@@ -1,8 +1,8 @@
 //! The renewal listener: HTTPS with mutual TLS (rustls; TLS 1.2 and 1.3 only). A client
 //! must present a certificate that chains to one of our issuing CAs; an expired one is
-//! accepted at the TLS layer for the renewal grace period, and the renewal use case decides
-//! (revoked, quarantined, too early, past grace). Each request carries the client
-//! certificate as a [`PeerCertificate`] extension.
+//! accepted at the TLS layer, and the renewal use case decides (revoked, quarantined, too
+//! early, past the grace period), so that the device gets a clear answer. Each request
+//! carries the client certificate as a [`PeerCertificate`] extension.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -69,9 +69,9 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Verifies device certificates against our issuing CAs (RFC 5280 §6 path validation by
-/// rustls-webpki, EKU clientAuth), accepting a certificate up to `grace_secs` after its
-/// notAfter: it is validated as of one second before expiry, and the renewal policy then
-/// decides whether the grace period applies.
+/// rustls-webpki, EKU clientAuth), accepting an expired certificate: it is validated as of
+/// one second before expiry, and the renewal policy then decides (within `grace_secs`, or
+/// a clear `renewal-refused` instead of a failed handshake).
 #[derive(Debug)]
 struct DeviceVerifier {
     anchors: Vec<rustls::pki_types::TrustAnchor<'static>>,
@@ -98,7 +98,12 @@ impl ClientCertVerifier for DeviceVerifier {
         };
         let not_after = not_after(end_entity).ok_or_else(|| bad("client certificate does not parse"))?;
         let now_secs = now.as_secs();
-        let at = if now_secs > not_after && now_secs <= not_after.saturating_add(self.grace_secs) {
+        let at = if now_secs > not_after {
+            if now_secs > not_after.saturating_add(self.grace_secs) {
+                tracing::debug!(
+                    "client certificate expired past the renewal grace period: the policy refuses it"
+                );
+            }
             UnixTime::since_unix_epoch(Duration::from_secs(not_after.saturating_sub(1)))
         } else {
             now
@@ -172,7 +177,9 @@ pub fn server_config(
         let anchor = webpki::anchor_from_trusted_cert(&cert)
             .map_err(|e| TlsError(format!("issuing CA: {e}")))?
             .to_owned();
-        subjects.push(DistinguishedName::from(anchor.subject.as_ref().to_vec()));
+        // The CertificateRequest's certificate_authorities are DER Names, SEQUENCE
+        // included (RFC 8446 §4.2.4); webpki's subject is the SEQUENCE's contents.
+        subjects.push(DistinguishedName::in_sequence(anchor.subject.as_ref()));
         anchors.push(anchor);
     }
     let provider = provider();

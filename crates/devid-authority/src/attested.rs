@@ -184,6 +184,7 @@ impl Authority {
             return Err(AuthorityError::NonceUsed);
         }
         let g = self.group_for(group, method).await?;
+        self.limiter.group(&g.name, g.rate_per_minute, self.clock.as_ref())?;
         let binding = devid_attest::binding_from_csr_hash(nonce, &csr.sha256);
         let attested = match self.attest(&g, &challenge, &evidence, &binding, &csr.spki_der, now).await {
             Ok(a) => a,
@@ -203,6 +204,7 @@ impl Authority {
             ))
         })?;
         // Step 2.
+        self.limiter.device(device.as_str(), self.clock.as_ref())?;
         self.admit(&g, method, &device).await?;
         if let Some(prior) = self.store.certificate_for_csr(&device, &csr.sha256).await?
             && prior.status == devid_store::CertStatus::Issued

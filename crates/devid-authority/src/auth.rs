@@ -111,6 +111,11 @@ fn random_b64(rng: &dyn Entropy, n: usize) -> String {
     B64URL.encode(b)
 }
 
+/// The device id under which a credential's client certificates are recorded.
+pub fn credential_device_id(client_id: &str) -> String {
+    format!("credential.{client_id}")
+}
+
 /// Revoke a credential (idempotent: the first revocation time stands); its access tokens
 /// stop working at once, because every token check reads the credential.
 pub async fn revoke_credential(
@@ -283,6 +288,45 @@ impl TokenService {
     ) -> Result<IssuedToken, AuthorityError> {
         let (cred, role) = self.authenticate(client_id, client_secret, source).await?;
         let token = self.sign(&cred.client_id, role, self.clock.now()).await?;
+        Ok(IssuedToken { access_token: token, expires_in: self.config.lifetime_secs })
+    }
+
+    /// The client-credentials grant with mutual-TLS client authentication (RFC 8705 §2.1,
+    /// `tls_client_auth`): the client presented `cert_der` on the renewal listener, a
+    /// certificate devid issued for this credential (`devid credential create
+    /// --client-cert-out`), stored, unexpired and not revoked; the credential is not
+    /// revoked. Failures count toward the same throttle as wrong secrets.
+    pub async fn exchange_with_certificate(
+        &self,
+        client_id: &str,
+        cert_der: &[u8],
+        source: IpAddr,
+    ) -> Result<IssuedToken, AuthorityError> {
+        let now = self.clock.now();
+        let keys = [format!("id:{client_id}"), format!("ip:{source}")];
+        self.check_throttle(&keys, now)?;
+        let bound = async {
+            let serial = devid_ca::certificate_serial(cert_der).ok()?;
+            let c = self.store.get_certificate(&serial).await.ok()??;
+            let ok = c.cert_der.as_deref() == Some(cert_der)
+                && c.status == devid_store::CertStatus::Issued
+                && c.not_after > now
+                && c.device.as_str() == credential_device_id(client_id);
+            if !ok {
+                return None;
+            }
+            let cred = self.store.get_credential(client_id).await.ok()??;
+            cred.revoked_at.is_none().then_some(cred)
+        }
+        .await;
+        let Some(cred) = bound else {
+            self.fail(&keys, now);
+            self.audit_failure(client_id, source, "client certificate not bound to a usable credential")
+                .await;
+            return Err(AuthorityError::InvalidClient);
+        };
+        let role: Role = cred.role.parse().map_err(AuthorityError::Internal)?;
+        let token = self.sign(&cred.client_id, role, now).await?;
         Ok(IssuedToken { access_token: token, expires_in: self.config.lifetime_secs })
     }
 

@@ -113,6 +113,10 @@ pub struct RowDevice {
     pub id: DeviceId,
     /// Its labels (empty: none).
     pub labels: BTreeMap<String, String>,
+    /// Its own method (`None`: a token, and whatever its group allows).
+    pub method: Option<crate::groups::Method>,
+    /// Its enrollment group.
+    pub group: Option<String>,
 }
 
 /// One row of a batch, as parsed.
@@ -130,7 +134,7 @@ pub struct BatchRow {
 #[derive(Debug)]
 pub enum RowResult {
     /// Registered now, with this one-time enrollment token (shown once).
-    Created(EnrollToken),
+    Created(Option<EnrollToken>),
     /// The device exists already (no new token).
     Present,
     /// Not registered, with the reason.
@@ -280,15 +284,19 @@ fn check_row(
     labels: BTreeMap<String, String>,
 ) -> Result<RowDevice, String> {
     let id = DeviceId::new(id).map_err(|e| format!("invalid id: {e}"))?;
-    match method.map(str::trim).filter(|m| !m.is_empty()) {
-        None | Some("token") => {}
-        Some(other) => return Err(format!("method {} is not available yet", truncate(other, 64))),
-    }
-    if group.is_some_and(|g| !g.trim().is_empty()) {
-        return Err("enrollment groups are not available yet".into());
+    let method = match method.map(str::trim).filter(|m| !m.is_empty()) {
+        None => None,
+        Some(m) => Some(
+            m.parse::<crate::groups::Method>()
+                .map_err(|_| format!("unknown method {} (token, x509, tpm or symmetric)", truncate(m, 64)))?,
+        ),
+    };
+    let group = group.map(str::trim).filter(|g| !g.is_empty()).map(str::to_string);
+    if method.is_some_and(|m| m != crate::groups::Method::Token) && group.is_none() {
+        return Err(format!("method {} needs a group", method.map(|m| m.as_str()).unwrap_or("")));
     }
     check_labels(&labels)?;
-    Ok(RowDevice { id, labels })
+    Ok(RowDevice { id, labels, method, group })
 }
 
 fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
@@ -483,19 +491,51 @@ pub async fn import_batch(
             }
         }
     }
+    // Groups must exist and allow the row's method; looked up once per group.
+    let mut groups: HashMap<String, Option<Vec<crate::groups::Method>>> = HashMap::new();
+    let mut checked = Vec::with_capacity(valid.len());
+    for (i, line, id, d) in valid {
+        if let Some(g) = &d.group {
+            if !groups.contains_key(g) {
+                let methods = store.get_group(g).await?.map(|r| crate::groups::methods_of(&r));
+                groups.insert(g.clone(), methods);
+            }
+            let reason = match (groups.get(g).and_then(|m| m.as_ref()), d.method) {
+                (None, _) => Some(format!("unknown group {}", truncate(g, 64))),
+                (Some(allowed), Some(m)) if !allowed.contains(&m) => {
+                    Some(format!("group {} does not allow method {}", truncate(g, 64), m))
+                }
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                outcomes[i] = Some(RowOutcome { line, id, result: RowResult::Rejected(reason) });
+                continue;
+            }
+        }
+        checked.push((i, line, id, d));
+    }
+    let valid = checked;
     let total = valid.len();
     let mut done = 0;
     for chunk in valid.chunks(CHUNK_ROWS) {
-        let mut tokens: Vec<EnrollToken> = Vec::with_capacity(chunk.len());
+        let mut tokens: Vec<Option<EnrollToken>> = Vec::with_capacity(chunk.len());
         let mut devices = Vec::with_capacity(chunk.len());
         for (_, _, _, d) in chunk {
-            let token = EnrollToken::generate(rng);
+            // A token unless the device attests another way.
+            let token = matches!(d.method, None | Some(crate::groups::Method::Token))
+                .then(|| EnrollToken::generate(rng));
             let labels = if d.labels.is_empty() {
                 None
             } else {
                 Some(serde_json::to_string(&d.labels).map_err(|e| AuthorityError::Internal(e.to_string()))?)
             };
-            devices.push(BatchDevice { id: d.id.clone(), token_hash: Some(token.hash().to_vec()), labels });
+            devices.push(BatchDevice {
+                id: d.id.clone(),
+                token_hash: token.as_ref().map(|t| t.hash().to_vec()),
+                labels,
+                group: d.group.clone(),
+                method: d.method.map(|m| m.as_str().to_string()),
+            });
             tokens.push(token);
         }
         let now = clock.now();
@@ -622,8 +662,9 @@ mod tests {
         assert_eq!(r[1], (3, "d-2".into(), Ok("d-2".into())));
         let labels = &rows[1].device.as_ref().unwrap().labels;
         assert_eq!(labels.get("site").map(String::as_str), Some("x"));
-        assert_eq!(r[2].2, Err("method x509 is not available yet".into()));
-        assert_eq!(r[3].2, Err("enrollment groups are not available yet".into()));
+        assert_eq!(r[2].2, Err("method x509 needs a group".into()));
+        assert_eq!(r[3].2, Ok("d-4".into()));
+        assert_eq!(rows[3].device.as_ref().unwrap().group.as_deref(), Some("g"));
         assert!(r[4].2.as_ref().unwrap_err().starts_with("invalid id"), "{:?}", r[4]);
         assert_eq!(r[4].1, "bad id");
         assert!(r[5].2.as_ref().unwrap_err().starts_with("bad JSON"), "{:?}", r[5]);
@@ -666,8 +707,9 @@ mod tests {
         assert_eq!((l["site"].as_str(), l["rev"].as_str()), ("x", "b"));
         assert_eq!(r[2], (4, "c-3".into(), Ok("c-3".into())));
         assert_eq!(rows[2].device.as_ref().unwrap().labels["note"], "a, b");
-        assert_eq!(r[3].2, Err("method x509 is not available yet".into()));
-        assert_eq!(r[4].2, Err("enrollment groups are not available yet".into()));
+        assert_eq!(r[3].2, Err("method x509 needs a group".into()));
+        assert_eq!(r[4].2, Ok("c-5".into()));
+        assert_eq!(rows[4].device.as_ref().unwrap().group.as_deref(), Some("g1"));
         assert_eq!(r[5], (7, "c-6".into(), Err("bad CSV: expected 4 fields, found 3".into())));
         assert_eq!(r[6].2, Err("labels: 'novalue' is not key=value".into()));
         // A quoted field across lines; doubled quotes; the blank line is skipped.

@@ -123,6 +123,7 @@ impl Authority {
         if device.status == DeviceStatus::Quarantined {
             return Err(AuthorityError::DeviceQuarantined);
         }
+        self.limiter.device(device.id.as_str(), self.clock.as_ref())?;
         if device.token_used_at.is_some() {
             return self.resume(&device.id, &csr).await;
         }

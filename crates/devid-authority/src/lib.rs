@@ -16,6 +16,7 @@ mod issuer;
 pub mod metrics;
 mod ops;
 pub mod publish;
+pub mod ratelimit;
 mod renew;
 mod revocation;
 
@@ -56,6 +57,8 @@ pub struct AuthorityConfig {
     pub renew_after_fraction: f64,
     /// Renewal is allowed this many seconds after expiry (default 3600).
     pub renew_grace_secs: i64,
+    /// Rate limits.
+    pub limits: ratelimit::Limits,
 }
 
 /// The authority: owns the store, the key manager and the active issuing CA, and runs the
@@ -67,6 +70,7 @@ pub struct Authority {
     rng: Arc<dyn Entropy>,
     config: AuthorityConfig,
     issuer: RwLock<Arc<ActiveIssuer>>,
+    limiter: ratelimit::RateLimiter,
 }
 
 impl std::fmt::Debug for Authority {
@@ -86,7 +90,8 @@ impl Authority {
         config: AuthorityConfig,
     ) -> Result<Authority, AuthorityError> {
         let issuer = ActiveIssuer::load(store.as_ref(), kms.as_ref(), &config).await?;
-        Ok(Authority { store, kms, clock, rng, config, issuer: RwLock::new(Arc::new(issuer)) })
+        let limiter = ratelimit::RateLimiter::new(config.limits);
+        Ok(Authority { store, kms, clock, rng, config, issuer: RwLock::new(Arc::new(issuer)), limiter })
     }
 
     /// The active issuing CA.
@@ -104,6 +109,21 @@ impl Authority {
     /// The store (for the binary's wiring; handlers use the use cases).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The rate limiters of this node.
+    pub fn limiter(&self) -> &ratelimit::RateLimiter {
+        &self.limiter
+    }
+
+    /// Check the per-source limit of the public enrollment routes.
+    pub fn admit_source(&self, source: &str) -> Result<(), AuthorityError> {
+        self.limiter.source(source, self.clock.as_ref())
+    }
+
+    /// Check the per-credential limit of the API.
+    pub fn admit_credential(&self, client_id: &str) -> Result<(), AuthorityError> {
+        self.limiter.credential(client_id, self.clock.as_ref())
     }
 
     /// The key manager.

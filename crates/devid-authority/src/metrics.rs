@@ -262,6 +262,8 @@ pub static ENROLLMENT_FAILURES: LabeledCounters<22> = LabeledCounters::new([
     "internal",
     "other",
 ]);
+/// Requests refused by a rate limit.
+pub static RATE_LIMITED: Counter = Counter::new();
 /// OCSP answers served from the pre-signed cache.
 pub static OCSP_CACHE: Counter = Counter::new();
 /// OCSP answers signed for the request.
@@ -286,6 +288,9 @@ pub fn render(out: &mut String) {
     let name = "devid_enrollment_failures_total";
     family(out, name, "counter", "Refused enrollments, by problem code.");
     ENROLLMENT_FAILURES.render(out, name, "reason");
+    let name = "devid_rate_limited_total";
+    family(out, name, "counter", "Requests refused by a rate limit.");
+    sample(out, name, &[], RATE_LIMITED.get());
     let name = "devid_attestation_failures_total";
     family(out, name, "counter", "Refused attestation evidence, by reason.");
     ATTESTATION_FAILURES.render(out, name, "reason");
@@ -375,11 +380,18 @@ mod tests {
             AuthorityError::TokenUnknown,
             AuthorityError::TokenUsed,
             AuthorityError::DeviceQuarantined,
+            AuthorityError::NonceInvalid,
+            AuthorityError::NonceUsed,
+            AuthorityError::MethodNotAllowed("x509".into()),
+            AuthorityError::DeviceNotRegistered("d".into()),
+            AuthorityError::RenewalRefused("x".into()),
+            AuthorityError::ClientCertificateRequired,
+            AuthorityError::RateLimited { retry_after_secs: 1 },
             AuthorityError::NoCa,
             AuthorityError::BadCsr(devid_ca::CaError::InvalidCertificate("x".into())),
             AuthorityError::Internal("x".into()),
         ] {
-            assert!(ENROLLMENT_FAILURES.values[..12].contains(&e.code()), "{}", e.code());
+            assert!(ENROLLMENT_FAILURES.values[..21].contains(&e.code()), "{}", e.code());
         }
     }
 }

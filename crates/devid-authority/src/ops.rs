@@ -32,13 +32,14 @@ impl Authority {
         self.store.get_device(id).await?.ok_or(AuthorityError::NotFound("device"))
     }
 
-    /// Devices in id order after `cursor`.
+    /// Devices matching `filter`, in id order after `cursor`.
     pub async fn devices(
         &self,
+        filter: &devid_store::DeviceFilter,
         cursor: Option<&str>,
         limit: u32,
     ) -> Result<Page<DeviceRecord>, AuthorityError> {
-        Ok(self.store.list_devices(cursor, limit).await?)
+        Ok(self.store.list_devices_filtered(filter, cursor, limit).await?)
     }
 
     /// A certificate by serial.
@@ -46,14 +47,14 @@ impl Authority {
         self.store.get_certificate(serial).await?.ok_or(AuthorityError::NotFound("certificate"))
     }
 
-    /// Certificates (of one device, or all) in serial order after `cursor`.
+    /// Certificates matching `filter`, in serial order after `cursor`.
     pub async fn certificates(
         &self,
-        device: Option<&DeviceId>,
+        filter: &devid_store::CertFilter,
         cursor: Option<&str>,
         limit: u32,
     ) -> Result<Page<CertRecord>, AuthorityError> {
-        Ok(self.store.list_certificates(device, cursor, limit).await?)
+        Ok(self.store.list_certificates_filtered(filter, cursor, limit).await?)
     }
 
     /// Revoke one certificate (idempotent).
@@ -183,5 +184,59 @@ impl Authority {
     /// Delete a group no device belongs to.
     pub async fn delete_group(&self, name: &str, actor: &Actor) -> Result<(), AuthorityError> {
         crate::groups::delete_group(self.store.as_ref(), self.clock.as_ref(), name, actor).await
+    }
+}
+
+impl Authority {
+    /// Issue a client certificate for the credential `client_id` (mutual-TLS client
+    /// authentication at the token endpoint, RFC 8705 §2.1) for `spki_der`. Recorded like
+    /// every certificate, under the device `credential.<client_id>`; revocable and
+    /// renewable like a device's.
+    pub async fn issue_credential_certificate(
+        &self,
+        client_id: &str,
+        spki_der: &[u8],
+        actor: &Actor,
+    ) -> Result<crate::Issued, AuthorityError> {
+        use sha2::Digest;
+        let cred =
+            self.store.get_credential(client_id).await?.ok_or(AuthorityError::NotFound("credential"))?;
+        if cred.revoked_at.is_some() {
+            return Err(AuthorityError::Invalid(format!("credential {client_id} is revoked")));
+        }
+        let device = DeviceId::new(crate::auth::credential_device_id(client_id))
+            .map_err(|e| AuthorityError::Internal(format!("credential device id: {e}")))?;
+        let now = self.clock.now();
+        let record = DeviceRecord {
+            id: device.clone(),
+            status: devid_store::DeviceStatus::Registered,
+            token_hash: None,
+            token_used_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let audit = crate::audit::event(
+            now,
+            actor,
+            "device.register",
+            device.as_str(),
+            serde_json::json!({"purpose": "client certificate of a credential", "client_id": client_id}),
+        );
+        self.store.ensure_device(&record, &devid_store::DeviceMeta::default(), &audit).await?;
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(&sha2::Sha256::digest(spki_der));
+        let csr = devid_ca::csr::VerifiedCsr {
+            spki_der: spki_der.to_vec(),
+            key_type: devid_ca::csr::DeviceKeyType::EcP256,
+            sha256,
+        };
+        let ctx = crate::enroll::IssueContext {
+            method: "credential",
+            summary: serde_json::json!({"client_id": client_id, "role": cred.role}),
+            validity_secs: None,
+            predecessor: None,
+            server_names: None,
+        };
+        self.issue(&device, &csr, devid_store::Redeem::Nothing, &ctx).await
     }
 }

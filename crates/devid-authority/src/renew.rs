@@ -29,15 +29,17 @@ impl Authority {
         if current.cert_der.as_deref() != Some(presented) {
             return refuse("the client certificate was not issued by this CA");
         }
+        let device = current.device.clone();
+        self.limiter.device(device.as_str(), self.clock.as_ref())?;
+        let record = self.store.get_device(&device).await?.ok_or(AuthorityError::NotFound("device"))?;
+        // Quarantine first: it revoked the certificate too, and is the reason to tell.
+        if record.status == DeviceStatus::Quarantined {
+            return Err(AuthorityError::DeviceQuarantined);
+        }
         match current.status {
             CertStatus::Issued => {}
             CertStatus::Revoked => return refuse("the certificate is revoked"),
             CertStatus::Pending => return refuse("the certificate was never issued"),
-        }
-        let device = current.device.clone();
-        let record = self.store.get_device(&device).await?.ok_or(AuthorityError::NotFound("device"))?;
-        if record.status == DeviceStatus::Quarantined {
-            return Err(AuthorityError::DeviceQuarantined);
         }
         let now = self.clock.now();
         let lifetime = (current.not_after.0 - current.not_before.0).max(1);

@@ -21,6 +21,13 @@ impl UnixTime {
             .unwrap_or_else(|| self.0.to_string())
     }
 
+    /// Parse RFC 3339 text (any offset); `None` when it is not RFC 3339.
+    pub fn parse_rfc3339(text: &str) -> Option<UnixTime> {
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .map(|t| UnixTime(t.unix_timestamp()))
+    }
+
     /// This time as a [`SystemTime`]; times before 1970 clamp to the epoch.
     pub fn to_system_time(self) -> SystemTime {
         UNIX_EPOCH + std::time::Duration::from_secs(self.0.max(0) as u64)
@@ -40,6 +47,11 @@ pub struct Validity {
 pub trait Clock: Send + Sync + 'static {
     /// Now.
     fn now(&self) -> UnixTime;
+    /// Now in milliseconds, for clocks finer than a second (rate limits); `None` means
+    /// "use [`Clock::now`]".
+    fn now_ms(&self) -> Option<i64> {
+        None
+    }
 }
 
 /// The system's wall clock.
@@ -50,6 +62,10 @@ impl Clock for SystemClock {
     fn now(&self) -> UnixTime {
         let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         UnixTime(secs)
+    }
+
+    fn now_ms(&self) -> Option<i64> {
+        SystemTime::now().duration_since(UNIX_EPOCH).ok().map(|d| d.as_millis() as i64)
     }
 }
 

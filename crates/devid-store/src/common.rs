@@ -66,6 +66,31 @@ fn device_status_from_text(s: &str) -> Result<DeviceStatus, StoreError> {
     }
 }
 
+pub(crate) fn cert_status_text(s: CertStatus) -> &'static str {
+    match s {
+        CertStatus::Pending => "pending",
+        CertStatus::Issued => "issued",
+        CertStatus::Revoked => "revoked",
+    }
+}
+
+/// The `LIKE` pattern that finds the label pair `k`=`v` in a labels object stored as
+/// compact JSON text and wrapped as `,<members>,` (see `list_devices_filtered`): the pair
+/// as serde_json writes it, between commas, with `%`, `_` and `\` escaped. Inside a JSON
+/// string a quote is always escaped, so the pattern cannot match across members.
+pub(crate) fn label_pattern(k: &str, v: &str) -> String {
+    let pair =
+        format!("{}:{}", serde_json::Value::String(k.to_string()), serde_json::Value::String(v.to_string()));
+    let escaped: String = pair
+        .chars()
+        .flat_map(|c| match c {
+            '%' | '_' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect();
+    format!("%,{escaped},%")
+}
+
 fn cert_status_from_text(s: &str) -> Result<CertStatus, StoreError> {
     match s {
         "pending" => Ok(CertStatus::Pending),
@@ -766,22 +791,32 @@ macro_rules! impl_store {
                 row.map($crate::DeviceRecord::try_from).transpose()
             }
 
-            async fn list_devices(
+            async fn list_devices_filtered(
                 &self,
+                filter: &$crate::DeviceFilter,
                 cursor: Option<&str>,
                 limit: u32,
             ) -> Result<$crate::Page<$crate::DeviceRecord>, $crate::StoreError> {
                 let limit = $crate::common::clamp_limit(limit);
                 // Every id sorts after the empty string, so no cursor is the cursor "".
-                let rows: Vec<$crate::common::DeviceRow> = sqlx::query_as(concat!(
-                    $crate::common::device_select!(),
-                    " WHERE id > $1 ORDER BY id LIMIT $2"
-                ))
-                .bind(cursor.unwrap_or(""))
-                .bind(i64::from(limit) + 1)
-                .fetch_all(self.reader())
-                .await
-                .map_err(|e| self.db_err(e))?;
+                let mut q = sqlx::QueryBuilder::new(concat!($crate::common::device_select!(), " WHERE id > "));
+                q.push_bind(cursor.unwrap_or("").to_string());
+                if let Some(g) = &filter.group {
+                    q.push(" AND group_name = ").push_bind(g.clone());
+                }
+                if let Some(st) = filter.status {
+                    q.push(" AND status = ").push_bind($crate::common::device_status_text(st));
+                }
+                if let Some((k, v)) = &filter.label {
+                    // Labels are stored as compact JSON text; a pair is matched as it is
+                    // written there, anchored on the delimiters around it.
+                    q.push(" AND (',' || substr(labels, 2, length(labels) - 2) || ',') LIKE ")
+                        .push_bind($crate::common::label_pattern(k, v))
+                        .push(" ESCAPE '\\'");
+                }
+                q.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit) + 1);
+                let rows: Vec<$crate::common::DeviceRow> =
+                    q.build_query_as().fetch_all(self.reader()).await.map_err(|e| self.db_err(e))?;
                 let items = $crate::common::convert(rows)?;
                 Ok($crate::common::page(items, limit, |d: &$crate::DeviceRecord| d.id.as_str().to_string()))
             }
@@ -803,7 +838,8 @@ macro_rules! impl_store {
                     // (PostgreSQL, and SQLite since 3.35), i.e. not the existing ids.
                     let mut q = sqlx::QueryBuilder::new(
                         "INSERT INTO devices \
-                         (id, status, token_hash, token_used_at, created_at, updated_at, labels, batch_id) ",
+                         (id, status, token_hash, token_used_at, created_at, updated_at, labels, batch_id, \
+                         group_name, method) ",
                     );
                     q.push_values(chunk, |mut b, d| {
                         b.push_bind(d.id.as_str())
@@ -813,7 +849,9 @@ macro_rules! impl_store {
                             .push_bind(at.0)
                             .push_bind(at.0)
                             .push_bind(d.labels.as_deref())
-                            .push_bind(batch_id);
+                            .push_bind(batch_id)
+                            .push_bind(d.group.as_deref())
+                            .push_bind(d.method.as_deref());
                     });
                     q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
                     let rows: Vec<(String,)> = q
@@ -1026,41 +1064,32 @@ macro_rules! impl_store {
                 row.map($crate::CertRecord::try_from).transpose()
             }
 
-            async fn list_certificates(
+            async fn list_certificates_filtered(
                 &self,
-                device: Option<&devid_core::DeviceId>,
+                filter: &$crate::CertFilter,
                 cursor: Option<&str>,
                 limit: u32,
             ) -> Result<$crate::Page<$crate::CertRecord>, $crate::StoreError> {
                 let limit = $crate::common::clamp_limit(limit);
-                let fetch = i64::from(limit) + 1;
                 // Serials are stored as lowercase hex; every serial sorts after the empty
                 // string, so no cursor is the cursor "".
-                let cursor = cursor.unwrap_or("").to_ascii_lowercase();
-                let rows: Vec<$crate::common::CertRow> = match device {
-                    Some(device) => {
-                        sqlx::query_as(concat!(
-                            $crate::common::cert_select!(),
-                            " WHERE c.device_id = $1 AND c.serial > $2 ORDER BY c.serial LIMIT $3"
-                        ))
-                        .bind(device.as_str())
-                        .bind(cursor.as_str())
-                        .bind(fetch)
-                        .fetch_all(self.reader())
-                        .await
-                    }
-                    None => {
-                        sqlx::query_as(concat!(
-                            $crate::common::cert_select!(),
-                            " WHERE c.serial > $1 ORDER BY c.serial LIMIT $2"
-                        ))
-                        .bind(cursor.as_str())
-                        .bind(fetch)
-                        .fetch_all(self.reader())
-                        .await
-                    }
+                let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " WHERE c.serial > "));
+                q.push_bind(cursor.unwrap_or("").to_ascii_lowercase());
+                if let Some(d) = &filter.device {
+                    q.push(" AND c.device_id = ").push_bind(d.as_str().to_string());
                 }
-                .map_err(|e| self.db_err(e))?;
+                if let Some(st) = filter.status {
+                    q.push(" AND c.status = ").push_bind($crate::common::cert_status_text(st));
+                }
+                if let Some(t) = filter.expiring_before {
+                    q.push(" AND c.not_after < ").push_bind(t.0);
+                }
+                if let Some(g) = &filter.group {
+                    q.push(" AND c.device_id IN (SELECT id FROM devices WHERE group_name = ").push_bind(g.clone()).push(")");
+                }
+                q.push(" ORDER BY c.serial LIMIT ").push_bind(i64::from(limit) + 1);
+                let rows: Vec<$crate::common::CertRow> =
+                    q.build_query_as().fetch_all(self.reader()).await.map_err(|e| self.db_err(e))?;
                 let items = $crate::common::convert(rows)?;
                 Ok($crate::common::page(items, limit, |c: &$crate::CertRecord| c.serial.to_hex()))
             }
@@ -1542,6 +1571,36 @@ macro_rules! impl_store {
                 .await
                 .map_err(|e| self.db_err(e))?;
                 Ok(row.map($crate::common::challenge_from_row))
+            }
+
+            async fn node_heartbeat(
+                &self,
+                node: &str,
+                now: devid_core::UnixTime,
+                live_after: devid_core::UnixTime,
+            ) -> Result<u64, $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                sqlx::query(
+                    "INSERT INTO nodes (id, seen_at) VALUES ($1, $2) \
+                     ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+                )
+                .bind(node)
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                sqlx::query("DELETE FROM nodes WHERE seen_at < $1")
+                    .bind(now.0 - 3600)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM nodes WHERE seen_at > $1")
+                    .bind(live_after.0)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(n.max(1) as u64)
             }
 
             async fn append_audit(&self, audit: &$crate::AuditEvent) -> Result<(), $crate::StoreError> {

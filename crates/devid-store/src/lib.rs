@@ -96,6 +96,10 @@ pub struct BatchDevice {
     pub token_hash: Option<Vec<u8>>,
     /// Its labels: a JSON object of string to string, as text (`None`: no labels).
     pub labels: Option<String>,
+    /// Its enrollment group.
+    pub group: Option<String>,
+    /// Its own attestation method.
+    pub method: Option<String>,
 }
 
 /// What a device carries besides its lifecycle ([`Store::device_meta`]).
@@ -111,6 +115,30 @@ pub struct DeviceMeta {
     pub method: Option<String>,
     /// Its own secret (the derived-key method's device key), sealed by the key manager.
     pub secret: Option<Vec<u8>>,
+}
+
+/// Which devices a list returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceFilter {
+    /// Only devices of this group.
+    pub group: Option<String>,
+    /// Only devices in this state.
+    pub status: Option<DeviceStatus>,
+    /// Only devices carrying this label (key, value).
+    pub label: Option<(String, String)>,
+}
+
+/// Which certificates a list returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertFilter {
+    /// Only this device's.
+    pub device: Option<DeviceId>,
+    /// Only certificates in this state.
+    pub status: Option<CertStatus>,
+    /// Only certificates whose notAfter is before this.
+    pub expiring_before: Option<UnixTime>,
+    /// Only certificates of devices of this group.
+    pub group: Option<String>,
 }
 
 /// An enrollment group: the policy a factory line defines for the devices it makes.
@@ -170,7 +198,7 @@ pub enum Redeem<'a> {
     Nonce(&'a [u8]),
 }
 
-/// Rows per `INSERT` statement of [`Store::insert_device_batch`] (6 bind parameters a row:
+/// Rows per `INSERT` statement of [`Store::insert_device_batch`] (8 bind parameters a row:
 /// well inside SQLite's 32,766 and PostgreSQL's 65,535).
 pub const BATCH_STATEMENT_ROWS: usize = 1000;
 
@@ -406,7 +434,16 @@ pub trait Store: Send + Sync + 'static {
     /// The device holding this token hash (redeemed or not).
     async fn device_by_token_hash(&self, token_hash: &[u8]) -> Result<Option<DeviceRecord>, StoreError>;
     /// Devices in id order, after `cursor` (an id), at most `limit`.
-    async fn list_devices(&self, cursor: Option<&str>, limit: u32) -> Result<Page<DeviceRecord>, StoreError>;
+    async fn list_devices(&self, cursor: Option<&str>, limit: u32) -> Result<Page<DeviceRecord>, StoreError> {
+        self.list_devices_filtered(&DeviceFilter::default(), cursor, limit).await
+    }
+    /// Devices matching `filter`, in id order, after `cursor`, at most `limit`.
+    async fn list_devices_filtered(
+        &self,
+        filter: &DeviceFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<DeviceRecord>, StoreError>;
     /// Pre-register devices (status registered) in one transaction, recording `batch_id`
     /// and each device's labels; a device whose id exists already is left untouched
     /// (`INSERT … ON CONFLICT (id) DO NOTHING`). Returns the ids this call created, so the
@@ -454,6 +491,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_certificates(
         &self,
         device: Option<&DeviceId>,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<CertRecord>, StoreError> {
+        let filter = CertFilter { device: device.cloned(), ..CertFilter::default() };
+        self.list_certificates_filtered(&filter, cursor, limit).await
+    }
+    /// Certificates matching `filter`, in serial order after `cursor`, at most `limit`.
+    async fn list_certificates_filtered(
+        &self,
+        filter: &CertFilter,
         cursor: Option<&str>,
         limit: u32,
     ) -> Result<Page<CertRecord>, StoreError>;
@@ -578,6 +625,17 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_challenge(&self, c: &ChallengeRecord, purge_before: UnixTime) -> Result<(), StoreError>;
     /// A challenge by nonce hash.
     async fn get_challenge(&self, nonce_hash: &[u8]) -> Result<Option<ChallengeRecord>, StoreError>;
+
+    // --- nodes ---
+
+    /// Record that `node` is alive at `now`, forget nodes not seen for an hour, and return
+    /// how many nodes were seen after `live_after` (this one included).
+    async fn node_heartbeat(
+        &self,
+        node: &str,
+        now: UnixTime,
+        live_after: UnixTime,
+    ) -> Result<u64, StoreError>;
 
     // --- audit log ---
 

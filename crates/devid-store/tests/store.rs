@@ -56,6 +56,8 @@ both_backends!(
     device_batch_insert,
     audit_chain_is_dense_and_verifiable,
     groups_challenges_and_lineage,
+    nodes_are_counted,
+    list_filters,
 );
 
 // --- fixtures ---
@@ -1082,11 +1084,19 @@ async fn device_batch_insert(backend: Backend) {
         id: DeviceId::new(format!("bulk-{i:05}")).unwrap(),
         token_hash: Some([&i.to_be_bytes()[..], &[1u8; 28]].concat()),
         labels: i.is_multiple_of(2).then(|| format!(r#"{{"line":"{i}"}}"#)),
+        group: None,
+        method: None,
     };
     // More than one statement's worth, so the chunking inside a call is exercised too.
     let n = devid_store::BATCH_STATEMENT_ROWS as u32 + 500;
     let mut batch: Vec<BatchDevice> = (0..n).map(row).collect();
-    batch.push(BatchDevice { id: DeviceId::new("pre-existing").unwrap(), token_hash: None, labels: None });
+    batch.push(BatchDevice {
+        id: DeviceId::new("pre-existing").unwrap(),
+        token_hash: None,
+        labels: None,
+        group: None,
+        method: None,
+    });
     let created = store.insert_device_batch("b-1", &batch, t(5), &ev()).await.unwrap();
     assert_eq!(created.len(), n as usize);
     assert!(!created.iter().any(|d| d.as_str() == "pre-existing"));
@@ -1235,5 +1245,125 @@ async fn groups_challenges_and_lineage(backend: Backend) {
         PendingCert { predecessor: Some(serial(1)), ..pending(&serial(3), &issuer, &dev.id, &[3; 32], 20) };
     store.record_intent(&renewal, Redeem::Nothing).await.unwrap();
     assert_eq!(store.get_certificate(&serial(3)).await.unwrap().unwrap().predecessor, Some(serial(1)));
+    db.cleanup().await;
+}
+
+/// Heartbeats count the live nodes.
+async fn nodes_are_counted(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    assert_eq!(store.node_heartbeat("a", t(100), t(85)).await.unwrap(), 1);
+    assert_eq!(store.node_heartbeat("b", t(101), t(86)).await.unwrap(), 2);
+    assert_eq!(store.node_heartbeat("a", t(110), t(95)).await.unwrap(), 2);
+    // b stops; 15 s later only a is live.
+    assert_eq!(store.node_heartbeat("a", t(130), t(115)).await.unwrap(), 1);
+    db.cleanup().await;
+}
+
+/// Lists filter by group, status and label (devices) and by status, expiry and group
+/// (certificates), and keep paging by key under a filter.
+async fn list_filters(backend: Backend) {
+    use devid_store::{CertFilter, DeviceFilter};
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let g = devid_store::GroupRecord {
+        name: "g1".into(),
+        methods: vec!["token".into()],
+        registration: "required".into(),
+        id_source: "claimed".into(),
+        validity_secs: None,
+        trust_anchors: vec![],
+        crls: vec![],
+        master_key: None,
+        rate_per_minute: None,
+        created_at: t(0),
+        updated_at: t(0),
+    };
+    store.put_group(&g, false, &ev()).await.unwrap();
+    let labels = [r#"{"line":"7","site":"x_1%"}"#, r#"{"line":"8"}"#, r#"{"a":"line","b":"7"}"#];
+    for (i, l) in labels.iter().enumerate() {
+        let meta = DeviceMeta {
+            labels: Some(l.to_string()),
+            group: (i < 2).then(|| "g1".to_string()),
+            ..DeviceMeta::default()
+        };
+        store.insert_device(&device(&format!("f-{i}"), None), &meta, &ev()).await.unwrap();
+    }
+    let ids = |p: devid_store::Page<DeviceRecord>| {
+        p.items.into_iter().map(|d| d.id.to_string()).collect::<Vec<_>>()
+    };
+    let f = |group: Option<&str>, label: Option<(&str, &str)>| DeviceFilter {
+        group: group.map(str::to_string),
+        status: None,
+        label: label.map(|(k, v)| (k.to_string(), v.to_string())),
+    };
+    assert_eq!(
+        ids(store.list_devices_filtered(&f(Some("g1"), None), None, 10).await.unwrap()),
+        ["f-0", "f-1"]
+    );
+    assert_eq!(
+        ids(store.list_devices_filtered(&f(None, Some(("line", "7"))), None, 10).await.unwrap()),
+        ["f-0"]
+    );
+    assert_eq!(
+        ids(store.list_devices_filtered(&f(None, Some(("site", "x_1%"))), None, 10).await.unwrap()),
+        ["f-0"]
+    );
+    assert!(
+        store.list_devices_filtered(&f(None, Some(("site", "x%"))), None, 10).await.unwrap().items.is_empty(),
+        "no wildcards"
+    );
+    assert!(
+        store.list_devices_filtered(&f(None, Some(("b", "line"))), None, 10).await.unwrap().items.is_empty()
+    );
+    assert!(store.list_devices_filtered(&f(Some("g2"), None), None, 10).await.unwrap().items.is_empty());
+    let page = store.list_devices_filtered(&f(Some("g1"), None), None, 1).await.unwrap();
+    assert_eq!(page.next.as_deref(), Some("f-0"));
+    assert_eq!(
+        ids(store.list_devices_filtered(&f(Some("g1"), None), page.next.as_deref(), 1).await.unwrap()),
+        ["f-1"]
+    );
+    let quarantined = DeviceFilter { status: Some(DeviceStatus::Quarantined), ..DeviceFilter::default() };
+    assert!(store.list_devices_filtered(&quarantined, None, 10).await.unwrap().items.is_empty());
+
+    for (n, dev, exp) in [(1u64, "f-0", 100), (2, "f-1", 200), (3, "f-2", 300)] {
+        let d = DeviceId::new(dev).unwrap();
+        let p = PendingCert { not_after: t(exp), ..pending(&serial(n), &issuer, &d, &[n as u8; 32], 10) };
+        store.record_intent(&p, Redeem::Nothing).await.unwrap();
+        store.complete_issuance(&serial(n), b"der", t(11), &ev()).await.unwrap();
+    }
+    store.revoke(&serial(2), RevocationReason::KeyCompromise, t(12), &ev()).await.unwrap();
+    let serials = |p: devid_store::Page<devid_store::CertRecord>| {
+        p.items.into_iter().map(|c| c.serial).collect::<Vec<_>>()
+    };
+    let cf = |status, before: Option<i64>, group: Option<&str>| CertFilter {
+        device: None,
+        status,
+        expiring_before: before.map(t),
+        group: group.map(str::to_string),
+    };
+    assert_eq!(
+        serials(
+            store
+                .list_certificates_filtered(&cf(Some(CertStatus::Issued), None, None), None, 10)
+                .await
+                .unwrap()
+        ),
+        [serial(1), serial(3)]
+    );
+    assert_eq!(
+        serials(store.list_certificates_filtered(&cf(None, Some(250), None), None, 10).await.unwrap()),
+        [serial(1), serial(2)]
+    );
+    assert_eq!(
+        serials(
+            store
+                .list_certificates_filtered(&cf(Some(CertStatus::Issued), Some(250), Some("g1")), None, 10)
+                .await
+                .unwrap()
+        ),
+        [serial(1)]
+    );
     db.cleanup().await;
 }

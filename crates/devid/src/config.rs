@@ -68,6 +68,26 @@ pub struct RawConfig {
     pub tls: TlsRaw,
     /// Enrollment and renewal policy.
     pub enroll: EnrollRaw,
+    /// Rate limits.
+    pub limits: LimitsRaw,
+}
+
+/// `[limits]`: requests a minute (0: unlimited), shared by all replicas.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsRaw {
+    /// Enrollment, challenge and renewal requests per source address (default 6000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_source: Option<String>,
+    /// Enrollments and renewals per device (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_device: Option<String>,
+    /// API requests per credential (default 6000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_credential: Option<String>,
+    /// Enrollments per group when the group sets no rate (default 0: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_group: Option<String>,
 }
 
 /// `[tls]`.
@@ -267,6 +287,8 @@ pub struct Config {
     pub renew_after: f64,
     /// Renewal grace period after expiry.
     pub renew_grace: Duration,
+    /// Rate limits, per minute (0: unlimited): per source, device, credential, group.
+    pub limits: [u64; 4],
 }
 
 /// A configuration error, naming the key.
@@ -280,7 +302,8 @@ fn bad(key: &str, msg: impl std::fmt::Display) -> ConfigError {
 
 /// The top-level keys, used to keep unrelated `DEVID_*` variables (e.g. the test
 /// runner's `DEVID_TEST_*`) out of the configuration.
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
+    "limits",
     "listen",
     "data_dir",
     "database_url",
@@ -594,7 +617,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Duration::ZERO,
         Duration::from_secs(30 * 86400),
     )?;
+    let limits = [
+        number("limits.per_source", raw.limits.per_source.as_deref(), 6000, 0, 100_000_000)? as u64,
+        number("limits.per_device", raw.limits.per_device.as_deref(), 10, 0, 100_000_000)? as u64,
+        number("limits.per_credential", raw.limits.per_credential.as_deref(), 6000, 0, 100_000_000)? as u64,
+        number("limits.per_group", raw.limits.per_group.as_deref(), 0, 0, 100_000_000)? as u64,
+    ];
     Ok(Config {
+        limits,
         tls_listen,
         tls_names,
         tls_validity,

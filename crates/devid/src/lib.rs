@@ -115,6 +115,11 @@ enum CredentialCommand {
         /// A label, e.g. the factory line.
         #[arg(long, default_value = "cli")]
         name: String,
+        /// Also issue a client certificate for the credential into this directory
+        /// (key.pem mode 0600, cert.pem, chain.pem): the client may then get tokens with
+        /// mutual TLS on the renewal listener instead of its secret (RFC 8705 §2.1).
+        #[arg(long, value_name = "DIR")]
+        client_cert_out: Option<PathBuf>,
         /// Print {"client_id": …, "client_secret": …, "role": …}.
         #[arg(long)]
         json: bool,
@@ -565,24 +570,24 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
         Some(u) => u.clone(),
         None => url::Url::parse(&format!("http://{addr}"))?,
     };
-    let authority = Authority::load(
-        store.clone(),
-        kms,
-        clock,
-        rng,
-        AuthorityConfig {
-            public_url: public_url.clone(),
-            leaf_validity_secs: cfg.validity.as_secs() as i64,
-            backdate_secs: cfg.backdate.as_secs() as i64,
-            device_uri_prefix: cfg.device_uri_prefix.clone(),
-            crl_shards: cfg.crl_shards,
-            challenge_ttl_secs: cfg.challenge_ttl.as_secs() as i64,
-            renew_after_fraction: cfg.renew_after,
-            renew_grace_secs: cfg.renew_grace.as_secs() as i64,
-        },
-    )
-    .await?;
+    let authority =
+        Authority::load(store.clone(), kms, clock, rng, authority_config(&cfg, public_url.clone())).await?;
     let authority = Arc::new(authority);
+    // Heartbeats: the rate limits are shared among the replicas seen in the last 15 s.
+    {
+        let authority = authority.clone();
+        let node = format!("{}-{}", std::process::id(), random_suffix(&OsEntropy));
+        tokio::spawn(async move {
+            loop {
+                let now = SystemClock.now();
+                match authority.store().node_heartbeat(&node, now, now.plus(-15)).await {
+                    Ok(n) => authority.limiter().set_nodes(n),
+                    Err(e) => tracing::warn!(error = %e, "node heartbeat failed"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        });
+    }
     let tls = match cfg.tls_listen {
         None => None,
         Some(addr) => Some(start_tls(&cfg, &authority, addr).await?),
@@ -1048,7 +1053,7 @@ async fn device_import(cfg: &Config, a: ImportArgs) -> Result<(), CliError> {
     let mut write_error: Option<std::io::Error> = None;
     let mut on_chunk = |c: &ChunkDone<'_>| {
         for row in c.rows {
-            if let RowResult::Created(t) = &row.result {
+            if let RowResult::Created(Some(t)) = &row.result {
                 let line = serde_json::json!({ "id": row.id, "token": t.reveal() });
                 if let Err(e) = writeln!(tokens_out, "{line}") {
                     write_error.get_or_insert(e);
@@ -1313,10 +1318,80 @@ async fn audit(cfg: &Config, a: AuditCommand) -> Result<(), CliError> {
     }
 }
 
+/// The authority's settings from the configuration.
+fn authority_config(cfg: &Config, public_url: url::Url) -> AuthorityConfig {
+    use devid_authority::ratelimit::{Limits, Rate};
+    let rate = |n: u64| if n == 0 { Rate::UNLIMITED } else { Rate::per_minute(n) };
+    AuthorityConfig {
+        public_url,
+        leaf_validity_secs: cfg.validity.as_secs() as i64,
+        backdate_secs: cfg.backdate.as_secs() as i64,
+        device_uri_prefix: cfg.device_uri_prefix.clone(),
+        crl_shards: cfg.crl_shards,
+        challenge_ttl_secs: cfg.challenge_ttl.as_secs() as i64,
+        renew_after_fraction: cfg.renew_after,
+        renew_grace_secs: cfg.renew_grace.as_secs() as i64,
+        limits: Limits {
+            per_source: rate(cfg.limits[0]),
+            per_device: rate(cfg.limits[1]),
+            per_credential: rate(cfg.limits[2]),
+            per_group_default: rate(cfg.limits[3]),
+        },
+    }
+}
+
+/// Issue a client certificate for a credential into `dir`: key.pem (0600), cert.pem,
+/// chain.pem. Returns the directory as text.
+async fn write_client_certificate(
+    cfg: &Config,
+    store: Arc<dyn devid_store::Store>,
+    client_id: &str,
+    dir: &Path,
+) -> Result<String, CliError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let public_url = match &cfg.public_url {
+        Some(u) => u.clone(),
+        None => url::Url::parse(&format!("http://{}", cfg.listen))?,
+    };
+    let kms: Arc<dyn devid_kms::KeyManager> = Arc::new(build_kms(cfg)?);
+    let authority = Authority::load(
+        store,
+        kms,
+        Arc::new(SystemClock),
+        Arc::new(OsEntropy),
+        authority_config(cfg, public_url),
+    )
+    .await?;
+    let (pkcs8, spki) = devid_api::tls::generate_server_key()?;
+    let issued = authority.issue_credential_certificate(client_id, &spki, &Actor::cli()).await?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| CliError(format!("--client-cert-out: cannot create {}: {e}", dir.display())))?;
+    let write = |name: &str, data: &[u8], mode: u32| -> Result<(), CliError> {
+        use std::io::Write;
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
+        f.write_all(data).map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))
+    };
+    let key_pem = zeroize::Zeroizing::new(devid_ca::to_pem("PRIVATE KEY", &pkcs8));
+    write("key.pem", key_pem.as_bytes(), 0o600)?;
+    write("cert.pem", devid_authority::certificate_pem(&issued.cert_der).as_bytes(), 0o644)?;
+    write("chain.pem", issued.chain_pem.as_bytes(), 0o644)?;
+    Ok(dir.display().to_string())
+}
+
 async fn credential(cfg: &Config, c: CredentialCommand) -> Result<(), CliError> {
     let store = open_store(cfg).await?;
     match c {
-        CredentialCommand::Create { role, name, json } => {
+        CredentialCommand::Create { role, name, client_cert_out, json } => {
             let role: devid_authority::auth::Role =
                 role.parse().map_err(|e: String| CliError(format!("--role: {e}")))?;
             let c = devid_authority::auth::create_credential(
@@ -1328,10 +1403,16 @@ async fn credential(cfg: &Config, c: CredentialCommand) -> Result<(), CliError> 
                 &Actor::cli(),
             )
             .await?;
+            let cert_dir = match &client_cert_out {
+                Some(dir) => {
+                    Some(write_client_certificate(cfg, store.clone(), &c.record.client_id, dir).await?)
+                }
+                None => None,
+            };
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({ "client_id": c.record.client_id, "client_secret": c.client_secret, "role": c.record.role })
+                    serde_json::json!({ "client_id": c.record.client_id, "client_secret": c.client_secret, "role": c.record.role, "client_cert_dir": cert_dir })
                 );
             } else {
                 println!("client_id:     {}", c.record.client_id);
