@@ -24,7 +24,8 @@ on_both_backends!(
     revocation,
     credentials_api,
     devices_and_certificates_rest,
-    client_certificate_authentication
+    client_certificate_authentication,
+    factory_scoped_to_groups
 );
 
 // ---------------------------------------------------------------------------------------
@@ -1077,6 +1078,81 @@ async fn client_certificate_authentication(backend: Backend) {
     // Revoked credential: refused.
     install.run_ok(&["credential", "revoke", &client_id]);
     ask(client, client_id.clone()).await.oauth_error(401, "invalid_client", "a revoked credential");
+    drop(server);
+    install.cleanup().await;
+}
+
+/// A factory credential limited to groups registers devices into them only and sees only
+/// their devices and groups; other groups' devices are "not found" to it.
+async fn factory_scoped_to_groups(backend: Backend) {
+    let install = Install::new(backend).await;
+    let server = install.serve();
+    install.run_ok(&["group", "add", "g1", "--method", "token"]);
+    install.run_ok(&["group", "add", "g2", "--method", "token"]);
+    let out = install.run_ok(&["credential", "create", "--role", "factory", "--group", "g1", "--json"]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let scoped = Cred {
+        client_id: v["client_id"].as_str().unwrap().to_string(),
+        secret: v["client_secret"].as_str().unwrap().to_string(),
+    };
+    let bad = install.run(&["credential", "create", "--role", "operator", "--group", "g1"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("only factory"));
+    let tf = token(&server, &scoped).await;
+    let admin = cli_credential(&install, "admin");
+    let ta = token(&server, &admin).await;
+
+    let r = call(&server, "POST", "/v1/devices", Some(&tf), Some(json!({"id": "s-1", "group": "g1"}))).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    call(&server, "POST", "/v1/devices", Some(&tf), Some(json!({"id": "s-2", "group": "g2"}))).await.problem(
+        403,
+        "forbidden",
+        "another group",
+    );
+    call(&server, "POST", "/v1/devices", Some(&tf), Some(json!({"id": "s-3"}))).await.problem(
+        403,
+        "forbidden",
+        "no group",
+    );
+    let r = call(&server, "POST", "/v1/devices", Some(&ta), Some(json!({"id": "o-1", "group": "g2"}))).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    let r = get(&server, "/v1/devices", &tf).await;
+    let ids: Vec<&str> =
+        r.json["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["s-1"], "{}", r.text);
+    get(&server, "/v1/devices/o-1", &tf).await.problem(404, "not-found", "another group's device");
+    assert_eq!(get(&server, "/v1/devices/s-1", &tf).await.status, 200);
+    get(&server, "/v1/devices?group=g2", &tf).await.problem(403, "forbidden", "another group's list");
+    let r = get(&server, "/v1/groups", &tf).await;
+    let names: Vec<&str> = r.json.as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["g1"]);
+    get(&server, "/v1/groups/g2", &tf).await.problem(404, "not-found", "another group");
+    let r = get(&server, "/v1/credentials", &ta).await;
+    let listed = r
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == scoped.client_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(listed["groups"], json!(["g1"]));
+
+    let rows = "{\"id\":\"b-1\",\"group\":\"g1\"}\n{\"id\":\"b-2\",\"group\":\"g2\"}\n{\"id\":\"b-3\"}\n";
+    let r = http()
+        .post(server.url("/v1/device-batches/scoped"))
+        .bearer_auth(&tf)
+        .header("content-type", "application/x-ndjson")
+        .body(rows)
+        .send()
+        .await
+        .unwrap();
+    let r = Resp::read(r).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["rows"][0]["result"], "created", "{}", r.text);
+    assert_eq!(r.json["rows"][1]["reason"], "outside this credential's groups", "{}", r.text);
+    assert_eq!(r.json["rows"][2]["reason"], "outside this credential's groups", "{}", r.text);
     drop(server);
     install.cleanup().await;
 }

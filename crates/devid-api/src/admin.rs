@@ -193,6 +193,8 @@ pub struct Certificate {
     pub reason: Option<String>,
     /// The certificate, PEM (absent while pending).
     pub certificate: Option<String>,
+    /// The certificate this one renewed (lineage), hex serial.
+    pub predecessor: Option<String>,
 }
 
 impl From<CertRecord> for Certificate {
@@ -211,6 +213,7 @@ impl From<CertRecord> for Certificate {
             revoked_at: c.revocation.map(|(t, _)| t.to_rfc3339()),
             reason: c.revocation.map(|(_, r)| r.name().to_string()),
             certificate: c.cert_der.as_deref().map(|d| devid_ca::to_pem("CERTIFICATE", d)),
+            predecessor: c.predecessor.as_ref().map(devid_core::Serial::to_hex),
         }
     }
 }
@@ -232,6 +235,9 @@ pub struct NewCredentialRequest {
     pub role: String,
     /// A label (e.g. the factory line).
     pub name: String,
+    /// For a factory credential: the enrollment groups it is limited to (it registers
+    /// devices into them only and sees only their devices).
+    pub groups: Option<Vec<String>>,
 }
 
 /// A new credential: the secret is shown once.
@@ -258,6 +264,8 @@ pub struct Credential {
     pub created_at: String,
     /// Revoked at, RFC 3339.
     pub revoked_at: Option<String>,
+    /// The enrollment groups it is limited to (absent: all).
+    pub groups: Option<Vec<String>>,
 }
 
 impl From<devid_store::CredentialRecord> for Credential {
@@ -268,6 +276,7 @@ impl From<devid_store::CredentialRecord> for Credential {
             name: c.name,
             created_at: c.created_at.to_rfc3339(),
             revoked_at: c.revoked_at.map(|t| t.to_rfc3339()),
+            groups: c.groups,
         }
     }
 }
@@ -318,6 +327,7 @@ async fn create_device(
     ))]
 async fn list_devices(
     State(state): State<AppState>,
+    Caller(actor): Caller,
     ApiQuery(p): ApiQuery<Paging>,
 ) -> Result<axum::Json<DevicePage>, ApiError> {
     let status = match p.status.as_deref() {
@@ -337,7 +347,7 @@ async fn list_devices(
         },
     };
     let filter = devid_store::DeviceFilter { group: p.group, status, label };
-    let page = state.authority.devices(&filter, p.cursor.as_deref(), p.limit.unwrap_or(100)).await?;
+    let page = state.authority.devices(&filter, p.cursor.as_deref(), p.limit.unwrap_or(100), &actor).await?;
     Ok(axum::Json(DevicePage { items: page.items.into_iter().map(Device::from).collect(), next: page.next }))
 }
 
@@ -352,9 +362,10 @@ async fn list_devices(
     ))]
 async fn get_device(
     State(state): State<AppState>,
+    Caller(actor): Caller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Device>, ApiError> {
-    Ok(axum::Json(state.authority.device(&device_id(&id)?).await?.into()))
+    Ok(axum::Json(state.authority.device(&device_id(&id)?, &actor).await?.into()))
 }
 
 /// Revoke every certificate of a device.
@@ -511,7 +522,7 @@ async fn create_credential(
 ) -> Result<(StatusCode, axum::Json<NewCredentialResponse>), ApiError> {
     let role: Role =
         req.role.parse().map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid-request", e))?;
-    let c = state.authority.create_credential(role, &req.name, &actor).await?;
+    let c = state.authority.create_credential(role, &req.name, req.groups, &actor).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(NewCredentialResponse {

@@ -150,6 +150,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
             Some(p) => Ok(Caller(devid_authority::Actor::Credential {
                 client_id: p.client_id.clone(),
                 role: p.role,
+                groups: p.groups.clone(),
             })),
             None => Err(unauthenticated("a bearer token is required", false)),
         }

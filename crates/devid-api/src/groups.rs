@@ -165,8 +165,11 @@ async fn create_group(
         (status = 401, description = "No or bad token.", body = Problem, content_type = P),
         (status = 403, description = "Role not allowed.", body = Problem, content_type = P)
     ))]
-async fn list_groups(State(state): State<AppState>) -> Result<axum::Json<Vec<Group>>, ApiError> {
-    Ok(axum::Json(state.authority.groups().await?.into_iter().map(Group::from).collect()))
+async fn list_groups(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+) -> Result<axum::Json<Vec<Group>>, ApiError> {
+    Ok(axum::Json(state.authority.groups(&actor).await?.into_iter().map(Group::from).collect()))
 }
 
 /// An enrollment group.
@@ -179,9 +182,10 @@ async fn list_groups(State(state): State<AppState>) -> Result<axum::Json<Vec<Gro
     ))]
 async fn get_group(
     State(state): State<AppState>,
+    Caller(actor): Caller,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Group>, ApiError> {
-    Ok(axum::Json(state.authority.group(&name).await?.into()))
+    Ok(axum::Json(state.authority.group(&name, &actor).await?.into()))
 }
 
 /// Delete an enrollment group no device belongs to.

@@ -17,6 +17,8 @@ pub enum Actor {
         client_id: String,
         /// Its role.
         role: Role,
+        /// The enrollment groups it is limited to (`None`: all).
+        groups: Option<Vec<String>>,
     },
     /// A device, enrolling or renewing.
     Device(DeviceId),
@@ -29,6 +31,24 @@ pub enum Actor {
 }
 
 impl Actor {
+    /// The enrollment groups this actor is limited to, if it is (a scoped factory
+    /// credential); everyone else is unscoped.
+    pub fn group_scope(&self) -> Option<&[String]> {
+        match self {
+            Actor::Credential { groups: Some(g), .. } => Some(g),
+            _ => None,
+        }
+    }
+
+    /// Whether this actor may act on a device of `group` (`None`: no group).
+    pub fn may_use_group(&self, group: Option<&str>) -> bool {
+        match (self.group_scope(), group) {
+            (None, _) => true,
+            (Some(scope), Some(g)) => scope.iter().any(|s| s == g),
+            (Some(_), None) => false,
+        }
+    }
+
     /// The command-line user (`$USER`, or `unknown`).
     pub fn cli() -> Actor {
         Actor::Cli(std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "unknown".into()))
@@ -38,7 +58,7 @@ impl Actor {
 impl std::fmt::Display for Actor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Actor::Credential { client_id, role } => write!(f, "credential:{client_id}({role})"),
+            Actor::Credential { client_id, role, .. } => write!(f, "credential:{client_id}({role})"),
             Actor::Device(id) => write!(f, "device:{id}"),
             Actor::Cli(user) => write!(f, "cli:{user}"),
             Actor::System => f.write_str("system"),

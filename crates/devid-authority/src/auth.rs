@@ -89,6 +89,8 @@ pub struct Principal {
     pub jti: String,
     /// When the token expires.
     pub expires_at: UnixTime,
+    /// The enrollment groups its credential is limited to (`None`: all).
+    pub groups: Option<Vec<String>>,
 }
 
 /// A new credential; the secret is shown once.
@@ -140,10 +142,24 @@ pub async fn create_credential(
     rng: &dyn Entropy,
     role: Role,
     name: &str,
+    groups: Option<Vec<String>>,
     actor: &crate::Actor,
 ) -> Result<NewCredential, AuthorityError> {
     if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
         return Err(AuthorityError::Invalid("credential name must be 1-200 printable characters".into()));
+    }
+    if let Some(gs) = &groups {
+        if role != Role::Factory {
+            return Err(AuthorityError::Invalid("only factory credentials are limited to groups".into()));
+        }
+        if gs.is_empty() || gs.len() > 100 {
+            return Err(AuthorityError::Invalid("give 1 to 100 groups".into()));
+        }
+        for g in gs {
+            if store.get_group(g).await?.is_none() {
+                return Err(AuthorityError::Invalid(format!("no group {g}")));
+            }
+        }
     }
     let mut id = [0u8; 8];
     rng.fill(&mut id);
@@ -162,13 +178,14 @@ pub async fn create_credential(
         name: name.to_string(),
         created_at: clock.now(),
         revoked_at: None,
+        groups,
     };
     let audit = crate::audit::event(
         record.created_at,
         actor,
         "credential.create",
         record.client_id.as_str(),
-        serde_json::json!({"role": role.as_str(), "name": name}),
+        serde_json::json!({"role": role.as_str(), "name": name, "groups": record.groups}),
     );
     store.insert_credential(&record, &audit).await?;
     tracing::info!(client_id = %record.client_id, role = %role, "credential created");
@@ -558,11 +575,17 @@ impl TokenService {
         if self.store.is_token_revoked(jti).await? {
             return Err(bad("token revoked"));
         }
-        match self.store.get_credential(sub).await? {
-            Some(cred) if cred.revoked_at.is_none() && cred.role == role.as_str() => {}
+        let groups = match self.store.get_credential(sub).await? {
+            Some(cred) if cred.revoked_at.is_none() && cred.role == role.as_str() => cred.groups,
             _ => return Err(bad("credential revoked")),
-        }
-        Ok(Principal { client_id: sub.to_string(), role, jti: jti.to_string(), expires_at: UnixTime(exp) })
+        };
+        Ok(Principal {
+            client_id: sub.to_string(),
+            role,
+            jti: jti.to_string(),
+            expires_at: UnixTime(exp),
+            groups,
+        })
     }
 
     /// Revoke one access token on behalf of the client it was issued to (RFC 7009 §2.1:
@@ -573,7 +596,11 @@ impl TokenService {
     pub async fn revoke(&self, client_id: &str, token: &str) -> Result<(), AuthorityError> {
         match self.verify(token).await {
             Ok(p) if p.client_id == client_id => {
-                let actor = crate::Actor::Credential { client_id: p.client_id.clone(), role: p.role };
+                let actor = crate::Actor::Credential {
+                    client_id: p.client_id.clone(),
+                    role: p.role,
+                    groups: p.groups.clone(),
+                };
                 let audit = crate::audit::event(
                     self.clock.now(),
                     &actor,

@@ -495,6 +495,11 @@ pub async fn import_batch(
     let mut groups: HashMap<String, Option<Vec<crate::groups::Method>>> = HashMap::new();
     let mut checked = Vec::with_capacity(valid.len());
     for (i, line, id, d) in valid {
+        if !actor.may_use_group(d.group.as_deref()) {
+            let reason = "outside this credential's groups".to_string();
+            outcomes[i] = Some(RowOutcome { line, id, result: RowResult::Rejected(reason) });
+            continue;
+        }
         if let Some(g) = &d.group {
             if !groups.contains_key(g) {
                 let methods = store.get_group(g).await?.map(|r| crate::groups::methods_of(&r));

@@ -176,6 +176,11 @@ pub async fn register_device(
     opts: &DeviceOptions,
     actor: &Actor,
 ) -> Result<(DeviceRecord, Option<EnrollToken>), AuthorityError> {
+    if !actor.may_use_group(opts.group.as_deref()) {
+        return Err(AuthorityError::Forbidden(
+            "this credential registers devices into its own groups only: name one of them".into(),
+        ));
+    }
     if let Some(g) = &opts.group {
         let group = store.get_group(g).await?.ok_or(AuthorityError::NotFound("group"))?;
         if let Some(m) = opts.method

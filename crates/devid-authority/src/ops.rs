@@ -27,19 +27,47 @@ impl Authority {
         .await
     }
 
-    /// A device by id.
-    pub async fn device(&self, id: &DeviceId) -> Result<DeviceRecord, AuthorityError> {
+    /// A device by id. A credential limited to groups sees only their devices (others are
+    /// "not found", so it learns nothing about them).
+    pub async fn device(&self, id: &DeviceId, actor: &Actor) -> Result<DeviceRecord, AuthorityError> {
+        if actor.group_scope().is_some() {
+            let group = self.store.device_meta(id).await?.and_then(|m| m.group);
+            if !actor.may_use_group(group.as_deref()) {
+                return Err(AuthorityError::NotFound("device"));
+            }
+        }
         self.store.get_device(id).await?.ok_or(AuthorityError::NotFound("device"))
     }
 
     /// Devices matching `filter`, in id order after `cursor`.
+    /// A credential limited to groups lists one of them at a time (`group`; it may be left
+    /// out when the credential has one group).
     pub async fn devices(
         &self,
         filter: &devid_store::DeviceFilter,
         cursor: Option<&str>,
         limit: u32,
+        actor: &Actor,
     ) -> Result<Page<DeviceRecord>, AuthorityError> {
-        Ok(self.store.list_devices_filtered(filter, cursor, limit).await?)
+        let mut filter = filter.clone();
+        if let Some(scope) = actor.group_scope() {
+            match (&filter.group, scope) {
+                (Some(g), _) if scope.contains(g) => {}
+                (Some(_), _) => {
+                    return Err(AuthorityError::Forbidden(
+                        "that group is not one of this credential's".into(),
+                    ));
+                }
+                (None, [only]) => filter.group = Some(only.clone()),
+                (None, _) => {
+                    return Err(AuthorityError::Invalid(format!(
+                        "this credential is limited to groups; list one at a time with group= ({})",
+                        scope.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(self.store.list_devices_filtered(&filter, cursor, limit).await?)
     }
 
     /// A certificate by serial.
@@ -109,6 +137,7 @@ impl Authority {
         &self,
         role: Role,
         name: &str,
+        groups: Option<Vec<String>>,
         actor: &Actor,
     ) -> Result<NewCredential, AuthorityError> {
         crate::auth::create_credential(
@@ -117,6 +146,7 @@ impl Authority {
             self.rng.as_ref(),
             role,
             name,
+            groups,
             actor,
         )
         .await
@@ -171,14 +201,18 @@ impl Authority {
         .await
     }
 
-    /// A group.
-    pub async fn group(&self, name: &str) -> Result<crate::groups::GroupView, AuthorityError> {
+    /// A group (to a credential limited to groups, only one of its own).
+    pub async fn group(&self, name: &str, actor: &Actor) -> Result<crate::groups::GroupView, AuthorityError> {
+        if !actor.may_use_group(Some(name)) {
+            return Err(AuthorityError::NotFound("group"));
+        }
         crate::groups::get_group(self.store.as_ref(), name).await
     }
 
-    /// Every group.
-    pub async fn groups(&self) -> Result<Vec<crate::groups::GroupView>, AuthorityError> {
-        crate::groups::list_groups(self.store.as_ref()).await
+    /// Every group (to a credential limited to groups, its own).
+    pub async fn groups(&self, actor: &Actor) -> Result<Vec<crate::groups::GroupView>, AuthorityError> {
+        let all = crate::groups::list_groups(self.store.as_ref()).await?;
+        Ok(all.into_iter().filter(|g| actor.may_use_group(Some(&g.record.name))).collect())
     }
 
     /// Delete a group no device belongs to.

@@ -388,10 +388,8 @@ fn serial_checked(hex: &str) -> Result<Serial, StoreError> {
 }
 
 /// A credential row.
-pub(crate) fn credential_from_row(
-    row: (String, String, String, String, i64, Option<i64>),
-) -> crate::CredentialRecord {
-    let (client_id, secret_hash, role, name, created_at, revoked_at) = row;
+pub(crate) fn credential_from_row(row: CredentialRow) -> crate::CredentialRecord {
+    let (client_id, secret_hash, role, name, created_at, revoked_at, groups) = row;
     crate::CredentialRecord {
         client_id,
         secret_hash,
@@ -399,8 +397,12 @@ pub(crate) fn credential_from_row(
         name,
         created_at: UnixTime(created_at),
         revoked_at: revoked_at.map(UnixTime),
+        groups: groups.map(|g| g.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()),
     }
 }
+
+/// A `credentials` row.
+pub(crate) type CredentialRow = (String, String, String, String, i64, Option<i64>, Option<String>);
 
 /// A CRL to store (the newest of its issuer and shard, if its number is higher).
 pub(crate) struct NewCrl<'a> {
@@ -1316,8 +1318,8 @@ macro_rules! impl_store {
             ) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
                 sqlx::query(
-                    "INSERT INTO credentials (client_id, secret_hash, role, name, created_at, revoked_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO credentials (client_id, secret_hash, role, name, created_at, revoked_at, groups) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(c.client_id.as_str())
                 .bind(c.secret_hash.as_str())
@@ -1325,6 +1327,7 @@ macro_rules! impl_store {
                 .bind(c.name.as_str())
                 .bind(c.created_at.0)
                 .bind(c.revoked_at.map(|t| t.0))
+                .bind(c.groups.as_ref().map(|g| g.join(",")))
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.db_err(e))?;
@@ -1336,8 +1339,8 @@ macro_rules! impl_store {
                 &self,
                 client_id: &str,
             ) -> Result<Option<$crate::CredentialRecord>, $crate::StoreError> {
-                let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
-                    "SELECT client_id, secret_hash, role, name, created_at, revoked_at FROM credentials WHERE client_id = $1",
+                let row: Option<$crate::common::CredentialRow> = sqlx::query_as(
+                    "SELECT client_id, secret_hash, role, name, created_at, revoked_at, groups FROM credentials WHERE client_id = $1",
                 )
                 .bind(client_id)
                 .fetch_optional(self.reader())
@@ -1347,8 +1350,8 @@ macro_rules! impl_store {
             }
 
             async fn list_credentials(&self) -> Result<Vec<$crate::CredentialRecord>, $crate::StoreError> {
-                let rows: Vec<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
-                    "SELECT client_id, secret_hash, role, name, created_at, revoked_at FROM credentials \
+                let rows: Vec<$crate::common::CredentialRow> = sqlx::query_as(
+                    "SELECT client_id, secret_hash, role, name, created_at, revoked_at, groups FROM credentials \
                      ORDER BY created_at, client_id",
                 )
                 .fetch_all(self.reader())
@@ -1375,8 +1378,8 @@ macro_rules! impl_store {
                 if done.rows_affected() > 0 {
                     $crate::common::append_audit!(self, tx, audit);
                 }
-                let row: Option<(String, String, String, String, i64, Option<i64>)> = sqlx::query_as(
-                    "SELECT client_id, secret_hash, role, name, created_at, revoked_at FROM credentials WHERE client_id = $1",
+                let row: Option<$crate::common::CredentialRow> = sqlx::query_as(
+                    "SELECT client_id, secret_hash, role, name, created_at, revoked_at, groups FROM credentials WHERE client_id = $1",
                 )
                 .bind(client_id)
                 .fetch_optional(&mut *tx)

@@ -366,6 +366,8 @@ pub struct CredentialRecord {
     pub created_at: UnixTime,
     /// When it was revoked, if it was.
     pub revoked_at: Option<UnixTime>,
+    /// The enrollment groups a factory credential is limited to (`None`: all).
+    pub groups: Option<Vec<String>>,
 }
 
 /// A public key that signs access tokens.

@@ -1032,6 +1032,7 @@ async fn credentials_and_token_keys(backend: Backend) {
         name: "line 1".into(),
         created_at: t(1),
         revoked_at: None,
+        groups: Some(vec!["g1".into(), "g2".into()]),
     };
     store.insert_credential(&c, &ev()).await.unwrap();
     assert_eq!(kind(store.insert_credential(&c, &ev()).await), ErrorKind::Conflict);

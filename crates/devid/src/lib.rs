@@ -120,6 +120,10 @@ enum CredentialCommand {
         /// mutual TLS on the renewal listener instead of its secret (RFC 8705 §2.1).
         #[arg(long, value_name = "DIR")]
         client_cert_out: Option<PathBuf>,
+        /// For a factory credential: an enrollment group it is limited to (repeat for more).
+        /// It then registers devices into those groups only and sees only their devices.
+        #[arg(long = "group", value_name = "NAME")]
+        groups: Vec<String>,
         /// Print {"client_id": …, "client_secret": …, "role": …}.
         #[arg(long)]
         json: bool,
@@ -1391,7 +1395,7 @@ async fn write_client_certificate(
 async fn credential(cfg: &Config, c: CredentialCommand) -> Result<(), CliError> {
     let store = open_store(cfg).await?;
     match c {
-        CredentialCommand::Create { role, name, client_cert_out, json } => {
+        CredentialCommand::Create { role, name, client_cert_out, groups, json } => {
             let role: devid_authority::auth::Role =
                 role.parse().map_err(|e: String| CliError(format!("--role: {e}")))?;
             let c = devid_authority::auth::create_credential(
@@ -1400,6 +1404,7 @@ async fn credential(cfg: &Config, c: CredentialCommand) -> Result<(), CliError> 
                 &OsEntropy,
                 role,
                 &name,
+                (!groups.is_empty()).then_some(groups),
                 &Actor::cli(),
             )
             .await?;
@@ -1427,7 +1432,7 @@ async fn credential(cfg: &Config, c: CredentialCommand) -> Result<(), CliError> 
                 .into_iter()
                 .map(|c| {
                     serde_json::json!({
-                        "client_id": c.client_id, "role": c.role, "name": c.name,
+                        "client_id": c.client_id, "role": c.role, "name": c.name, "groups": c.groups,
                         "created_at": c.created_at.to_rfc3339(), "revoked_at": c.revoked_at.map(|t| t.to_rfc3339()),
                     })
                 })

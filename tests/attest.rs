@@ -1,0 +1,1262 @@
+//! Enrollment with attestation (x509, tpm, symmetric) and renewal over mutual TLS, end to
+//! end with devid-agent as the device.
+//!
+//! The real `devid` binary serves on port 0 (HTTP) and its renewal listener on port 0
+//! (HTTPS, mutual TLS), against SQLite and PostgreSQL; the device is the real
+//! `devid-agent` binary (built with the `tpm` feature next to `devid`, see [`agent_bin`]),
+//! or hand-made requests where a test needs a wrong signature, a replayed nonce or a
+//! greedy CSR. The factory PKI (manufacturer root, intermediate, IDevIDs) is made with
+//! rcgen; the TPM is a real swtpm (`devid_testkit::swtpm`). openssl is the independent
+//! verifier. Every refusal is checked as an RFC 9457 problem with its code, and against
+//! the store: the refused device holds no certificate.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{Backend, Install, Server, assert_problem, http, run_bounded};
+use devid_testkit::pki;
+use rcgen::{BasicConstraints, CertificateParams, DnType, DnValue, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use serde_json::{Value, json};
+
+on_both_backends!(
+    x509_enroll_and_renew,
+    x509_refusals,
+    nonces_are_single_use_and_scoped,
+    nonce_expires,
+    symmetric_enrollment,
+    tpm_enrollment,
+    renewal_refusals,
+    renewal_past_grace_is_refused,
+    renewal_listener_tls,
+);
+
+// --- the agent ---------------------------------------------------------------------------
+
+/// The devid-agent binary next to the devid binary (same target directory and profile),
+/// built with the `tpm` feature when it is missing, older than this test binary, or was
+/// built without TPM support. `cargo test --workspace --all-features` (the README command)
+/// builds it itself; `cargo test -p devid --test attest` does not, hence the build here.
+fn agent_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let devid = common::devid_bin();
+        let profile_dir = devid.parent().unwrap().to_path_buf();
+        let agent = profile_dir.join("devid-agent");
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let this = std::env::current_exe().ok().and_then(|p| mtime(&p)).unwrap_or(SystemTime::UNIX_EPOCH);
+        let fresh = mtime(&agent).is_some_and(|t| t >= this) && has_tpm_support(&agent);
+        if !fresh {
+            let target_dir = profile_dir.parent().unwrap();
+            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.args(["build", "-p", "devid-agent", "--features", "tpm"])
+                .env("CARGO_TARGET_DIR", target_dir)
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            match profile_dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") => {}
+                Some("release") => {
+                    cmd.arg("--release");
+                }
+                Some(other) => {
+                    cmd.args(["--profile", other]);
+                }
+                None => panic!("unexpected target layout: {}", devid.display()),
+            }
+            let out = cmd.output().unwrap_or_else(|e| panic!("cannot run cargo to build devid-agent: {e}"));
+            assert!(
+                out.status.success(),
+                "building devid-agent failed ({cmd:?}):\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(has_tpm_support(&agent), "{} still lacks the tpm feature", agent.display());
+        }
+        agent
+    })
+    .clone()
+}
+
+/// Whether this agent binary was built with the `tpm` feature: without `--tpm-tcti` it
+/// says what is missing, not that TPM support is.
+fn has_tpm_support(agent: &Path) -> bool {
+    if !agent.is_file() {
+        return false;
+    }
+    let mut c = Command::new(agent);
+    c.args(["enroll", "--server", "http://127.0.0.1:9", "--method", "tpm", "--group", "g", "--out"])
+        .arg(std::env::temp_dir().join("devid-agent-probe-unused"));
+    let out = run_bounded(c);
+    !String::from_utf8_lossy(&out.stderr).contains("without TPM support")
+}
+
+/// Run devid-agent with `args` (killed after 120 s).
+fn agent(args: &[&str]) -> Output {
+    let mut c = Command::new(agent_bin());
+    c.args(args).env("RUST_LOG", "warn");
+    run_bounded(c)
+}
+
+/// Run devid-agent, which must succeed with `--json` output; returns that JSON.
+fn agent_ok(args: &[&str]) -> Value {
+    let out = agent(args);
+    assert!(
+        out.status.success(),
+        "devid-agent {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("devid-agent {args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// Run devid-agent, which the server must refuse: exit 3, and the stderr names the HTTP
+/// status and the problem code (the agent prints `[code]` only from a problem document).
+fn agent_refused(args: &[&str], status: u16, code: &str) -> String {
+    let out = agent(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "devid-agent {args:?}: {stderr}");
+    assert!(
+        stderr.contains(&format!("{status} ")) && stderr.contains(&format!("[{code}]")),
+        "{args:?}: {stderr}"
+    );
+    stderr
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+// --- the factory PKI ------------------------------------------------------------------
+
+/// A manufacturer: a root CA and an intermediate that signs IDevIDs (P-256).
+struct Factory {
+    root_pem: String,
+    inter_der: Vec<u8>,
+    inter: Issuer<'static, KeyPair>,
+}
+
+/// A device's factory identity: its key and chain (device certificate, intermediate).
+struct Idevid {
+    key: KeyPair,
+    chain: Vec<Vec<u8>>,
+}
+
+fn p256() -> KeyPair {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap()
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::OrganizationName, "Acme Devices");
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2045, 1, 1);
+    p
+}
+
+impl Factory {
+    fn new(name: &str) -> Factory {
+        let root_key = p256();
+        let root_params = ca_params(&format!("{name} Root CA"));
+        let root = root_params.self_signed(&root_key).unwrap();
+        let root_issuer = Issuer::new(root_params, root_key);
+        let inter_key = p256();
+        let inter_params = ca_params(&format!("{name} IDevID CA"));
+        let inter_der = inter_params.signed_by(&inter_key, &root_issuer).unwrap().der().to_vec();
+        Factory { root_pem: root.pem(), inter_der, inter: Issuer::new(inter_params, inter_key) }
+    }
+
+    /// An IDevID whose subject serialNumber is `serial`, valid over the given years.
+    fn idevid_valid(&self, serial: &str, from: i32, until: i32) -> Idevid {
+        let key = p256();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::OrganizationName, "Acme Devices");
+        p.distinguished_name.push(
+            DnType::CustomDnType(vec![2, 5, 4, 5]),
+            DnValue::PrintableString(serial.try_into().unwrap()),
+        );
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.not_before = rcgen::date_time_ymd(from, 1, 1);
+        p.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let der = p.signed_by(&key, &self.inter).unwrap().der().to_vec();
+        Idevid { key, chain: vec![der, self.inter_der.clone()] }
+    }
+
+    fn idevid(&self, serial: &str) -> Idevid {
+        self.idevid_valid(serial, 2024, 2044)
+    }
+
+    /// Write the root CA (the group's trust anchor) into `dir`; returns the path.
+    fn write_anchor(&self, dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, &self.root_pem).unwrap();
+        p
+    }
+}
+
+impl Idevid {
+    /// Write the chain (PEM, device first) and the PKCS#8 key as the agent reads them;
+    /// returns (chain, key) paths.
+    fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}.key"));
+        let pem: String = self.chain.iter().map(|d| devid_ca::to_pem("CERTIFICATE", d)).collect();
+        std::fs::write(&cert, pem).unwrap();
+        std::fs::write(&key, self.key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+}
+
+// --- the protocol by hand -------------------------------------------------------------
+
+fn sha256(b: &[u8]) -> Vec<u8> {
+    hex::decode(devid_ca::fingerprint_sha256(b).replace(':', "")).unwrap()
+}
+
+/// PROTOCOL.md: SHA-256("devid-attest-v1" || 0x00 || nonce || SHA-256(CSR DER)).
+fn binding(nonce: &[u8], csr_pem: &str) -> Vec<u8> {
+    let csr_der = pem::parse(csr_pem).unwrap().into_contents();
+    sha256(&[b"devid-attest-v1".as_slice(), &[0], nonce, &sha256(&csr_der)].concat())
+}
+
+fn b64(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// POST JSON; returns (status, body, content type).
+async fn post(url: &str, body: &Value) -> (u16, Value, String) {
+    let resp = http().post(url).json(body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (status, resp.json::<Value>().await.unwrap_or(Value::Null), ct)
+}
+
+/// A challenge that must be granted: (nonce as sent, nonce bytes, expires_at).
+async fn challenge(server: &Server, group: &str, method: &str) -> (String, Vec<u8>, String) {
+    let (s, body, _) =
+        post(&server.url("/v1/enroll/challenge"), &json!({"group": group, "method": method})).await;
+    assert_eq!(s, 201, "challenge {group}/{method}: {body}");
+    let text = body["nonce"].as_str().unwrap().to_string();
+    let bytes = URL_SAFE_NO_PAD.decode(&text).unwrap();
+    assert_eq!(bytes.len(), 32);
+    (text, bytes, body["expires_at"].as_str().unwrap().to_string())
+}
+
+/// An x509 enrollment body: the chain and `signer`'s signature over the binding.
+fn x509_body(
+    group: &str,
+    nonce: &(String, Vec<u8>, String),
+    chain: &[Vec<u8>],
+    signer: &KeyPair,
+    csr: &str,
+) -> Value {
+    let sig = rcgen::SigningKey::sign(signer, &binding(&nonce.1, csr)).unwrap();
+    json!({
+        "method": "x509", "group": group, "nonce": nonce.0,
+        "chain": chain.iter().map(|c| b64(c)).collect::<Vec<_>>(),
+        "signature": b64(&sig), "csr": csr,
+    })
+}
+
+/// Challenge, then enroll with `dev`'s chain signed by `signer`.
+async fn x509_enroll_raw(
+    server: &Server,
+    group: &str,
+    dev: &Idevid,
+    signer: &KeyPair,
+    csr: &str,
+) -> (u16, Value, String) {
+    let nonce = challenge(server, group, "x509").await;
+    post(&server.url("/v1/enroll"), &x509_body(group, &nonce, &dev.chain, signer, csr)).await
+}
+
+// --- the store and the audit log ------------------------------------------------------
+
+/// The certificates the store holds for `device`.
+async fn certs_of(install: &Install, device: &str) -> Vec<devid_store::CertRecord> {
+    let store = devid_store::connect(&install.db.url).await.unwrap();
+    let id = devid_core::DeviceId::new(device).unwrap();
+    store.list_certificates(Some(&id), None, 1000).await.unwrap().items
+}
+
+async fn assert_no_certificate(install: &Install, device: &str) {
+    let certs = certs_of(install, device).await;
+    assert!(
+        certs.is_empty(),
+        "{device} must hold no certificate: {:?}",
+        certs.iter().map(|c| c.serial.to_hex()).collect::<Vec<_>>()
+    );
+}
+
+async fn cert_record(install: &Install, serial: &str) -> devid_store::CertRecord {
+    let store = devid_store::connect(&install.db.url).await.unwrap();
+    store
+        .get_certificate(&devid_core::Serial::from_hex(serial).unwrap())
+        .await
+        .unwrap()
+        .expect("in the store")
+}
+
+fn audit_lines(install: &Install) -> Vec<Value> {
+    install.run_ok(&["audit", "export"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn group_add(install: &Install, args: &[&str]) -> Value {
+    let mut all = vec!["group", "add"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    serde_json::from_str(install.run_ok(&all).trim()).unwrap()
+}
+
+/// A server whose renewals are allowed at once (renewal opens at 0 of the lifetime).
+fn serve_renewable(install: &mut Install) -> Server {
+    install.env.push(("DEVID_ENROLL__RENEW_AFTER".into(), "0".into()));
+    install.serve()
+}
+
+/// Enroll `serial` of `factory` through the agent into `group`; returns the agent's JSON.
+fn agent_x509(server: &Server, group: &str, dev: &Idevid, work: &Path, out: &Path) -> Value {
+    let (cert, key) = dev.write(work, &format!("idevid-{}", out.file_name().unwrap().to_str().unwrap()));
+    agent_ok(&[
+        "enroll",
+        "--server",
+        &server.base,
+        "--method",
+        "x509",
+        "--group",
+        group,
+        "--idevid-cert",
+        path_str(&cert),
+        "--idevid-key",
+        path_str(&key),
+        "--out",
+        path_str(out),
+        "--json",
+    ])
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap()
+}
+
+// --- 1. x509 end to end, then renewal -------------------------------------------------
+
+async fn x509_enroll_and_renew(backend: Backend) {
+    let mut install = Install::new(backend).await;
+    let work = tempfile::tempdir().unwrap();
+    let factory = Factory::new("Acme");
+    let anchor = factory.write_anchor(work.path(), "ca.pem");
+    let g = group_add(
+        &install,
+        &["line-x", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
+    );
+    assert_eq!(g["methods"], json!(["x509"]), "{g}");
+    assert_eq!(g["registration"], "optional", "{g}");
+    assert_eq!(g["id_source"], "subject-serial", "{g}");
+    let server = serve_renewable(&mut install);
+
+    let serial = "ACME-000123";
+    let dev = factory.idevid(serial);
+    let out = work.path().join("dev");
+    let (cert_path, key_path) = dev.write(work.path(), "dev");
+    let v = agent_ok(&[
+        "enroll",
+        "--server",
+        &server.base,
+        "--method",
+        "x509",
+        "--group",
+        "line-x",
+        "--idevid-cert",
+        path_str(&cert_path),
+        "--idevid-key",
+        path_str(&key_path),
+        "--out",
+        path_str(&out),
+        "--json",
+    ]);
+    let first = v["serial"].as_str().unwrap().to_string();
+    // The files: key.pem 0600, the certificate, the chain (issuing CA, root).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("key.pem")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "key.pem mode {mode:o}");
+    let cert = read(&out.join("cert.pem"));
+    let chain = pki::split_pem(&read(&out.join("chain.pem")));
+    assert_eq!(chain.len(), 2);
+    let (ok, text) = pki::openssl_verify(work.path(), &chain[1], &chain[0], &cert);
+    assert!(ok, "openssl verify: {text}");
+    let text = pki::openssl_text(work.path(), &cert);
+    assert!(text.contains(&format!("URI:urn:devid:device:{serial}")), "{text}");
+    assert!(text.contains("CA:FALSE"), "{text}");
+    assert!(text.contains("TLS Web Client Authentication"), "{text}");
+    let rec = cert_record(&install, &first).await;
+    assert_eq!(rec.device.as_str(), serial);
+    assert_eq!(rec.status, devid_store::CertStatus::Issued);
+    assert!(rec.predecessor.is_none());
+
+    // The audit log: the registration (optional registration) and the issue, with the
+    // evidence summary.
+    let log = audit_lines(&install);
+    let issue = log
+        .iter()
+        .find(|e| e["action"] == "certificate.issue" && e["subject"] == first.as_str())
+        .unwrap_or_else(|| panic!("certificate.issue of {first} in the audit log"));
+    assert_eq!(issue["actor"], format!("device:{serial}"), "{issue}");
+    assert_eq!(issue["details"]["method"], "x509", "{issue}");
+    let ev = &issue["details"]["evidence"];
+    assert_eq!(ev["method"], "x509", "{issue}");
+    assert!(ev["issuer"].as_str().unwrap().contains("Acme IDevID CA"), "{issue}");
+    assert!(ev["subject"].as_str().unwrap().contains(serial), "{issue}");
+    assert!(ev["fingerprint_sha256"].is_string(), "{issue}");
+    assert!(
+        log.iter().any(|e| e["action"] == "device.register"
+            && e["subject"] == serial
+            && e["details"]["group"] == "line-x"),
+        "device.register of {serial}"
+    );
+
+    // Renewal over mutual TLS with the same key: a new certificate whose predecessor is
+    // the first.
+    let renew_base = server.renew_base();
+    assert!(renew_base.starts_with("https://127.0.0.1:"), "{renew_base}");
+    let key_before = read(&out.join("key.pem"));
+    let v = agent_ok(&["renew", "--server", &renew_base, "--out", path_str(&out), "--json"]);
+    let second = v["serial"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    assert_eq!(read(&out.join("key.pem")), key_before, "renewal without --rekey keeps the key");
+    let rec = cert_record(&install, &second).await;
+    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(first.as_str()));
+    assert_eq!(rec.device.as_str(), serial);
+    let cert2 = read(&out.join("cert.pem"));
+    assert_ne!(cert2, cert);
+    let (ok, text) = pki::openssl_verify(work.path(), &chain[1], &chain[0], &cert2);
+    assert!(ok, "openssl verify (renewed): {text}");
+
+    // --rekey: a new key, and the lineage goes on.
+    let v = agent_ok(&["renew", "--server", &renew_base, "--out", path_str(&out), "--rekey", "--json"]);
+    let third = v["serial"].as_str().unwrap().to_string();
+    assert_ne!(read(&out.join("key.pem")), key_before, "--rekey writes a new key");
+    let rec = cert_record(&install, &third).await;
+    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(second.as_str()));
+    let spki = |pem_text: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.pem"), pem_text).unwrap();
+        let (ok, t) = pki::openssl(dir.path(), &["x509", "-noout", "-pubkey", "-in", "c.pem"]);
+        assert!(ok, "{t}");
+        t
+    };
+    let cert3 = read(&out.join("cert.pem"));
+    assert_eq!(spki(&cert2), spki(&cert), "same key");
+    assert_ne!(spki(&cert3), spki(&cert2), "new key");
+    let log = audit_lines(&install);
+    let renews: Vec<&Value> = log.iter().filter(|e| e["action"] == "certificate.renew").collect();
+    assert_eq!(renews.len(), 2, "{renews:?}");
+    assert_eq!(renews[0]["details"]["evidence"]["same_key"], true, "{}", renews[0]);
+    assert_eq!(renews[1]["details"]["evidence"]["same_key"], false, "{}", renews[1]);
+    assert_eq!(certs_of(&install, serial).await.len(), 3);
+
+    drop(server);
+    install.cleanup().await;
+}
+
+// --- 2. x509 refusals -----------------------------------------------------------------
+
+async fn x509_refusals(backend: Backend) {
+    let install = Install::new(backend).await;
+    let work = tempfile::tempdir().unwrap();
+    let factory = Factory::new("Acme");
+    let anchor = factory.write_anchor(work.path(), "ca.pem");
+    group_add(
+        &install,
+        &["open", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
+    );
+    group_add(
+        &install,
+        &["closed", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "required"],
+    );
+    let server = install.serve();
+
+    // A chain to a CA the group does not trust: through the agent (exit 3) and by hand.
+    let rogue = Factory::new("Rogue");
+    let dev = rogue.idevid("ROGUE-1");
+    let out = work.path().join("rogue");
+    let (c, k) = dev.write(work.path(), "rogue");
+    agent_refused(
+        &[
+            "enroll",
+            "--server",
+            &server.base,
+            "--method",
+            "x509",
+            "--group",
+            "open",
+            "--idevid-cert",
+            path_str(&c),
+            "--idevid-key",
+            path_str(&k),
+            "--out",
+            path_str(&out),
+        ],
+        401,
+        "attestation-failed",
+    );
+    assert!(!out.join("cert.pem").exists() && !out.join("key.pem").exists(), "nothing written on refusal");
+    let (_k, csr) = pki::csr_p256("ROGUE-1");
+    let (s, b, ct) = x509_enroll_raw(&server, "open", &dev, &dev.key, &csr).await;
+    assert_problem(s, &b, &ct, 401, "attestation-failed");
+    assert_no_certificate(&install, "ROGUE-1").await;
+
+    // An expired factory certificate.
+    let dev = factory.idevid_valid("ACME-OLD", 2015, 2020);
+    let (_k, csr) = pki::csr_p256("ACME-OLD");
+    let (s, b, ct) = x509_enroll_raw(&server, "open", &dev, &dev.key, &csr).await;
+    assert_problem(s, &b, &ct, 401, "attestation-failed");
+    assert_no_certificate(&install, "ACME-OLD").await;
+
+    // A good chain, but the signature over the binding is by another key.
+    let dev = factory.idevid("ACME-STOLEN");
+    let (_k, csr) = pki::csr_p256("ACME-STOLEN");
+    let (s, b, ct) = x509_enroll_raw(&server, "open", &dev, &p256(), &csr).await;
+    assert_problem(s, &b, &ct, 401, "attestation-failed");
+    // ... or over another CSR than the one sent (the evidence does not move to another key).
+    let nonce = challenge(&server, "open", "x509").await;
+    let (_k2, other_csr) = pki::csr_p256("ACME-STOLEN");
+    let mut body = x509_body("open", &nonce, &dev.chain, &dev.key, &other_csr);
+    body["csr"] = json!(csr);
+    let (s, b, ct) = post(&server.url("/v1/enroll"), &body).await;
+    assert_problem(s, &b, &ct, 401, "attestation-failed");
+    assert_no_certificate(&install, "ACME-STOLEN").await;
+
+    // Registration required: refused until the device is registered in the group.
+    let dev = factory.idevid("ACME-REG-7");
+    let (_k, csr) = pki::csr_p256("ACME-REG-7");
+    let (s, b, ct) = x509_enroll_raw(&server, "closed", &dev, &dev.key, &csr).await;
+    assert_problem(s, &b, &ct, 403, "device-not-registered");
+    assert_no_certificate(&install, "ACME-REG-7").await;
+    // Registered in another group does not count either.
+    let v: Value = serde_json::from_str(
+        install
+            .run_ok(&["device", "add", "--id", "ACME-REG-8", "--group", "open", "--no-token", "--json"])
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(v["token"], Value::Null, "{v}");
+    let dev8 = factory.idevid("ACME-REG-8");
+    let (_k, csr8) = pki::csr_p256("ACME-REG-8");
+    let (s, b, ct) = x509_enroll_raw(&server, "closed", &dev8, &dev8.key, &csr8).await;
+    assert_problem(s, &b, &ct, 403, "device-not-registered");
+    assert_no_certificate(&install, "ACME-REG-8").await;
+    install.run_ok(&["device", "add", "--id", "ACME-REG-7", "--group", "closed", "--no-token", "--json"]);
+    let (s, b, _) = x509_enroll_raw(&server, "closed", &dev, &dev.key, &csr).await;
+    assert_eq!(s, 200, "registered now: {b}");
+    assert_eq!(certs_of(&install, "ACME-REG-7").await.len(), 1);
+
+    // A CSR that asks for CA:TRUE and extra SANs gets the device profile only.
+    let dev = factory.idevid("ACME-GREEDY");
+    let (_k, csr) = pki::csr_greedy("whatever-the-device-says");
+    let (s, b, _) = x509_enroll_raw(&server, "open", &dev, &dev.key, &csr).await;
+    assert_eq!(s, 200, "{b}");
+    let text = pki::openssl_text(work.path(), b["certificate"].as_str().unwrap());
+    assert!(text.contains("CA:FALSE"), "{text}");
+    assert!(!text.contains("CA:TRUE"), "{text}");
+    let san_line = text
+        .lines()
+        .skip_while(|l| !l.contains("X509v3 Subject Alternative Name"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no SAN:\n{text}"))
+        .trim();
+    assert_eq!(san_line, "URI:urn:devid:device:ACME-GREEDY", "only the device URI:\n{text}");
+    for absent in ["DNS:", "evil.example.com", "whatever-the-device-says"] {
+        assert!(!text.contains(absent), "{absent} must not be in the certificate:\n{text}");
+    }
+
+    // Unknown group, and a group that does not allow the method.
+    let (s, b, ct) =
+        post(&server.url("/v1/enroll/challenge"), &json!({"group": "nope", "method": "x509"})).await;
+    assert_problem(s, &b, &ct, 404, "not-found");
+    let (s, b, ct) =
+        post(&server.url("/v1/enroll/challenge"), &json!({"group": "open", "method": "symmetric"})).await;
+    assert_problem(s, &b, &ct, 403, "method-not-allowed");
+
+    // Refusals are audited.
+    let log = audit_lines(&install);
+    assert!(
+        log.iter().any(|e| e["action"] == "enroll.refused"
+            && e["subject"] == "open"
+            && e["details"]["method"] == "x509"),
+        "enroll.refused in the audit log"
+    );
+    drop(server);
+    install.cleanup().await;
+}
+
+// --- 3. nonces ------------------------------------------------------------------------
+
+async fn nonces_are_single_use_and_scoped(backend: Backend) {
+    let install = Install::new(backend).await;
+    let work = tempfile::tempdir().unwrap();
+    let factory = Factory::new("Acme");
+    let anchor = factory.write_anchor(work.path(), "ca.pem");
+    for g in ["line-a", "line-b"] {
+        group_add(
+            &install,
+            &[g, "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
+        );
+    }
+    group_add(
+        &install,
+        &[
+            "multi",
+            "--method",
+            "x509,symmetric",
+            "--trust-anchor",
+            path_str(&anchor),
+            "--registration",
+            "optional",
+        ],
+    );
+    let server = install.serve();
+    let enroll_url = server.url("/v1/enroll");
+
+    // Replay: the nonce that yielded a certificate is spent, even with another CSR.
+    let dev = factory.idevid("ACME-R1");
+    let nonce = challenge(&server, "line-a", "x509").await;
+    let (_k, csr) = pki::csr_p256("ACME-R1");
+    let (s, b, _) = post(&enroll_url, &x509_body("line-a", &nonce, &dev.chain, &dev.key, &csr)).await;
+    assert_eq!(s, 200, "{b}");
+    let (_k2, csr2) = pki::csr_p256("ACME-R1");
+    let (s, b, ct) = post(&enroll_url, &x509_body("line-a", &nonce, &dev.chain, &dev.key, &csr2)).await;
+    assert_problem(s, &b, &ct, 409, "nonce-used");
+    assert_eq!(certs_of(&install, "ACME-R1").await.len(), 1, "the replay issued nothing");
+
+    // A nonce of another group, or of another method, does not count.
+    let dev = factory.idevid("ACME-S1");
+    let (_k, csr) = pki::csr_p256("ACME-S1");
+    let nonce_b = challenge(&server, "line-b", "x509").await;
+    let (s, b, ct) = post(&enroll_url, &x509_body("line-a", &nonce_b, &dev.chain, &dev.key, &csr)).await;
+    assert_problem(s, &b, &ct, 401, "nonce-invalid");
+    let nonce_sym = challenge(&server, "multi", "symmetric").await;
+    let (s, b, ct) = post(&enroll_url, &x509_body("multi", &nonce_sym, &dev.chain, &dev.key, &csr)).await;
+    assert_problem(s, &b, &ct, 401, "nonce-invalid");
+    // A nonce never issued, and one of the wrong length.
+    let forged = (b64(&[7u8; 32]), vec![7u8; 32], String::new());
+    let (s, b, ct) = post(&enroll_url, &x509_body("line-a", &forged, &dev.chain, &dev.key, &csr)).await;
+    assert_problem(s, &b, &ct, 401, "nonce-invalid");
+    let short = (b64(&[7u8; 16]), vec![7u8; 16], String::new());
+    let (s, b, ct) = post(&enroll_url, &x509_body("line-a", &short, &dev.chain, &dev.key, &csr)).await;
+    assert_problem(s, &b, &ct, 401, "nonce-invalid");
+    assert_no_certificate(&install, "ACME-S1").await;
+    // Those nonces are still good where they belong.
+    let (s, b, _) = post(&enroll_url, &x509_body("line-b", &nonce_b, &dev.chain, &dev.key, &csr)).await;
+    assert_eq!(s, 200, "{b}");
+
+    // 50 concurrent enrollments on one nonce, each with valid evidence over its own CSR:
+    // exactly one certificate.
+    let dev = factory.idevid("ACME-RACE");
+    let nonce = challenge(&server, "line-a", "x509").await;
+    let bodies: Vec<Value> = (0..50)
+        .map(|_| {
+            let (_k, csr) = pki::csr_p256("ACME-RACE");
+            x509_body("line-a", &nonce, &dev.chain, &dev.key, &csr)
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for body in bodies {
+        let url = enroll_url.clone();
+        tasks.push(tokio::spawn(async move { post(&url, &body).await }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (s, b, ct) = t.await.unwrap();
+        match s {
+            200 => ok += 1,
+            _ => assert_problem(s, &b, &ct, 409, "nonce-used"),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one enrollment succeeds");
+    assert_eq!(certs_of(&install, "ACME-RACE").await.len(), 1, "exactly one certificate");
+    drop(server);
+    install.cleanup().await;
+}
+
+async fn nonce_expires(backend: Backend) {
+    let mut install = Install::new(backend).await;
+    let work = tempfile::tempdir().unwrap();
+    let factory = Factory::new("Acme");
+    let anchor = factory.write_anchor(work.path(), "ca.pem");
+    group_add(
+        &install,
+        &["line-a", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
+    );
+    install.env.push(("DEVID_ENROLL__CHALLENGE_TTL".into(), "1s".into()));
+    let server = install.serve();
+    let dev = factory.idevid("ACME-LATE");
+    let nonce = challenge(&server, "line-a", "x509").await;
+    let expires =
+        time::OffsetDateTime::parse(&nonce.2, &time::format_description::well_known::Rfc3339).unwrap();
+    let ttl = expires - time::OffsetDateTime::now_utc();
+    assert!(ttl <= time::Duration::seconds(1), "expires_at {} for a 1 s TTL", nonce.2);
+    // Wait until the server's clock (whole seconds) is past expires_at.
+    while time::OffsetDateTime::now_utc() < expires + time::Duration::milliseconds(1100) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_k, csr) = pki::csr_p256("ACME-LATE");
+    let (s, b, ct) =
+        post(&server.url("/v1/enroll"), &x509_body("line-a", &nonce, &dev.chain, &dev.key, &csr)).await;
+    assert_problem(s, &b, &ct, 401, "nonce-invalid");
+    assert_no_certificate(&install, "ACME-LATE").await;
+    // A fresh one works.
+    let (s, b, _) = x509_enroll_raw(&server, "line-a", &dev, &dev.key, &csr).await;
+    assert_eq!(s, 200, "{b}");
+    drop(server);
+    install.cleanup().await;
+}
+
+// --- 4. symmetric ---------------------------------------------------------------------
+
+async fn symmetric_enrollment(backend: Backend) {
+    let install = Install::new(backend).await;
+    let work = tempfile::tempdir().unwrap();
+    let g = group_add(&install, &["sym", "--method", "symmetric", "--registration", "optional"]);
+    let master = g["master_key"].as_str().unwrap_or_else(|| panic!("master_key shown once: {g}")).to_string();
+    assert_eq!(URL_SAFE_NO_PAD.decode(&master).unwrap().len(), 32, "{g}");
+    assert_eq!(g["has_master_key"], true, "{g}");
+    assert_eq!(g["id_source"], "claimed", "{g}");
+    // Shown once: listing the groups does not show it.
+    let list = install.run_ok(&["group", "list", "--json"]);
+    assert!(!list.contains(&master), "{list}");
+    let master_file = work.path().join("master.key");
+    std::fs::write(&master_file, &master).unwrap();
+    let server = install.serve();
+
+    // Enrolls with the key derived from the group master key.
+    let out = work.path().join("d1");
+    let v = agent_ok(&[
+        "enroll",
+        "--server",
+        &server.base,
+        "--method",
+        "symmetric",
+        "--group",
+        "sym",
+        "--device-id",
+        "d-1",
+        "--group-key",
+        path_str(&master_file),
+        "--out",
+        path_str(&out),
+        "--json",
+    ]);
+    assert_eq!(v["device_id"], "d-1", "{v}");
+    let rec = cert_record(&install, v["serial"].as_str().unwrap()).await;
+    assert_eq!(rec.device.as_str(), "d-1");
+    let text = pki::openssl_text(work.path(), &read(&out.join("cert.pem")));
+    assert!(text.contains("URI:urn:devid:device:d-1"), "{text}");
+    let log = audit_lines(&install);
+    let issue = log
+        .iter()
+        .find(|e| e["action"] == "certificate.issue" && e["details"]["device"] == "d-1")
+        .expect("certificate.issue of d-1");
+    assert_eq!(issue["details"]["method"], "symmetric", "{issue}");
+    assert!(!issue.to_string().contains(&master), "no key in the log");
+
+    // A wrong master key.
+    let wrong_file = work.path().join("wrong.key");
+    std::fs::write(&wrong_file, b64(&[0x42; 32])).unwrap();
+    agent_refused(
+        &[
+            "enroll",
+            "--server",
+            &server.base,
+            "--method",
+            "symmetric",
+            "--group",
+            "sym",
+            "--device-id",
+            "d-2",
+            "--group-key",
+            path_str(&wrong_file),
+            "--out",
+            path_str(&work.path().join("d2")),
+        ],
+        401,
+        "attestation-failed",
+    );
+    assert_no_certificate(&install, "d-2").await;
+    // The right key for another device id.
+    agent_refused(
+        &[
+            "enroll",
+            "--server",
+            &server.base,
+            "--method",
+            "symmetric",
+            "--group",
+            "sym",
+            "--device-id",
+            "d-2",
+            "--device-key",
+            &b64(&derive(&URL_SAFE_NO_PAD.decode(&master).unwrap(), "d-1")),
+            "--out",
+            path_str(&work.path().join("d2")),
+        ],
+        401,
+        "attestation-failed",
+    );
+    assert_no_certificate(&install, "d-2").await;
+
+    // A device registered with its own key: that key enrolls, the group-derived one not.
+    let own = [0x5au8; 32];
+    let own_file = work.path().join("own.key");
+    std::fs::write(&own_file, base64::engine::general_purpose::STANDARD.encode(own)).unwrap();
+    install.run_ok(&[
+        "device",
+        "add",
+        "--id",
+        "d-own",
+        "--group",
+        "sym",
+        "--method",
+        "symmetric",
+        "--secret-file",
+        path_str(&own_file),
+        "--no-token",
+        "--json",
+    ]);
+    agent_refused(
+        &[
+            "enroll",
+            "--server",
+            &server.base,
+            "--method",
+            "symmetric",
+            "--group",
+            "sym",
+            "--device-id",
+            "d-own",
+            "--group-key",
+            path_str(&master_file),
+            "--out",
+            path_str(&work.path().join("own-refused")),
+        ],
+        401,
+        "attestation-failed",
+    );
+    assert_no_certificate(&install, "d-own").await;
+    let v = agent_ok(&[
+        "enroll",
+        "--server",
+        &server.base,
+        "--method",
+        "symmetric",
+        "--group",
+        "sym",
+        "--device-id",
+        "d-own",
+        "--device-key",
+        path_str(&own_file),
+        "--out",
+        path_str(&work.path().join("own")),
+        "--json",
+    ]);
+    assert_eq!(v["device_id"], "d-own", "{v}");
+    assert_eq!(certs_of(&install, "d-own").await.len(), 1);
+    drop(server);
+    install.cleanup().await;
+}
+
+/// HMAC-SHA256 (RFC 2104) from SHA-256: the device key of `id` under `master`.
+fn derive(master: &[u8], id: &str) -> Vec<u8> {
+    let mut key = [0u8; 64];
+    if master.len() > 64 {
+        key[..32].copy_from_slice(&sha256(master));
+    } else {
+        key[..master.len()].copy_from_slice(master);
+    }
+    let ipad: Vec<u8> = key.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = key.iter().map(|b| b ^ 0x5c).collect();
+    let inner = sha256(&[ipad.as_slice(), id.as_bytes()].concat());
+    sha256(&[opad.as_slice(), &inner].concat())
+}
+
+// --- 5. tpm ---------------------------------------------------------------------------
+
+async fn tpm_enrollment(backend: Backend) {
+    let install = Install::new(backend).await;
+    let work = tempfile::tempdir().unwrap();
+    let tpm = devid_testkit::swtpm::Swtpm::start();
+    let g = group_add(
+        &install,
+        &[
+            "tpm-line",
+            "--method",
+            "tpm",
+            "--trust-anchor",
+            path_str(&tpm.vendor_ca_pem_path()),
+            "--registration",
+            "optional",
+        ],
+    );
+    assert_eq!(g["id_source"], "ek-hash", "{g}");
+    // A group trusting another vendor.
+    let other = Factory::new("Other TPM Vendor");
+    let other_anchor = other.write_anchor(work.path(), "other-vendor.pem");
+    group_add(
+        &install,
+        &[
+            "tpm-other",
+            "--method",
+            "tpm",
+            "--trust-anchor",
+            path_str(&other_anchor),
+            "--registration",
+            "optional",
+        ],
+    );
+    let server = install.serve();
+
+    let mut ids = Vec::new();
+    for ek in ["rsa", "ecc"] {
+        let out = work.path().join(format!("tpm-{ek}"));
+        let v = agent_ok(&[
+            "enroll",
+            "--server",
+            &server.base,
+            "--method",
+            "tpm",
+            "--group",
+            "tpm-line",
+            "--tpm-tcti",
+            &tpm.tcti(),
+            "--ek",
+            ek,
+            "--out",
+            path_str(&out),
+            "--json",
+        ]);
+        let id = v["device_id"].as_str().unwrap_or_else(|| panic!("device id: {v}")).to_string();
+        assert!(
+            id.starts_with("tpm-") && id.len() == 36 && id[4..].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        let rec = cert_record(&install, v["serial"].as_str().unwrap()).await;
+        assert_eq!(rec.device.as_str(), id);
+        assert!(out.join("key.tpm").is_file(), "the key stays in the TPM");
+        assert!(!out.join("key.pem").exists(), "no software key");
+        let cert = read(&out.join("cert.pem"));
+        let chain = pki::split_pem(&read(&out.join("chain.pem")));
+        let (ok, text) = pki::openssl_verify(work.path(), &chain[1], &chain[0], &cert);
+        assert!(ok, "openssl verify ({ek}): {text}");
+        let text = pki::openssl_text(work.path(), &cert);
+        assert!(text.contains(&format!("URI:urn:devid:device:{id}")), "{text}");
+        let log = audit_lines(&install);
+        let issue = log
+            .iter()
+            .find(|e| e["action"] == "certificate.issue" && e["details"]["device"] == id.as_str())
+            .unwrap_or_else(|| panic!("certificate.issue of {id}"));
+        assert_eq!(issue["details"]["method"], "tpm", "{issue}");
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "the RSA and ECC EKs are different identities");
+
+    // A group that does not trust this TPM's vendor refuses it at the challenge.
+    let out = work.path().join("tpm-untrusted");
+    let stderr = agent_refused(
+        &[
+            "enroll",
+            "--server",
+            &server.base,
+            "--method",
+            "tpm",
+            "--group",
+            "tpm-other",
+            "--tpm-tcti",
+            &tpm.tcti(),
+            "--ek",
+            "ecc",
+            "--out",
+            path_str(&out),
+        ],
+        401,
+        "attestation-failed",
+    );
+    assert!(!stderr.contains("BEGIN"), "{stderr}");
+    assert_eq!(certs_of(&install, &ids[1]).await.len(), 1, "nothing more issued");
+    // The same by hand (an EK and an AK made by tpm2-tools), for the problem document.
+    use devid_testkit::swtpm::run;
+    run(tpm
+        .tool("tpm2_createek")
+        .args(["-G", "ecc", "-c"])
+        .arg(tpm.path("ek.ctx"))
+        .arg("-u")
+        .arg(tpm.path("ek.pub")));
+    tpm.flush_transients();
+    run(tpm
+        .tool("tpm2_createak")
+        .arg("-C")
+        .arg(tpm.path("ek.ctx"))
+        .arg("-c")
+        .arg(tpm.path("ak.ctx"))
+        .args(["-G", "ecc", "-g", "sha256", "-s", "ecdsa", "-u"])
+        .arg(tpm.path("ak.pub")));
+    tpm.flush_transients();
+    let identity = json!({
+        "ek_cert": b64(&tpm.ek_cert(true)),
+        "ek_public": b64(&std::fs::read(tpm.path("ek.pub")).unwrap()),
+        "ak_public": b64(&std::fs::read(tpm.path("ak.pub")).unwrap()),
+    });
+    let url = server.url("/v1/enroll/challenge");
+    let (s, b, ct) = post(&url, &json!({"group": "tpm-other", "method": "tpm", "tpm": identity})).await;
+    assert_problem(s, &b, &ct, 401, "attestation-failed");
+    let (s, b, _) = post(&url, &json!({"group": "tpm-line", "method": "tpm", "tpm": identity})).await;
+    assert_eq!(s, 201, "{b}");
+    assert!(b["tpm"]["credential_blob"].is_string() && b["tpm"]["encrypted_secret"].is_string(), "{b}");
+    let (s, b, ct) = post(&url, &json!({"group": "tpm-line", "method": "tpm"})).await;
+    assert_problem(s, &b, &ct, 400, "invalid-request");
+    assert_eq!(certs_of(&install, &ids[1]).await.len(), 1, "nothing more issued");
+    drop(server);
+    drop(tpm);
+    install.cleanup().await;
+}
+
+// --- 6. renewal refusals --------------------------------------------------------------
+
+/// A client for the renewal listener presenting the identity in `dir` (key.pem, cert.pem,
+/// and the issuing CA from chain.pem), trusting the root at the end of chain.pem.
+fn mtls_client(dir: &Path) -> reqwest::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let chain = pki::split_pem(&read(&dir.join("chain.pem")));
+    let identity = format!("{}{}{}", read(&dir.join("key.pem")), read(&dir.join("cert.pem")), chain[0]);
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(chain[1].as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// POST /v1/renew over mutual TLS as the device in `dir`, with a fresh CSR.
+async fn renew_raw(server: &Server, dir: &Path) -> (u16, Value, String) {
+    let (_k, csr) = pki::csr_p256("renewing");
+    let resp = mtls_client(dir)
+        .post(format!("{}/v1/renew", server.renew_base()))
+        .json(&json!({"csr": csr}))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    (status, resp.json::<Value>().await.unwrap_or(Value::Null), ct)
+}
+
+async fn renewal_refusals(backend: Backend) {
+    let mut install = Install::new(backend).await;
+    let work = tempfile::tempdir().unwrap();
+    let factory = Factory::new("Acme");
+    let anchor = factory.write_anchor(work.path(), "ca.pem");
+    group_add(
+        &install,
+        &["line-x", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
+    );
+    let server = serve_renewable(&mut install);
+
+    // Plain HTTP has no client certificate.
+    let (_k, csr) = pki::csr_p256("x");
+    let (s, b, ct) = post(&server.url("/v1/renew"), &json!({"csr": csr})).await;
+    assert_problem(s, &b, &ct, 403, "client-certificate-required");
+
+    // Revoked: the agent is refused (exit 3, the code named), and so is a raw request.
+    let out = work.path().join("revoked");
+    let v = agent_x509(&server, "line-x", &factory.idevid("ACME-REV"), work.path(), &out);
+    let serial = v["serial"].as_str().unwrap().to_string();
+    install.run_ok(&["revoke", &serial, "--reason", "keyCompromise", "--json"]);
+    let cert_before = read(&out.join("cert.pem"));
+    agent_refused(
+        &["renew", "--server", &server.renew_base(), "--out", path_str(&out)],
+        403,
+        "renewal-refused",
+    );
+    assert_eq!(read(&out.join("cert.pem")), cert_before, "the files stay as they were");
+    let (s, b, ct) = renew_raw(&server, &out).await;
+    assert_problem(s, &b, &ct, 403, "renewal-refused");
+    assert_eq!(certs_of(&install, "ACME-REV").await.len(), 1, "nothing issued");
+
+    // Quarantined.
+    let out = work.path().join("quarantined");
+    agent_x509(&server, "line-x", &factory.idevid("ACME-Q"), work.path(), &out);
+    install.run_ok(&["quarantine", "ACME-Q", "--json"]);
+    let (s, b, ct) = renew_raw(&server, &out).await;
+    assert_problem(s, &b, &ct, 403, "device-quarantined");
+    agent_refused(
+        &["renew", "--server", &server.renew_base(), "--out", path_str(&out)],
+        403,
+        "device-quarantined",
+    );
+    assert_eq!(certs_of(&install, "ACME-Q").await.len(), 1, "nothing issued");
+    // ... and it cannot enroll again either.
+    let dev = factory.idevid("ACME-Q");
+    let (_k, csr) = pki::csr_p256("ACME-Q");
+    let (s, b, ct) = x509_enroll_raw(&server, "line-x", &dev, &dev.key, &csr).await;
+    assert_problem(s, &b, &ct, 403, "device-quarantined");
+    assert_eq!(certs_of(&install, "ACME-Q").await.len(), 1, "nothing issued");
+
+    // A healthy device still renews (raw), and a renewal with a certificate of another
+    // CA does not get past the TLS handshake.
+    let out = work.path().join("healthy");
+    let v = agent_x509(&server, "line-x", &factory.idevid("ACME-OK"), work.path(), &out);
+    let (s, b, _) = renew_raw(&server, &out).await;
+    assert_eq!(s, 200, "{b}");
+    let rec = cert_record(&install, b["serial"].as_str().unwrap()).await;
+    assert_eq!(rec.predecessor.unwrap().to_hex(), v["serial"].as_str().unwrap());
+    let foreign = work.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    let dev = factory.idevid("ACME-FOREIGN");
+    std::fs::write(foreign.join("key.pem"), dev.key.serialize_pem()).unwrap();
+    std::fs::write(foreign.join("cert.pem"), devid_ca::to_pem("CERTIFICATE", &dev.chain[0])).unwrap();
+    let devid_root = pki::split_pem(&read(&out.join("chain.pem"))).pop().unwrap();
+    let pems = [devid_ca::to_pem("CERTIFICATE", &dev.chain[1]), devid_root];
+    std::fs::write(foreign.join("chain.pem"), pems.concat()).unwrap();
+    let (_k, csr) = pki::csr_p256("ACME-FOREIGN");
+    let r = mtls_client(&foreign)
+        .post(format!("{}/v1/renew", server.renew_base()))
+        .json(&json!({"csr": csr}))
+        .send()
+        .await;
+    assert!(r.is_err(), "a certificate of another CA must not get an HTTP answer: {r:?}");
+    assert_no_certificate(&install, "ACME-FOREIGN").await;
+    drop(server);
+    install.cleanup().await;
+}
+
+async fn renewal_past_grace_is_refused(backend: Backend) {
+    let mut install = Install::new(backend).await;
+    let work = tempfile::tempdir().unwrap();
+    let factory = Factory::new("Acme");
+    let anchor = factory.write_anchor(work.path(), "ca.pem");
+    group_add(
+        &install,
+        &[
+            "short",
+            "--method",
+            "x509",
+            "--trust-anchor",
+            path_str(&anchor),
+            "--registration",
+            "optional",
+            "--validity",
+            "60s",
+        ],
+    );
+    install.env.push(("DEVID_ENROLL__RENEW_GRACE".into(), "0s".into()));
+    let server = serve_renewable(&mut install);
+    let out = work.path().join("dev");
+    let v = agent_x509(&server, "short", &factory.idevid("ACME-SHORT"), work.path(), &out);
+    let not_after = time::OffsetDateTime::parse(
+        v["not_after"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let left = not_after - time::OffsetDateTime::now_utc();
+    assert!(left <= time::Duration::seconds(60), "group validity caps the lifetime: {left}");
+    // Wait (polling) until it has expired, by a whole second on the server's clock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while time::OffsetDateTime::now_utc() < not_after + time::Duration::milliseconds(1100) {
+        assert!(std::time::Instant::now() < deadline, "the certificate did not expire");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The TLS layer lets the expired certificate through; the policy refuses it.
+    let (s, b, ct) = renew_raw(&server, &out).await;
+    assert_problem(s, &b, &ct, 403, "renewal-refused");
+    agent_refused(
+        &["renew", "--server", &server.renew_base(), "--out", path_str(&out)],
+        403,
+        "renewal-refused",
+    );
+    assert_eq!(certs_of(&install, "ACME-SHORT").await.len(), 1, "nothing issued");
+    drop(server);
+    install.cleanup().await;
+}
+
+// --- the TLS listener -----------------------------------------------------------------
+
+async fn renewal_listener_tls(backend: Backend) {
+    let mut install = Install::new(backend).await;
+    let work = tempfile::tempdir().unwrap();
+    let factory = Factory::new("Acme");
+    let anchor = factory.write_anchor(work.path(), "ca.pem");
+    group_add(
+        &install,
+        &["line-x", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
+    );
+    let server = serve_renewable(&mut install);
+    let out = work.path().join("dev");
+    agent_x509(&server, "line-x", &factory.idevid("ACME-TLS"), work.path(), &out);
+    let chain = pki::split_pem(&read(&out.join("chain.pem")));
+    std::fs::write(work.path().join("root.pem"), &chain[1]).unwrap();
+    std::fs::write(work.path().join("issuing.pem"), &chain[0]).unwrap();
+    std::fs::copy(out.join("cert.pem"), work.path().join("cert.pem")).unwrap();
+    std::fs::copy(out.join("key.pem"), work.path().join("key.pem")).unwrap();
+    let addr = server.renew_base().trim_start_matches("https://").to_string();
+    let s_client = |extra: &[&str]| {
+        let mut args =
+            vec!["s_client", "-connect", &addr, "-CAfile", "root.pem", "-verify_return_error", "-brief"];
+        args.extend_from_slice(extra);
+        // s_client reads stdin: /dev/null ends the session after the handshake.
+        pki::openssl(work.path(), &args)
+    };
+    let with_cert = ["-cert", "cert.pem", "-key", "key.pem", "-cert_chain", "issuing.pem"];
+
+    // TLS 1.2 and 1.3 with the device certificate.
+    for (flag, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let mut args = vec![flag];
+        args.extend_from_slice(&with_cert);
+        let (ok, text) = s_client(&args);
+        assert!(ok, "{flag} with a client certificate: {text}");
+        assert!(text.contains(&format!("Protocol version: {name}")), "{flag}: {text}");
+    }
+    // No client certificate: refused in the handshake. TLS 1.2: the server's alert ends
+    // it. TLS 1.3: the server checks the client's (empty) Certificate after the client
+    // has sent its Finished, so the alert arrives right after: -ign_eof waits for it.
+    let (ok, text) = s_client(&["-tls1_2"]);
+    assert!(!ok, "TLS 1.2 without a client certificate: {text}");
+    assert!(
+        text.contains("alert handshake failure") || text.contains("alert certificate required"),
+        "{text}"
+    );
+    let (ok, text) = s_client(&["-tls1_3", "-ign_eof"]);
+    assert!(!ok, "TLS 1.3 without a client certificate: {text}");
+    assert!(text.contains("alert certificate required"), "TLS 1.3 without a client certificate: {text}");
+    // reqwest without an identity gets no HTTP answer.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let anonymous = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(chain[1].as_bytes()).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let (_k, csr) = pki::csr_p256("x");
+    let r =
+        anonymous.post(format!("{}/v1/renew", server.renew_base())).json(&json!({"csr": csr})).send().await;
+    assert!(r.is_err(), "a client without a certificate must not get an HTTP answer: {r:?}");
+    // TLS 1.1 (and older) is refused, even when the client allows it.
+    let mut args = vec!["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"];
+    args.extend_from_slice(&with_cert);
+    let (ok, text) = s_client(&args);
+    assert!(!ok, "TLS 1.1 must fail: {text}");
+    assert!(!text.contains("Protocol version: TLSv1.1"), "{text}");
+    drop(server);
+    install.cleanup().await;
+}
