@@ -4,7 +4,7 @@
 
 use devid_attest::{AttestError, Attested};
 use devid_core::{DeviceId, ErrorKind, UnixTime};
-use devid_store::{ChallengeRecord, DeviceMeta, DeviceRecord, DeviceStatus, GroupRecord, Redeem};
+use devid_store::{ChallengeRecord, DeviceMeta, DeviceStatus, GroupRecord, Redeem};
 use serde_json::json;
 use sha2::Digest;
 
@@ -324,14 +324,7 @@ impl Authority {
             }
             None => {
                 let now = self.clock.now();
-                let record = DeviceRecord {
-                    id: device.clone(),
-                    status: DeviceStatus::Registered,
-                    token_hash: None,
-                    token_used_at: None,
-                    created_at: now,
-                    updated_at: now,
-                };
+                let record = crate::new_device_record(device, now);
                 let meta = DeviceMeta { group: Some(g.name.clone()), ..DeviceMeta::default() };
                 let audit = crate::audit::event(
                     now,

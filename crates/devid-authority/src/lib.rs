@@ -238,6 +238,18 @@ pub async fn register_device(
     Ok((record, token))
 }
 
+/// A new device record: registered, no token.
+pub(crate) fn new_device_record(id: &DeviceId, now: UnixTime) -> DeviceRecord {
+    DeviceRecord {
+        id: id.clone(),
+        status: DeviceStatus::Registered,
+        token_hash: None,
+        token_used_at: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
 /// A certificate as PEM.
 pub fn certificate_pem(der: &[u8]) -> String {
     devid_ca::to_pem("CERTIFICATE", der)

@@ -232,38 +232,11 @@ impl Authority {
         spki_der: &[u8],
         actor: &Actor,
     ) -> Result<crate::Issued, AuthorityError> {
-        use sha2::Digest;
         let cred =
             self.store.get_credential(client_id).await?.ok_or(AuthorityError::NotFound("credential"))?;
         if cred.revoked_at.is_some() {
             return Err(AuthorityError::Invalid(format!("credential {client_id} is revoked")));
         }
-        let device = DeviceId::new(crate::auth::credential_device_id(client_id))
-            .map_err(|e| AuthorityError::Internal(format!("credential device id: {e}")))?;
-        let now = self.clock.now();
-        let record = DeviceRecord {
-            id: device.clone(),
-            status: devid_store::DeviceStatus::Registered,
-            token_hash: None,
-            token_used_at: None,
-            created_at: now,
-            updated_at: now,
-        };
-        let audit = crate::audit::event(
-            now,
-            actor,
-            "device.register",
-            device.as_str(),
-            serde_json::json!({"purpose": "client certificate of a credential", "client_id": client_id}),
-        );
-        self.store.ensure_device(&record, &devid_store::DeviceMeta::default(), &audit).await?;
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(&sha2::Sha256::digest(spki_der));
-        let csr = devid_ca::csr::VerifiedCsr {
-            spki_der: spki_der.to_vec(),
-            key_type: devid_ca::csr::DeviceKeyType::EcP256,
-            sha256,
-        };
         let ctx = crate::enroll::IssueContext {
             method: "credential",
             summary: serde_json::json!({"client_id": client_id, "role": cred.role}),
@@ -271,6 +244,9 @@ impl Authority {
             predecessor: None,
             server_names: None,
         };
-        self.issue(&device, &csr, devid_store::Redeem::Nothing, &ctx).await
+        let purpose =
+            serde_json::json!({"purpose": "client certificate of a credential", "client_id": client_id});
+        let device = crate::auth::credential_device_id(client_id);
+        self.issue_for_key(&device, spki_der, &ctx, actor, purpose).await
     }
 }

@@ -97,42 +97,42 @@ impl Authority {
         spki_der: &[u8],
         validity_secs: i64,
     ) -> Result<Issued, AuthorityError> {
-        use sha2::Digest;
         if names.is_empty() {
             return Err(AuthorityError::Invalid("the TLS server certificate needs at least one name".into()));
         }
-        let now = self.clock.now();
-        let device = devid_core::DeviceId::new(SERVER_DEVICE_ID)
-            .map_err(|e| AuthorityError::Internal(format!("server device id: {e}")))?;
-        let record = devid_store::DeviceRecord {
-            id: device.clone(),
-            status: DeviceStatus::Registered,
-            token_hash: None,
-            token_used_at: None,
-            created_at: now,
-            updated_at: now,
-        };
-        let audit = crate::audit::event(
-            now,
-            &crate::Actor::System,
-            "device.register",
-            SERVER_DEVICE_ID,
-            json!({"purpose": "devid TLS server certificates"}),
-        );
-        self.store.ensure_device(&record, &devid_store::DeviceMeta::default(), &audit).await?;
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(&sha2::Sha256::digest(spki_der));
-        let csr = devid_ca::csr::VerifiedCsr {
-            spki_der: spki_der.to_vec(),
-            key_type: devid_ca::csr::DeviceKeyType::EcP256,
-            sha256,
-        };
         let ctx = IssueContext {
             method: "server",
             summary: json!({"names": names}),
             validity_secs: Some(validity_secs),
             predecessor: None,
             server_names: Some(names.to_vec()),
+        };
+        let purpose = json!({"purpose": "devid TLS server certificates"});
+        self.issue_for_key(SERVER_DEVICE_ID, spki_der, &ctx, &crate::Actor::System, purpose).await
+    }
+
+    /// Issue a certificate for a P-256 key devid made itself (`spki_der`), to the device
+    /// `device` of its own (registered first if need be, with an audit entry saying why):
+    /// the renewal listener's server certificates and credentials' client certificates.
+    pub(crate) async fn issue_for_key(
+        &self,
+        device: &str,
+        spki_der: &[u8],
+        ctx: &IssueContext,
+        actor: &crate::Actor,
+        purpose: serde_json::Value,
+    ) -> Result<Issued, AuthorityError> {
+        use sha2::Digest;
+        let device = devid_core::DeviceId::new(device)
+            .map_err(|e| AuthorityError::Internal(format!("device id {device:?}: {e}")))?;
+        let now = self.clock.now();
+        let audit = crate::audit::event(now, actor, "device.register", device.as_str(), purpose);
+        let record = crate::new_device_record(&device, now);
+        self.store.ensure_device(&record, &devid_store::DeviceMeta::default(), &audit).await?;
+        let csr = devid_ca::csr::VerifiedCsr {
+            spki_der: spki_der.to_vec(),
+            key_type: devid_ca::csr::DeviceKeyType::EcP256,
+            sha256: sha2::Sha256::digest(spki_der).into(),
         };
         self.issue(&device, &csr, Redeem::Nothing, &ctx).await
     }

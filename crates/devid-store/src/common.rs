@@ -473,6 +473,24 @@ macro_rules! insert_device {
 }
 pub(crate) use insert_device;
 
+/// Bind a device row and its metadata to an [`insert_device!`] statement, in its order.
+macro_rules! bind_device {
+    ($q:expr, $device:expr, $meta:expr) => {
+        $q.bind($device.id.as_str())
+            .bind($crate::common::device_status_text($device.status))
+            .bind($device.token_hash.as_deref())
+            .bind($device.token_used_at.map(|t| t.0))
+            .bind($device.created_at.0)
+            .bind($device.updated_at.0)
+            .bind($meta.labels.as_deref())
+            .bind($meta.batch_id.as_deref())
+            .bind($meta.group.as_deref())
+            .bind($meta.method.as_deref())
+            .bind($meta.secret.as_deref())
+    };
+}
+pub(crate) use bind_device;
+
 /// Insert an enrollment group. Binds `$1`–`$11` in column order.
 macro_rules! insert_group {
     () => {
@@ -716,18 +734,7 @@ macro_rules! impl_store {
                 audit: &$crate::AuditEvent,
             ) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
-                sqlx::query($crate::common::insert_device!(""))
-                .bind(device.id.as_str())
-                .bind($crate::common::device_status_text(device.status))
-                .bind(device.token_hash.as_deref())
-                .bind(device.token_used_at.map(|t| t.0))
-                .bind(device.created_at.0)
-                .bind(device.updated_at.0)
-                .bind(meta.labels.as_deref())
-                .bind(meta.batch_id.as_deref())
-                .bind(meta.group.as_deref())
-                .bind(meta.method.as_deref())
-                .bind(meta.secret.as_deref())
+                $crate::common::bind_device!(sqlx::query($crate::common::insert_device!("")), device, meta)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| {
@@ -744,18 +751,8 @@ macro_rules! impl_store {
                 audit: &$crate::AuditEvent,
             ) -> Result<bool, $crate::StoreError> {
                 let mut tx = self.begin().await?;
-                let done = sqlx::query($crate::common::insert_device!(" ON CONFLICT (id) DO NOTHING"))
-                    .bind(device.id.as_str())
-                    .bind($crate::common::device_status_text(device.status))
-                    .bind(device.token_hash.as_deref())
-                    .bind(device.token_used_at.map(|t| t.0))
-                    .bind(device.created_at.0)
-                    .bind(device.updated_at.0)
-                    .bind(meta.labels.as_deref())
-                    .bind(meta.batch_id.as_deref())
-                    .bind(meta.group.as_deref())
-                    .bind(meta.method.as_deref())
-                    .bind(meta.secret.as_deref())
+                let insert = sqlx::query($crate::common::insert_device!(" ON CONFLICT (id) DO NOTHING"));
+                let done = $crate::common::bind_device!(insert, device, meta)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.db_err(e))?;
