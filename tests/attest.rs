@@ -33,6 +33,8 @@ on_both_backends!(
     nonce_expires,
     symmetric_enrollment,
     tpm_enrollment,
+    tpm_refusals_over_http,
+    tpm_renewal_over_mtls,
     renewal_refusals,
     renewal_past_grace_is_refused,
     renewal_listener_tls,
@@ -1027,6 +1029,311 @@ async fn tpm_enrollment(backend: Backend) {
     drop(server);
     drop(tpm);
     install.cleanup().await;
+}
+
+// --- 5b. tpm refusals through the server, and renewal with the TPM key ----------------
+
+/// The device id the server gives this TPM's ECC EK (`tpm-` + hex of the first 16 bytes of
+/// SHA-256 of the EK certificate's SPKI), computed by the server-side code.
+fn tpm_device_id(tpm: &devid_testkit::swtpm::Swtpm, identity: &devid_agent::tpm::TpmIdentity) -> String {
+    use devid_core::Clock;
+    let policy = devid_attest::tpm::TpmPolicy { ek_anchors: vec![tpm.vendor_ca_der()] };
+    let (pending, _) = devid_attest::tpm::start(
+        &policy,
+        &identity.ek_cert,
+        &identity.ek_public,
+        &identity.ak_public,
+        &devid_core::OsEntropy,
+        devid_core::SystemClock.now(),
+    )
+    .unwrap();
+    pending.device_id
+}
+
+fn tpm_identity_json(identity: &devid_agent::tpm::TpmIdentity, ak_public: &[u8]) -> Value {
+    json!({
+        "ek_cert": b64(&identity.ek_cert),
+        "ek_public": b64(&identity.ek_public),
+        "ak_public": b64(ak_public),
+    })
+}
+
+/// Every certificate the store holds, of any device.
+async fn all_certs(install: &Install) -> usize {
+    let store = devid_store::connect(&install.db.url).await.unwrap();
+    store.list_certificates(None, None, 1000).await.unwrap().items.len()
+}
+
+async fn tpm_refusals_over_http(backend: Backend) {
+    use devid_agent::tpm::{EkKind, TpmAgent};
+    let install = Install::new(backend).await;
+    let tpm = devid_testkit::swtpm::Swtpm::start();
+    group_add(
+        &install,
+        &[
+            "tpm-line",
+            "--method",
+            "tpm",
+            "--trust-anchor",
+            path_str(&tpm.vendor_ca_pem_path()),
+            "--registration",
+            "optional",
+        ],
+    );
+    let server = install.serve();
+    let challenge_url = server.url("/v1/enroll/challenge");
+    let mut agent = TpmAgent::open(&tpm.tcti()).unwrap();
+    let identity = agent.identity(EkKind::EccP256).unwrap();
+    let device = tpm_device_id(&tpm, &identity);
+    // The server's own certificates (its TLS listener's) are in the store too.
+    let before = all_certs(&install).await;
+
+    // (1) An "AK" that is not restricted: a real TPM key (fixedTPM, signing) made under the
+    // storage primary, presented as the AK. The server refuses it at the challenge: it
+    // could sign anything, so a TPM2_Certify by it would prove nothing.
+    let not_an_ak = agent.create_device_key().unwrap();
+    let (s, b, ct) = post(
+        &challenge_url,
+        &json!({"group": "tpm-line", "method": "tpm", "tpm": tpm_identity_json(&identity, &not_an_ak.public)}),
+    )
+    .await;
+    assert_problem(s, &b, &ct, 401, "attestation-failed");
+    assert!(b.get("tpm").is_none() && b.get("nonce").is_none(), "no credential is made: {b}");
+    assert_no_certificate(&install, &device).await;
+
+    // (2) A tampered credential: the TPM's integrity check refuses it (activation fails),
+    // so the device can only guess the secret; the server refuses the enrollment.
+    let (s, b, _) = post(
+        &challenge_url,
+        &json!({"group": "tpm-line", "method": "tpm", "tpm": tpm_identity_json(&identity, &identity.ak_public)}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let nonce_text = b["nonce"].as_str().unwrap().to_string();
+    let nonce = URL_SAFE_NO_PAD.decode(&nonce_text).unwrap();
+    let mut blob = URL_SAFE_NO_PAD.decode(b["tpm"]["credential_blob"].as_str().unwrap()).unwrap();
+    let enc = URL_SAFE_NO_PAD.decode(b["tpm"]["encrypted_secret"].as_str().unwrap()).unwrap();
+    let last = blob.len() - 1;
+    blob[last] ^= 0x01;
+    let secret = match agent.activate(&blob, &enc) {
+        Err(devid_agent::tpm::TpmError::Command { op: "TPM2_ActivateCredential", .. }) => {
+            let mut guess = [0u8; 32];
+            devid_core::Entropy::fill(&devid_core::OsEntropy, &mut guess);
+            guess.to_vec()
+        }
+        Err(e) => panic!("unexpected activation error: {e}"),
+        // Were the TPM to decrypt it, the secret would be another one: send it.
+        Ok(wrong) => wrong,
+    };
+    let key = agent.create_device_key().unwrap();
+    let csr_der = agent.sign_csr(&key, "tpm-device").unwrap();
+    let csr = devid_ca::to_pem("CERTIFICATE REQUEST", &csr_der);
+    let bind: [u8; 32] = binding(&nonce, &csr).try_into().unwrap();
+    let (certify_info, certify_signature) = agent.certify(&key, &bind).unwrap();
+    let body = json!({
+        "method": "tpm", "group": "tpm-line", "nonce": nonce_text, "secret": b64(&secret),
+        "key_public": b64(&key.public), "certify_info": b64(&certify_info),
+        "certify_signature": b64(&certify_signature), "csr": csr,
+    });
+    let (s, b, ct) = post(&server.url("/v1/enroll"), &body).await;
+    assert_problem(s, &b, &ct, 401, "attestation-failed");
+    assert_no_certificate(&install, &device).await;
+    assert_eq!(all_certs(&install).await, before, "nothing issued to anyone");
+    // The nonce was redeemed by the failed attempt: the right secret cannot follow it.
+    let (s, _, _) = post(&server.url("/v1/enroll"), &body).await;
+    assert_eq!(s, 401);
+
+    drop(agent);
+    drop(server);
+    drop(tpm);
+    install.cleanup().await;
+}
+
+/// A clock at `at` until `real` is set, then the system clock (for `run`: renewal due now,
+/// then the next renewal in the future, where `run` waits and sees the shutdown).
+struct SteppingClock {
+    at: devid_core::UnixTime,
+    real: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl devid_core::Clock for SteppingClock {
+    fn now(&self) -> devid_core::UnixTime {
+        if self.real.load(std::sync::atomic::Ordering::SeqCst) {
+            devid_core::SystemClock.now()
+        } else {
+            self.at
+        }
+    }
+}
+
+async fn tpm_renewal_over_mtls(backend: Backend) {
+    let mut install = Install::new(backend).await;
+    let work = tempfile::tempdir().unwrap();
+    let tpm = devid_testkit::swtpm::Swtpm::start();
+    group_add(
+        &install,
+        &[
+            "tpm-line",
+            "--method",
+            "tpm",
+            "--trust-anchor",
+            path_str(&tpm.vendor_ca_pem_path()),
+            "--registration",
+            "optional",
+        ],
+    );
+    let server = serve_renewable(&mut install);
+    let out = work.path().join("tpm-dev");
+    let v = agent_ok(&[
+        "enroll",
+        "--server",
+        &server.base,
+        "--method",
+        "tpm",
+        "--group",
+        "tpm-line",
+        "--tpm-tcti",
+        &tpm.tcti(),
+        "--ek",
+        "ecc",
+        "--out",
+        path_str(&out),
+        "--json",
+    ]);
+    let device = v["device_id"].as_str().unwrap().to_string();
+    let first = v["serial"].as_str().unwrap().to_string();
+    let key_tpm = read(&out.join("key.tpm"));
+    assert!(key_tpm.starts_with(&format!("TCTI: {}\n-----BEGIN TPM2B PUBLIC-----", tpm.tcti())), "{key_tpm}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("key.tpm")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "key.tpm mode {mode:o}");
+    let cert1 = read(&out.join("cert.pem"));
+    let chain = pki::split_pem(&read(&out.join("chain.pem")));
+    let spki = |pem_text: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("c.pem"), pem_text).unwrap();
+        let (ok, t) = pki::openssl(dir.path(), &["x509", "-noout", "-pubkey", "-in", "c.pem"]);
+        assert!(ok, "{t}");
+        t
+    };
+
+    // Renewal over mutual TLS, the handshake signed in the TPM: a new certificate for the
+    // same TPM key, whose predecessor is the first; key.tpm untouched.
+    let renew_base = server.renew_base();
+    let v = agent_ok(&[
+        "renew",
+        "--server",
+        &renew_base,
+        "--out",
+        path_str(&out),
+        "--tpm-tcti",
+        &tpm.tcti(),
+        "--json",
+    ]);
+    let second = v["serial"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    assert_eq!(v["key"], path_str(&out.join("key.tpm")), "{v}");
+    assert_eq!(read(&out.join("key.tpm")), key_tpm, "renewal without --rekey keeps the TPM key");
+    assert!(!out.join("key.pem").exists(), "no software key");
+    let rec = cert_record(&install, &second).await;
+    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(first.as_str()));
+    assert_eq!(rec.device.as_str(), device);
+    let cert2 = read(&out.join("cert.pem"));
+    assert_ne!(cert2, cert1);
+    assert_eq!(spki(&cert2), spki(&cert1), "same TPM key");
+    let (ok, text) = pki::openssl_verify(work.path(), &chain[1], &chain[0], &cert2);
+    assert!(ok, "openssl verify (renewed): {text}");
+    let text = pki::openssl_text(work.path(), &cert2);
+    assert!(text.contains(&format!("URI:urn:devid:device:{device}")), "{text}");
+
+    // Without --tpm-tcti: the TPM recorded in key.tpm.
+    let v = agent_ok(&["renew", "--server", &renew_base, "--out", path_str(&out), "--json"]);
+    let third = v["serial"].as_str().unwrap().to_string();
+    let rec = cert_record(&install, &third).await;
+    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(second.as_str()));
+    assert_eq!(read(&out.join("key.tpm")), key_tpm);
+
+    // A TCTI where no TPM answers: a local failure (exit 1), nothing changes.
+    let out_before = read(&out.join("cert.pem"));
+    let bad = agent(&[
+        "renew",
+        "--server",
+        &renew_base,
+        "--out",
+        path_str(&out),
+        "--tpm-tcti",
+        "swtpm:host=127.0.0.1,port=9",
+    ]);
+    assert_eq!(bad.status.code(), Some(1), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("TPM"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert_eq!(read(&out.join("cert.pem")), out_before);
+    assert_eq!(read(&out.join("key.tpm")), key_tpm);
+
+    // --rekey: a new key made in the same TPM; key.tpm replaced (with the TCTI), the
+    // lineage goes on.
+    let v = agent_ok(&["renew", "--server", &renew_base, "--out", path_str(&out), "--rekey", "--json"]);
+    let fourth = v["serial"].as_str().unwrap().to_string();
+    let key_tpm2 = read(&out.join("key.tpm"));
+    assert_ne!(key_tpm2, key_tpm, "--rekey writes a new key.tpm");
+    assert!(key_tpm2.starts_with(&format!("TCTI: {}\n", tpm.tcti())), "{key_tpm2}");
+    let rec = cert_record(&install, &fourth).await;
+    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(third.as_str()));
+    let cert4 = read(&out.join("cert.pem"));
+    assert_ne!(spki(&cert4), spki(&cert2), "new TPM key");
+    let (ok, text) = pki::openssl_verify(work.path(), &chain[1], &chain[0], &cert4);
+    assert!(ok, "openssl verify (rekeyed): {text}");
+
+    // `run` renews a TPM device too (the library's loop, with a clock at which the renewal
+    // is due): through the TPM recorded in key.tpm.
+    let layout = devid_agent::files::Layout::new(&out);
+    let info = devid_agent::files::cert_info(&pki_der(&cert4)).unwrap();
+    let real = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clock = SteppingClock { at: devid_core::UnixTime(info.not_after.0 - 60), real: real.clone() };
+    let cfg = devid_agent::run::RunConfig {
+        layout,
+        enroll: None,
+        renew: devid_agent::enroll::RenewPlan { server: renew_base.clone(), ca: None, rekey: false },
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut tx = Some(tx);
+    let mut issued = Vec::new();
+    let stop = async {
+        let _ = rx.await;
+    };
+    let r = tokio::time::timeout(
+        Duration::from_secs(120),
+        devid_agent::run::run(&cfg, &clock, &devid_core::OsEntropy, stop, |o| {
+            issued.push(o.serial.clone());
+            real.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(());
+            }
+        }),
+    )
+    .await
+    .expect("run stops");
+    r.unwrap();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    let rec = cert_record(&install, &issued[0]).await;
+    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(fourth.as_str()));
+    assert_eq!(read(&out.join("key.tpm")), key_tpm2, "run keeps the key");
+
+    let log = audit_lines(&install);
+    let renews: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["action"] == "certificate.renew" && e["details"]["device"] == device.as_str())
+        .collect();
+    assert_eq!(renews.len(), 4, "{renews:?}");
+    assert_eq!(certs_of(&install, &device).await.len(), 5);
+
+    drop(server);
+    drop(tpm);
+    install.cleanup().await;
+}
+
+/// The DER of the first PEM certificate of `text`.
+fn pki_der(text: &str) -> Vec<u8> {
+    pem::parse(text).unwrap().into_contents()
 }
 
 // --- 6. renewal refusals --------------------------------------------------------------

@@ -47,6 +47,11 @@ pub enum Command {
     /// with backoff; stops on SIGTERM or Ctrl-C.
     #[command(after_help = AFTER_HELP)]
     Run(RunArgs),
+    /// Simulate a fleet: set up N devices (keys, CSRs and evidence made before timing),
+    /// enroll them with C workers, optionally ask OCSP and renew over mutual TLS; print
+    /// throughput and latency percentiles per phase.
+    #[command(after_help = crate::simulate::SIMULATE_AFTER_HELP)]
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// How the device proves its identity.
@@ -100,7 +105,8 @@ pub struct MethodArgs {
     /// from it and --device-id (HMAC-SHA256).
     #[arg(long, value_name = "FILE", conflicts_with = "device_key")]
     pub group_key: Option<PathBuf>,
-    /// tpm: the TCTI, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.
+    /// tpm: the TCTI, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321; recorded
+    /// in key.tpm, where renewals find it.
     #[arg(long, value_name = "TCTI")]
     pub tpm_tcti: Option<String>,
     /// tpm: which endorsement key.
@@ -142,9 +148,15 @@ pub struct RenewArgs {
     /// root at the end of chain.pem).
     #[arg(long, value_name = "FILE")]
     pub ca: Option<PathBuf>,
-    /// Make a new key (written only after the new certificate is issued).
+    /// Make a new key (written only after the new certificate is issued); for a TPM key,
+    /// a new key in the same TPM (key.tpm is replaced).
     #[arg(long)]
     pub rekey: bool,
+    /// For a TPM key (key.tpm): the TCTI of its TPM, e.g. device:/dev/tpmrm0 (default: the
+    /// one key.tpm records from the enrollment). The TLS handshake and the CSR are signed
+    /// in the TPM.
+    #[arg(long, value_name = "TCTI")]
+    pub tpm_tcti: Option<String>,
     /// Print {device_id, serial, not_after, cert, chain, key} as JSON.
     #[arg(long)]
     pub json: bool,
@@ -286,7 +298,8 @@ pub async fn execute(cli: Cli) -> Result<(), AgentError> {
         }
         Command::Renew(a) => {
             let plan = RenewPlan { server: a.server, ca: a.ca, rekey: a.rekey };
-            let out = crate::enroll::renew(&plan, &Layout::new(a.out)).await?;
+            let out =
+                crate::enroll::renew_with_tcti(&plan, &Layout::new(a.out), a.tpm_tcti.as_deref()).await?;
             print_outcome(&out, a.json);
             Ok(())
         }
@@ -313,6 +326,7 @@ pub async fn execute(cli: Cli) -> Result<(), AgentError> {
             })
             .await
         }
+        Command::Simulate(a) => crate::simulate::run(a).await,
     }
 }
 
@@ -346,7 +360,13 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     // One TLS provider for the whole process: aws-lc-rs (also for reqwest's own configs).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The simulator is a load generator: it gets every core.
+    let rt = if matches!(cli.command, Command::Simulate(_)) {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("devid-agent: cannot start the runtime: {e}");

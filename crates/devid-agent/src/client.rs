@@ -42,12 +42,11 @@ pub fn read_pem_certificates(path: &Path) -> Result<Vec<Vec<u8>>, AgentError> {
     Ok(certs)
 }
 
-/// A rustls client configuration trusting exactly `roots`, with a client certificate when
-/// `identity` is given (the chain, leaf first, and the PKCS#8 key, DER).
-pub fn tls_config(
+/// The start of a rustls client configuration (aws-lc-rs, TLS 1.2 and 1.3) trusting
+/// exactly `roots`; the caller chooses the client authentication.
+pub(crate) fn tls_builder(
     roots: &[Vec<u8>],
-    identity: Option<(Vec<Vec<u8>>, Vec<u8>)>,
-) -> Result<rustls::ClientConfig, AgentError> {
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, AgentError> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store
@@ -55,10 +54,19 @@ pub fn tls_config(
             .map_err(|e| AgentError::crypto(format!("a trust anchor is not usable: {e}")))?;
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| AgentError::crypto(format!("TLS set-up: {e}")))?
-        .with_root_certificates(store);
+        .with_root_certificates(store))
+}
+
+/// A rustls client configuration trusting exactly `roots`, with a client certificate when
+/// `identity` is given (the chain, leaf first, and the PKCS#8 key, DER).
+pub fn tls_config(
+    roots: &[Vec<u8>],
+    identity: Option<(Vec<Vec<u8>>, Vec<u8>)>,
+) -> Result<rustls::ClientConfig, AgentError> {
+    let builder = tls_builder(roots)?;
     match identity {
         None => Ok(builder.with_no_client_auth()),
         Some((chain, key)) => {
@@ -89,7 +97,12 @@ pub fn mtls_client(
     chain: Vec<Vec<u8>>,
     key_pkcs8_der: Vec<u8>,
 ) -> Result<reqwest::Client, AgentError> {
-    let cfg = tls_config(roots, Some((chain, key_pkcs8_der)))?;
+    client_with_tls(tls_config(roots, Some((chain, key_pkcs8_der)))?)
+}
+
+/// An HTTP client using exactly this rustls configuration (reqwest's
+/// `use_preconfigured_tls`; the rustls versions of both must be the same).
+pub fn client_with_tls(cfg: rustls::ClientConfig) -> Result<reqwest::Client, AgentError> {
     reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .user_agent(USER_AGENT)

@@ -96,7 +96,8 @@ pub struct RenewPlan {
     /// Trust exactly these CA certificates (PEM file); else the root at the end of
     /// `chain.pem`.
     pub ca: Option<PathBuf>,
-    /// Make a new key instead of certifying the current one again.
+    /// Make a new key instead of certifying the current one again (for a TPM key: a new
+    /// key in the same TPM).
     pub rekey: bool,
 }
 
@@ -180,46 +181,115 @@ pub async fn enroll(plan: &EnrollPlan, layout: &Layout) -> Result<Outcome, Agent
     Ok(outcome(layout, &resp, info, layout.key()))
 }
 
+/// The identity a renewal presents over mutual TLS, read from the output directory.
+#[derive(Debug, Clone)]
+pub(crate) struct CurrentIdentity {
+    /// The current certificate's serial, validity and CN.
+    pub info: CertInfo,
+    /// What is presented: the certificate, then the intermediates (not the root: the
+    /// server has it). DER.
+    pub presented: Vec<Vec<u8>>,
+    /// The trust anchors for the renewal listener: `--ca`, else the root at the end of
+    /// `chain.pem`.
+    pub roots: Vec<Vec<u8>>,
+}
+
+impl CurrentIdentity {
+    fn read(plan: &RenewPlan, layout: &Layout) -> Result<Self, AgentError> {
+        let cert_pem = files::read_text(&layout.cert())?;
+        let cert_der = pem_certificates(&cert_pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| AgentError::crypto(format!("{} holds no certificate", layout.cert().display())))?;
+        let chain = pem_certificates(&files::read_text(&layout.chain())?)?;
+        let info = files::cert_info(&cert_der)?;
+        let roots = match &plan.ca {
+            Some(p) => read_pem_certificates(p)?,
+            None => vec![chain.last().cloned().ok_or_else(|| {
+                AgentError::crypto(format!(
+                    "{} holds no certificate to trust; give --ca",
+                    layout.chain().display()
+                ))
+            })?],
+        };
+        let mut presented = vec![cert_der];
+        presented.extend(chain.iter().take(chain.len().saturating_sub(1)).cloned());
+        Ok(CurrentIdentity { info, presented, roots })
+    }
+
+    /// The current certificate, DER.
+    #[cfg(feature = "tpm")]
+    fn cert_der(&self) -> &[u8] {
+        self.presented.first().map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Renew over mutual TLS with the current certificate and key (PROTOCOL.md §3): the same
 /// key by default, a new one with `rekey` (written only once the new certificate is
-/// there).
+/// there). A TPM key (`key.tpm`, feature `tpm`) is used through the TPM recorded in
+/// `key.tpm`; [`renew_with_tcti`] names another.
 pub async fn renew(plan: &RenewPlan, layout: &Layout) -> Result<Outcome, AgentError> {
-    if !layout.key().is_file() && layout.key_tpm().is_file() {
-        return Err(AgentError::usage(
-            "this identity's key is in a TPM; renewing it over mutual TLS is not supported by this agent yet: enroll again",
-        ));
+    renew_with_tcti(plan, layout, None).await
+}
+
+/// [`renew`], with the TPM of a TPM key (`key.tpm`) at `tpm_tcti` (e.g.
+/// `device:/dev/tpmrm0`) rather than the one `key.tpm` records. The TPM key is used when
+/// there is no `key.pem`, or when the certificate is for the TPM key (a `key.pem` left by an
+/// earlier software enrollment); the TLS handshake and the CSR are then signed in the TPM
+/// (TPM2_Sign), and `rekey` makes the new key in the same TPM.
+pub async fn renew_with_tcti(
+    plan: &RenewPlan,
+    layout: &Layout,
+    tpm_tcti: Option<&str>,
+) -> Result<Outcome, AgentError> {
+    let current = CurrentIdentity::read(plan, layout)?;
+    let has_pem = layout.key().is_file();
+    if layout.key_tpm().is_file() {
+        #[cfg(feature = "tpm")]
+        {
+            // With a key.pem too, an unreadable key.tpm does not stop the software renewal.
+            let tpm_key = match crate::tpm_enroll::read_key_file(&layout.key_tpm()) {
+                Ok(k) => Some(k),
+                Err(e) if !has_pem => return Err(e),
+                Err(_) => None,
+            };
+            if let Some((key, recorded)) = tpm_key
+                && (!has_pem || files::cert_spki_der(current.cert_der())? == key.spki_der)
+            {
+                let tcti = tpm_tcti.map(str::to_string).or(recorded).ok_or_else(|| {
+                    AgentError::usage(format!(
+                        "{} does not record its TPM: give --tpm-tcti",
+                        layout.key_tpm().display()
+                    ))
+                })?;
+                return crate::tpm_enroll::renew(plan, layout, current, key, &tcti).await;
+            }
+        }
+        #[cfg(not(feature = "tpm"))]
+        if !has_pem {
+            return Err(AgentError::usage(
+                "this identity's key is in a TPM (key.tpm) and this devid-agent was built without TPM support (cargo feature `tpm`)",
+            ));
+        }
+    }
+    if tpm_tcti.is_some() {
+        return Err(AgentError::usage(format!(
+            "--tpm-tcti: {} holds no TPM key (key.tpm) for its certificate",
+            layout.dir.display()
+        )));
     }
     let key_pem = Zeroizing::new(files::read_text(&layout.key())?);
-    let current = DeviceKey::from_pkcs8_pem(&key_pem)?;
-    let cert_pem = files::read_text(&layout.cert())?;
-    let cert_der = pem_certificates(&cert_pem)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| AgentError::crypto(format!("{} holds no certificate", layout.cert().display())))?;
-    let chain = pem_certificates(&files::read_text(&layout.chain())?)?;
-    let info = files::cert_info(&cert_der)?;
-    let roots = match &plan.ca {
-        Some(p) => read_pem_certificates(p)?,
-        None => vec![chain.last().cloned().ok_or_else(|| {
-            AgentError::crypto(format!(
-                "{} holds no certificate to trust; give --ca",
-                layout.chain().display()
-            ))
-        })?],
-    };
-    // Present the certificate and the intermediates (not the root: the server has it).
-    let mut presented = vec![cert_der];
-    presented.extend(chain.iter().take(chain.len().saturating_sub(1)).cloned());
+    let current_key = DeviceKey::from_pkcs8_pem(&key_pem)?;
     let key_der = Zeroizing::new(
         pem::parse(key_pem.as_bytes())
             .map_err(|e| AgentError::crypto(format!("the device key is not PEM: {e}")))?
             .into_contents(),
     );
-    let http = mtls_client(&roots, presented, key_der.to_vec())?;
+    let http = mtls_client(&current.roots, current.presented, key_der.to_vec())?;
 
     let new_key = if plan.rekey { Some(DeviceKey::generate()?) } else { None };
-    let key = new_key.as_ref().unwrap_or(&current);
-    let csr = key.csr(info.common_name.as_deref())?;
+    let key = new_key.as_ref().unwrap_or(&current_key);
+    let csr = key.csr(current.info.common_name.as_deref())?;
     let url = endpoint(&plan.server, "/v1/renew")?;
     let resp: EnrollResponse =
         post_json(&http, &url, &RenewRequest { csr: csr.pem.clone() }, "renewal").await?;

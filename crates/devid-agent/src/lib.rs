@@ -6,6 +6,7 @@
 //! - [`files`]: the output directory, written atomically (key 0600, directory 0700).
 //! - [`schedule`]: when to renew, backoff, `Retry-After` (pure functions).
 //! - [`run`]: the long-running loop; [`cli`]: the command line.
+//! - [`simulate`]: `devid-agent simulate`, a fleet of simulated devices (sizing, load).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -18,9 +19,12 @@ pub mod keys;
 pub mod protocol;
 pub mod run;
 pub mod schedule;
+pub mod simulate;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 #[cfg(feature = "tpm")]
 pub mod tpm_enroll;
+#[cfg(feature = "tpm")]
+pub mod tpm_tls;
 
 pub use error::{AgentError, ErrorKind};

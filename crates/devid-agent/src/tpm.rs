@@ -106,6 +106,26 @@ pub struct TpmKey {
     pub spki_der: Vec<u8>,
 }
 
+impl TpmKey {
+    /// A key saved earlier (by [`TpmAgent::create_device_key`]) from its two blobs: the
+    /// TPM2B_PUBLIC, which must be an ECC NIST P-256 key, and the TPM2B_PRIVATE. Nothing
+    /// is asked of the TPM here; a private area from another TPM (or a corrupted one) is
+    /// refused by TPM2_Load when the key is used.
+    pub fn from_blobs(public: Vec<u8>, private: Vec<u8>) -> Result<TpmKey, TpmError> {
+        let area = Public::try_from(
+            PublicBuffer::unmarshall(&public).map_err(|_| TpmError::Malformed("TPM2B_PUBLIC"))?,
+        )
+        .map_err(|_| TpmError::Malformed("TPM2B_PUBLIC"))?;
+        match &area {
+            Public::Ecc { parameters, .. } if parameters.ecc_curve() == EccCurve::NistP256 => {}
+            _ => return Err(TpmError::Unexpected("the saved key is not an ECC NIST P-256 key")),
+        }
+        untpm2b(&private, "TPM2B_PRIVATE")?;
+        let spki_der = [&P256_SPKI_PREFIX[..], &p256_point(&area)?].concat();
+        Ok(TpmKey { public, private, spki_der })
+    }
+}
+
 /// The AK made by [`TpmAgent::identity`], kept (public + wrapped private) for activation
 /// and certification.
 struct AkState {
@@ -528,8 +548,10 @@ impl TpmAgent {
         Ok((attest, signature))
     }
 
-    /// Signs a SHA-256 digest with `key` (TPM2_Sign, Part 3 §20.2); returns the DER
-    /// ECDSA-Sig-Value (RFC 3279 §2.2.3), as TLS and X.509 carry it.
+    /// Signs a SHA-256 digest with `key` (TPM2_Sign, TPM 2.0 Part 3 §20.2); returns the
+    /// DER ECDSA-Sig-Value (RFC 3279 §2.2.3), as TLS and X.509 carry it. The key is not
+    /// restricted, so the TPM signs any digest: the null ticket (TPM_RH_NULL) is what
+    /// Part 3 §20.2 asks for then.
     pub fn sign(&mut self, key: &TpmKey, digest_sha256: &[u8; 32]) -> Result<Vec<u8>, TpmError> {
         let digest = Digest::try_from(digest_sha256.to_vec()).map_err(cmd("digest"))?;
         let ticket = HashcheckTicket::try_from(TPMT_TK_HASHCHECK {

@@ -1,32 +1,91 @@
 //! Enrollment with a TPM 2.0 (feature `tpm`, PROTOCOL.md §1–2, method `tpm`): the EK
 //! certificate and an AK go with the challenge; the server's credential is activated in
 //! the TPM (TPM2_ActivateCredential); the device key is made in the TPM, its CSR signed
-//! there, and the key certified by the AK over the binding (TPM2_Certify).
+//! there, and the key certified by the AK over the binding (TPM2_Certify). Renewal over
+//! mutual TLS (§3) signs the handshake in the TPM too ([`crate::tpm_tls`]).
 //!
 //! The key never leaves the TPM: `key.tpm` holds its TPM2B_PUBLIC and its TPM2B_PRIVATE
 //! (wrapped by the TPM's primary key, useless elsewhere) as two PEM blocks,
-//! `TPM2B PUBLIC` and `TPM2B PRIVATE`.
+//! `TPM2B PUBLIC` and `TPM2B PRIVATE`, preceded by a line `TCTI: <tcti>` naming the TPM
+//! the key was made in (explanatory text before the encapsulation boundary, which RFC 7468
+//! §2 lets parsers ignore), so that `renew` and `run` find the TPM again without flags.
+
+use std::path::Path;
 
 use crate::client::{endpoint, post_json};
-use crate::enroll::{EnrollPlan, Outcome, check_issued, nonce_bytes, outcome, store};
+use crate::enroll::{
+    CurrentIdentity, EnrollPlan, Outcome, RenewPlan, check_issued, nonce_bytes, outcome, store,
+};
 use crate::error::{AgentError, ErrorKind};
 use crate::files::{self, Layout};
 use crate::protocol::{
-    ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, TpmIdentityWire, b64, unb64,
+    ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, RenewRequest, TpmIdentityWire, b64,
+    unb64,
 };
 use crate::tpm::{EkKind, TpmAgent, TpmError, TpmKey};
+use crate::tpm_tls::TpmSigningKey;
 
 fn tpm_err(what: &str) -> impl Fn(TpmError) -> AgentError + '_ {
     move |e| AgentError::new(ErrorKind::Tpm, format!("{what}: {e}"))
 }
 
-/// The `key.tpm` file: two PEM blocks (RFC 7468 encapsulation) with the key's blobs.
-pub fn key_file(key: &TpmKey) -> String {
+/// The label of the TCTI line of `key.tpm`.
+const TCTI_LABEL: &str = "TCTI:";
+
+/// The common name of a CSR when the device id is not known: a CN must not be empty
+/// (RFC 5280 §4.1.2.4: DirectoryString SIZE (1..MAX)); the server names the device.
+const PLACEHOLDER_CN: &str = "tpm-device";
+
+/// The `key.tpm` file: the TCTI line (when `tcti` is given and is one line), then two PEM
+/// blocks (RFC 7468 encapsulation) with the key's blobs.
+pub fn key_file(key: &TpmKey, tcti: Option<&str>) -> String {
     let blocks = [
         pem::Pem::new("TPM2B PUBLIC", key.public.clone()),
         pem::Pem::new("TPM2B PRIVATE", key.private.clone()),
     ];
-    pem::encode_many_config(&blocks, pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
+    let pem = pem::encode_many_config(&blocks, pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF));
+    match tcti.map(str::trim).filter(|t| !t.is_empty() && !t.contains(['\n', '\r'])) {
+        Some(t) => format!("{TCTI_LABEL} {t}\n{pem}"),
+        None => pem,
+    }
+}
+
+/// Parse a `key.tpm` file: the key and the TCTI it records, if any.
+pub fn parse_key_file(text: &str) -> Result<(TpmKey, Option<String>), AgentError> {
+    let bad = |why: &str| AgentError::crypto(format!("key.tpm: {why}"));
+    let blocks = pem::parse_many(text).map_err(|e| bad(&format!("not PEM: {e}")))?;
+    let one = |tag: &str| -> Result<Vec<u8>, AgentError> {
+        let mut found = blocks.iter().filter(|b| b.tag() == tag);
+        match (found.next(), found.next()) {
+            (Some(b), None) => Ok(b.contents().to_vec()),
+            _ => Err(bad(&format!("needs exactly one {tag} block"))),
+        }
+    };
+    let key =
+        TpmKey::from_blobs(one("TPM2B PUBLIC")?, one("TPM2B PRIVATE")?).map_err(|e| bad(&e.to_string()))?;
+    let tcti = text
+        .lines()
+        .take_while(|l| !l.starts_with("-----BEGIN "))
+        .find_map(|l| l.strip_prefix(TCTI_LABEL))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    Ok((key, tcti))
+}
+
+/// Read and parse `key.tpm`.
+pub fn read_key_file(path: &Path) -> Result<(TpmKey, Option<String>), AgentError> {
+    parse_key_file(&files::read_text(path)?)
+}
+
+/// A CSR signed in the TPM, DER and PEM.
+fn tpm_csr(tpm: &mut TpmAgent, key: &TpmKey, cn: &str) -> Result<(Vec<u8>, String), AgentError> {
+    let der = tpm.sign_csr(key, cn).map_err(tpm_err("signing the CSR"))?;
+    let pem = pem::encode_config(
+        &pem::Pem::new("CERTIFICATE REQUEST", der.clone()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    );
+    Ok((der, pem))
 }
 
 /// Enroll with the TPM at `tcti`.
@@ -41,14 +100,9 @@ pub(crate) async fn enroll(
     let mut tpm = TpmAgent::open(tcti).map_err(tpm_err("opening the TPM"))?;
     let identity = tpm.identity(ek).map_err(tpm_err("reading the EK and making an AK"))?;
     let key = tpm.create_device_key().map_err(tpm_err("creating the device key"))?;
-    // The server names the device from the EK; a CN must not be empty (RFC 5280 §4.1.2.4:
-    // DirectoryString SIZE (1..MAX)), so an unknown id gets a placeholder.
-    let cn = plan.device_id.as_ref().map_or("tpm-device", |d| d.as_str()).to_string();
-    let csr_der = tpm.sign_csr(&key, &cn).map_err(tpm_err("signing the CSR"))?;
-    let csr_pem = pem::encode_config(
-        &pem::Pem::new("CERTIFICATE REQUEST", csr_der.clone()),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    );
+    // The server names the device from the EK; an unknown id gets a placeholder CN.
+    let cn = plan.device_id.as_ref().map_or(PLACEHOLDER_CN, |d| d.as_str()).to_string();
+    let (csr_der, csr_pem) = tpm_csr(&mut tpm, &key, &cn)?;
 
     let url = endpoint(&plan.server, "/v1/enroll/challenge")?;
     let req = ChallengeRequest {
@@ -89,7 +143,132 @@ pub(crate) async fn enroll(
     let url = endpoint(&plan.server, "/v1/enroll")?;
     let issued: EnrollResponse = post_json(http, &url, &body, "enrollment").await?;
     let (info, cert_der) = check_issued(&issued, &key.spki_der)?;
-    let key_text = key_file(&key);
+    let key_text = key_file(&key, Some(tcti));
     store(layout, &issued, &cert_der, Some((files::KEY_TPM, key_text.as_bytes())))?;
     Ok(outcome(layout, &issued, info, layout.key_tpm()))
+}
+
+/// Renew over mutual TLS (PROTOCOL.md §3) with the TPM key `key` of the TPM at `tcti`: the
+/// TLS handshake is signed in the TPM ([`crate::tpm_tls`]). The CSR is for the same key,
+/// signed in the TPM; with `plan.rekey`, for a new key made in the same TPM (TPM2_Create),
+/// whose `key.tpm` is written only once its certificate is issued (the old key then stays
+/// in use, and its file untouched, when the renewal fails).
+pub(crate) async fn renew(
+    plan: &RenewPlan,
+    layout: &Layout,
+    current: CurrentIdentity,
+    key: TpmKey,
+    tcti: &str,
+) -> Result<Outcome, AgentError> {
+    let mut tpm = TpmAgent::open(tcti).map_err(tpm_err("opening the TPM"))?;
+    let new_key = if plan.rekey {
+        Some(tpm.create_device_key().map_err(tpm_err("creating the new device key"))?)
+    } else {
+        None
+    };
+    let csr_key = new_key.as_ref().unwrap_or(&key).clone();
+    let cn = current.info.common_name.clone().unwrap_or_else(|| PLACEHOLDER_CN.to_string());
+    let (_, csr_pem) = tpm_csr(&mut tpm, &csr_key, &cn)?;
+
+    // The TPM connection goes to the TLS signer; it closes with the HTTP client.
+    let http = crate::tpm_tls::mtls_client(&current.roots, current.presented, TpmSigningKey::new(tpm, key))?;
+    let url = endpoint(&plan.server, "/v1/renew")?;
+    let resp: EnrollResponse = post_json(&http, &url, &RenewRequest { csr: csr_pem }, "renewal").await?;
+    drop(http);
+    let (info, cert_der) = check_issued(&resp, &csr_key.spki_der)?;
+    let key_text = new_key.as_ref().map(|k| key_file(k, Some(tcti)));
+    store(layout, &resp, &cert_der, key_text.as_ref().map(|t| (files::KEY_TPM, t.as_bytes())))?;
+    Ok(outcome(layout, &resp, info, layout.key_tpm()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TPM2B_PUBLIC of an ECC P-256 signing key, as the TPM returns it (marshalled by
+    /// tss-esapi from a public area with a made-up point).
+    fn sample_key() -> TpmKey {
+        use tss_esapi::attributes::ObjectAttributesBuilder;
+        use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+        use tss_esapi::interface_types::ecc::EccCurve;
+        use tss_esapi::structures::{
+            EccParameter, EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, PublicBuffer,
+            PublicBuilder, PublicEccParametersBuilder, SymmetricDefinitionObject,
+        };
+        use tss_esapi::traits::Marshall;
+        let attrs = ObjectAttributesBuilder::new().with_sign_encrypt(true).build().unwrap();
+        let public = PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(attrs)
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new()
+                    .with_symmetric(SymmetricDefinitionObject::Null)
+                    .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
+                    .with_curve(EccCurve::NistP256)
+                    .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+                    .with_is_signing_key(true)
+                    .with_is_decryption_key(false)
+                    .with_restricted(false)
+                    .build()
+                    .unwrap(),
+            )
+            .with_ecc_unique_identifier(EccPoint::new(
+                EccParameter::try_from(vec![1u8; 32]).unwrap(),
+                EccParameter::try_from(vec![2u8; 32]).unwrap(),
+            ))
+            .build()
+            .unwrap();
+        let public = PublicBuffer::try_from(public).unwrap().marshall().unwrap();
+        TpmKey::from_blobs(public, vec![0, 3, 9, 9, 9]).unwrap()
+    }
+
+    #[test]
+    fn key_file_round_trip_with_and_without_tcti() {
+        let key = sample_key();
+        assert_eq!(key.spki_der.len(), 91);
+        assert_eq!(&key.spki_der[27..59], &[1u8; 32]);
+
+        let text = key_file(&key, Some("swtpm:host=127.0.0.1,port=2321"));
+        assert!(text.starts_with(
+            "TCTI: swtpm:host=127.0.0.1,port=2321
+-----BEGIN TPM2B PUBLIC-----
+"
+        ));
+        let (back, tcti) = parse_key_file(&text).unwrap();
+        assert_eq!(back, key);
+        assert_eq!(tcti.as_deref(), Some("swtpm:host=127.0.0.1,port=2321"));
+
+        // Files written before the TCTI line existed, and TCTIs that are not one line.
+        for text in [
+            key_file(&key, None),
+            key_file(
+                &key,
+                Some(
+                    "a
+b",
+                ),
+            ),
+            key_file(&key, Some(" ")),
+        ] {
+            assert!(text.starts_with("-----BEGIN TPM2B PUBLIC-----"), "{text}");
+            let (back, tcti) = parse_key_file(&text).unwrap();
+            assert_eq!(back, key);
+            assert_eq!(tcti, None);
+        }
+    }
+
+    #[test]
+    fn malformed_key_files_are_refused() {
+        let key = sample_key();
+        let public = pem::encode(&pem::Pem::new("TPM2B PUBLIC", key.public.clone()));
+        let private = pem::encode(&pem::Pem::new("TPM2B PRIVATE", key.private.clone()));
+        assert!(parse_key_file("").is_err());
+        assert!(parse_key_file(&public).is_err(), "no private block");
+        assert!(parse_key_file(&format!("{public}{public}{private}")).is_err(), "two public blocks");
+        let bad_private = pem::encode(&pem::Pem::new("TPM2B PRIVATE", vec![0, 9, 1]));
+        assert!(parse_key_file(&format!("{public}{bad_private}")).is_err(), "TPM2B size");
+        let bad_public = pem::encode(&pem::Pem::new("TPM2B PUBLIC", vec![0, 1, 0]));
+        assert!(parse_key_file(&format!("{bad_public}{private}")).is_err(), "not a public area");
+    }
 }

@@ -197,3 +197,152 @@ fn refusals_against_a_real_tpm() {
         assert_eq!(e.failure, Failure::UntrustedChain, "{kind:?}: {e}");
     }
 }
+
+// --- mutual TLS with the TPM key (devid_agent::tpm_tls) -----------------------------------
+
+/// The public half of a TPM key, for rcgen to certify.
+struct TpmPublic(Vec<u8>);
+
+impl rcgen::PublicKeyData for TpmPublic {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// A CA; a server certificate for 127.0.0.1; a client certificate for the TPM key.
+struct TlsPki {
+    ca_der: Vec<u8>,
+    server_der: Vec<u8>,
+    server_key: Vec<u8>,
+    client_der: Vec<u8>,
+}
+
+fn tls_pki(key: &TpmKey) -> TlsPki {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "test CA");
+    let ca_der = ca.self_signed(&ca_key).expect("CA").der().to_vec();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let server_key = rcgen::KeyPair::generate().expect("key");
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let server_der = server.signed_by(&server_key, &issuer).expect("server").der().to_vec();
+    let mut client = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    client.distinguished_name.push(rcgen::DnType::CommonName, "device-1");
+    client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_der =
+        client.signed_by(&TpmPublic(key.spki_der[26..].to_vec()), &issuer).expect("client").der().to_vec();
+    TlsPki { ca_der, server_der, server_key: server_key.serialize_der(), client_der }
+}
+
+/// One connection to a server that requires a client certificate from the CA, speaking
+/// only `version`; returns the client certificate the server saw.
+async fn handshake(
+    pki: &TlsPki,
+    version: &'static rustls::SupportedProtocolVersion,
+    client_cfg: rustls::ClientConfig,
+) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(pki.ca_der.clone())).expect("root");
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .expect("verifier");
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(pki.server_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
+        )
+        .expect("server config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_cfg));
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+        let seen = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+        let mut buf = [0u8; 5];
+        tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        tls.write_all(b"pong").await.map_err(|e| e.to_string())?;
+        tls.shutdown().await.map_err(|e| e.to_string())?;
+        seen.ok_or_else(|| "no client certificate".to_string())
+    });
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let client = async {
+        let mut tls = connector
+            .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(b"ping!").await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        tls.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        if buf != b"pong" {
+            return Err(format!("unexpected answer {buf:?}"));
+        }
+        Ok::<_, String>(())
+    };
+    let client_result = client.await;
+    let server_result = server.await.map_err(|e| e.to_string())?;
+    client_result?;
+    server_result
+}
+
+/// The client authenticates with the TPM key (CertificateVerify signed by TPM2_Sign), over
+/// TLS 1.3 and TLS 1.2, to a rustls server that verifies the client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_the_tpm_key() {
+    use devid_agent::tpm_tls::{TpmClientCert, TpmSigningKey, tls_config};
+    let tpm = Swtpm::start();
+    let mut agent = TpmAgent::open(&tpm.tcti()).expect("open");
+    let key = agent.create_device_key().expect("device key");
+    drop(agent);
+    // The key as read back from key.tpm.
+    let text = devid_agent::tpm_enroll::key_file(&key, Some(&tpm.tcti()));
+    let (key, tcti) = devid_agent::tpm_enroll::parse_key_file(&text).expect("key.tpm");
+    assert_eq!(tcti, Some(tpm.tcti()));
+    let pki = tls_pki(&key);
+
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let signing = TpmSigningKey::new(TpmAgent::open(&tpm.tcti()).expect("open"), key.clone());
+        let cfg = tls_config(std::slice::from_ref(&pki.ca_der), vec![pki.client_der.clone()], signing)
+            .expect("config");
+        let seen = handshake(&pki, version, cfg).await.unwrap_or_else(|e| panic!("{version:?}: {e}"));
+        assert_eq!(seen, pki.client_der, "{version:?}");
+    }
+
+    // The signer's output is a DER ECDSA-SHA256 signature over the message by the key.
+    let signing = TpmSigningKey::new(TpmAgent::open(&tpm.tcti()).expect("open"), key.clone());
+    let sig = signing.sign_sha256(b"a handshake transcript").expect("sign");
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+        &key.spki_der[26..],
+    )
+    .verify(b"a handshake transcript", &sig)
+    .expect("verifies");
+    let scheme = rustls::sign::SigningKey::choose_scheme(&signing, &[rustls::SignatureScheme::ED25519]);
+    assert!(scheme.is_none(), "only ecdsa_secp256r1_sha256");
+
+    // A certificate for another key is refused before any connection.
+    let other = rcgen::KeyPair::generate().expect("key");
+    let other_cert = rcgen::CertificateParams::new(vec!["x".to_string()])
+        .expect("params")
+        .self_signed(&other)
+        .expect("cert")
+        .der()
+        .to_vec();
+    let e = TpmClientCert::new(vec![other_cert], signing.clone()).unwrap_err();
+    assert!(e.to_string().contains("not for the TPM key"), "{e}");
+    assert!(TpmClientCert::new(Vec::new(), signing).is_err());
+}

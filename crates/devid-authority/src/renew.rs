@@ -134,6 +134,6 @@ impl Authority {
             key_type: devid_ca::csr::DeviceKeyType::EcP256,
             sha256: sha2::Sha256::digest(spki_der).into(),
         };
-        self.issue(&device, &csr, Redeem::Nothing, &ctx).await
+        self.issue(&device, &csr, Redeem::Nothing, ctx).await
     }
 }
