@@ -17,6 +17,7 @@ const PAGE: u32 = 1000;
 
 /// Which entries to stream.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Entries after this sequence number (default 0: from the start). Pass the last `seq`
