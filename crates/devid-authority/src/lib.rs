@@ -182,7 +182,10 @@ pub async fn register_device(
         ));
     }
     if let Some(g) = &opts.group {
-        let group = store.get_group(g).await?.ok_or(AuthorityError::NotFound("group"))?;
+        // A group named in the request body that does not exist is a bad request (400), not
+        // a missing resource.
+        let group =
+            store.get_group(g).await?.ok_or_else(|| AuthorityError::Invalid(format!("no group {g}")))?;
         if let Some(m) = opts.method
             && !groups::methods_of(&group).contains(&m)
         {
