@@ -237,7 +237,11 @@ fn b64(b: &[u8]) -> String {
 
 /// POST JSON; returns (status, body, content type).
 async fn post(url: &str, body: &Value) -> (u16, Value, String) {
-    let resp = http().post(url).json(body).send().await.unwrap();
+    answer(http().post(url).json(body).send().await.unwrap()).await
+}
+
+/// (status, body, content type) of a response.
+async fn answer(resp: reqwest::Response) -> (u16, Value, String) {
     let status = resp.status().as_u16();
     let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     (status, resp.json::<Value>().await.unwrap_or(Value::Null), ct)
@@ -351,17 +355,136 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap()
 }
 
-// --- 1. x509 end to end, then renewal -------------------------------------------------
+/// `devid group add <name> --method <method> --trust-anchor <anchor> --registration
+/// <registration> <extra…>`; returns the group's JSON.
+fn anchored_group(
+    install: &Install,
+    name: &str,
+    method: &str,
+    anchor: &Path,
+    registration: &str,
+    extra: &[&str],
+) -> Value {
+    let mut args =
+        vec![name, "--method", method, "--trust-anchor", path_str(anchor), "--registration", registration];
+    args.extend_from_slice(extra);
+    group_add(install, &args)
+}
 
-async fn x509_enroll_and_renew(backend: Backend) {
-    let mut install = Install::new(backend).await;
+/// A group of TPM devices trusting `tpm`'s vendor, registration optional.
+fn tpm_group(install: &Install, name: &str, tpm: &devid_testkit::swtpm::Swtpm) -> Value {
+    anchored_group(install, name, "tpm", &tpm.vendor_ca_pem_path(), "optional", &[])
+}
+
+/// A production line: an installation, a work directory, the "Acme" factory whose root
+/// (`anchor`, in the work directory) a group trusts for x509 with optional registration.
+struct Line {
+    install: Install,
+    work: tempfile::TempDir,
+    factory: Factory,
+    anchor: PathBuf,
+    /// The JSON of `devid group add`.
+    group: Value,
+}
+
+/// A [`Line`] whose x509 group is `group`, made with the `extra` flags of `group add`.
+async fn x509_line(backend: Backend, group: &str, extra: &[&str]) -> Line {
+    let install = Install::new(backend).await;
     let work = tempfile::tempdir().unwrap();
     let factory = Factory::new("Acme");
     let anchor = factory.write_anchor(work.path(), "ca.pem");
-    let g = group_add(
-        &install,
-        &["line-x", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
-    );
+    let group = anchored_group(&install, group, "x509", &anchor, "optional", extra);
+    Line { install, work, factory, anchor, group }
+}
+
+/// `devid-agent enroll --server <server> --method <method> --group <group> <extra…>
+/// --out <out>`.
+fn enroll_args<'a>(
+    server: &'a Server,
+    method: &'a str,
+    group: &'a str,
+    extra: &[&'a str],
+    out: &'a Path,
+) -> Vec<&'a str> {
+    let mut args = vec!["enroll", "--server", &server.base, "--method", method, "--group", group];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--out", path_str(out)]);
+    args
+}
+
+/// [`enroll_args`] of device `id` in the symmetric group "sym", its key given by
+/// `key_flag` (`--group-key`, `--device-key`) and `key`; `--json` when `json`.
+fn symmetric_args<'a>(
+    server: &'a Server,
+    id: &'a str,
+    key_flag: &'a str,
+    key: &'a str,
+    out: &'a Path,
+    json: bool,
+) -> Vec<&'a str> {
+    let mut args = enroll_args(server, "symmetric", "sym", &["--device-id", id, key_flag, key], out);
+    if json {
+        args.push("--json");
+    }
+    args
+}
+
+/// `devid-agent renew --server <base> --out <out> <extra…> --json`, which must succeed;
+/// returns the agent's JSON.
+fn renew_json(base: &str, out: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["renew", "--server", base, "--out", path_str(out)];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    agent_ok(&args)
+}
+
+/// [`renew_json`]: the new serial.
+fn renew_ok(base: &str, out: &Path, extra: &[&str]) -> String {
+    serial_of(&renew_json(base, out, extra))
+}
+
+/// `devid-agent renew` from `out`, which the renewal listener must refuse (403, `code`).
+fn renew_refused(server: &Server, out: &Path, code: &str) {
+    agent_refused(&["renew", "--server", &server.renew_base(), "--out", path_str(out)], 403, code);
+}
+
+/// The `serial` of a JSON answer.
+fn serial_of(v: &Value) -> String {
+    v["serial"].as_str().unwrap_or_else(|| panic!("serial: {v}")).to_string()
+}
+
+/// The store's record of `serial`, which must be a renewal of `predecessor`.
+async fn renewal_record(install: &Install, serial: &str, predecessor: &str) -> devid_store::CertRecord {
+    let rec = cert_record(install, serial).await;
+    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(predecessor));
+    rec
+}
+
+/// openssl verifies `cert` against `chain` (issuing CA, root).
+fn assert_verifies(dir: &Path, chain: &[String], cert: &str, what: &str) {
+    let (ok, text) = pki::openssl_verify(dir, &chain[1], &chain[0], cert);
+    assert!(ok, "openssl verify ({what}): {text}");
+}
+
+/// The public key of a PEM certificate, as openssl prints it.
+fn spki(pem_text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.pem"), pem_text).unwrap();
+    let (ok, t) = pki::openssl(dir.path(), &["x509", "-noout", "-pubkey", "-in", "c.pem"]);
+    assert!(ok, "{t}");
+    t
+}
+
+/// The permission bits of `p`.
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+// --- 1. x509 end to end, then renewal -------------------------------------------------
+
+async fn x509_enroll_and_renew(backend: Backend) {
+    let Line { mut install, work, factory, group: g, .. } = x509_line(backend, "line-x", &[]).await;
     assert_eq!(g["methods"], json!(["x509"]), "{g}");
     assert_eq!(g["registration"], "optional", "{g}");
     assert_eq!(g["id_source"], "subject-serial", "{g}");
@@ -370,33 +493,14 @@ async fn x509_enroll_and_renew(backend: Backend) {
     let serial = "ACME-000123";
     let dev = factory.idevid(serial);
     let out = work.path().join("dev");
-    let (cert_path, key_path) = dev.write(work.path(), "dev");
-    let v = agent_ok(&[
-        "enroll",
-        "--server",
-        &server.base,
-        "--method",
-        "x509",
-        "--group",
-        "line-x",
-        "--idevid-cert",
-        path_str(&cert_path),
-        "--idevid-key",
-        path_str(&key_path),
-        "--out",
-        path_str(&out),
-        "--json",
-    ]);
-    let first = v["serial"].as_str().unwrap().to_string();
+    let first = serial_of(&agent_x509(&server, "line-x", &dev, work.path(), &out));
     // The files: key.pem 0600, the certificate, the chain (issuing CA, root).
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(out.join("key.pem")).unwrap().permissions().mode() & 0o777;
+    let mode = mode(&out.join("key.pem"));
     assert_eq!(mode, 0o600, "key.pem mode {mode:o}");
     let cert = read(&out.join("cert.pem"));
     let chain = pki::split_pem(&read(&out.join("chain.pem")));
     assert_eq!(chain.len(), 2);
-    let (ok, text) = pki::openssl_verify(work.path(), &chain[1], &chain[0], &cert);
-    assert!(ok, "openssl verify: {text}");
+    assert_verifies(work.path(), &chain, &cert, "enrolled");
     let text = pki::openssl_text(work.path(), &cert);
     assert!(text.contains(&format!("URI:urn:devid:device:{serial}")), "{text}");
     assert!(text.contains("CA:FALSE"), "{text}");
@@ -432,31 +536,19 @@ async fn x509_enroll_and_renew(backend: Backend) {
     let renew_base = server.renew_base();
     assert!(renew_base.starts_with("https://127.0.0.1:"), "{renew_base}");
     let key_before = read(&out.join("key.pem"));
-    let v = agent_ok(&["renew", "--server", &renew_base, "--out", path_str(&out), "--json"]);
-    let second = v["serial"].as_str().unwrap().to_string();
+    let second = renew_ok(&renew_base, &out, &[]);
     assert_ne!(second, first);
     assert_eq!(read(&out.join("key.pem")), key_before, "renewal without --rekey keeps the key");
-    let rec = cert_record(&install, &second).await;
-    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(first.as_str()));
+    let rec = renewal_record(&install, &second, &first).await;
     assert_eq!(rec.device.as_str(), serial);
     let cert2 = read(&out.join("cert.pem"));
     assert_ne!(cert2, cert);
-    let (ok, text) = pki::openssl_verify(work.path(), &chain[1], &chain[0], &cert2);
-    assert!(ok, "openssl verify (renewed): {text}");
+    assert_verifies(work.path(), &chain, &cert2, "renewed");
 
     // --rekey: a new key, and the lineage goes on.
-    let v = agent_ok(&["renew", "--server", &renew_base, "--out", path_str(&out), "--rekey", "--json"]);
-    let third = v["serial"].as_str().unwrap().to_string();
+    let third = renew_ok(&renew_base, &out, &["--rekey"]);
     assert_ne!(read(&out.join("key.pem")), key_before, "--rekey writes a new key");
-    let rec = cert_record(&install, &third).await;
-    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(second.as_str()));
-    let spki = |pem_text: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("c.pem"), pem_text).unwrap();
-        let (ok, t) = pki::openssl(dir.path(), &["x509", "-noout", "-pubkey", "-in", "c.pem"]);
-        assert!(ok, "{t}");
-        t
-    };
+    renewal_record(&install, &third, &second).await;
     let cert3 = read(&out.join("cert.pem"));
     assert_eq!(spki(&cert2), spki(&cert), "same key");
     assert_ne!(spki(&cert3), spki(&cert2), "new key");
@@ -474,18 +566,8 @@ async fn x509_enroll_and_renew(backend: Backend) {
 // --- 2. x509 refusals -----------------------------------------------------------------
 
 async fn x509_refusals(backend: Backend) {
-    let install = Install::new(backend).await;
-    let work = tempfile::tempdir().unwrap();
-    let factory = Factory::new("Acme");
-    let anchor = factory.write_anchor(work.path(), "ca.pem");
-    group_add(
-        &install,
-        &["open", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
-    );
-    group_add(
-        &install,
-        &["closed", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "required"],
-    );
+    let Line { install, work, factory, anchor, .. } = x509_line(backend, "open", &[]).await;
+    anchored_group(&install, "closed", "x509", &anchor, "required", &[]);
     let server = install.serve();
 
     // A chain to a CA the group does not trust: through the agent (exit 3) and by hand.
@@ -494,21 +576,13 @@ async fn x509_refusals(backend: Backend) {
     let out = work.path().join("rogue");
     let (c, k) = dev.write(work.path(), "rogue");
     agent_refused(
-        &[
-            "enroll",
-            "--server",
-            &server.base,
-            "--method",
+        &enroll_args(
+            &server,
             "x509",
-            "--group",
             "open",
-            "--idevid-cert",
-            path_str(&c),
-            "--idevid-key",
-            path_str(&k),
-            "--out",
-            path_str(&out),
-        ],
+            &["--idevid-cert", path_str(&c), "--idevid-key", path_str(&k)],
+            &out,
+        ),
         401,
         "attestation-failed",
     );
@@ -605,28 +679,9 @@ async fn x509_refusals(backend: Backend) {
 // --- 3. nonces ------------------------------------------------------------------------
 
 async fn nonces_are_single_use_and_scoped(backend: Backend) {
-    let install = Install::new(backend).await;
-    let work = tempfile::tempdir().unwrap();
-    let factory = Factory::new("Acme");
-    let anchor = factory.write_anchor(work.path(), "ca.pem");
-    for g in ["line-a", "line-b"] {
-        group_add(
-            &install,
-            &[g, "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
-        );
-    }
-    group_add(
-        &install,
-        &[
-            "multi",
-            "--method",
-            "x509,symmetric",
-            "--trust-anchor",
-            path_str(&anchor),
-            "--registration",
-            "optional",
-        ],
-    );
+    let Line { install, work: _work, factory, anchor, .. } = x509_line(backend, "line-a", &[]).await;
+    anchored_group(&install, "line-b", "x509", &anchor, "optional", &[]);
+    anchored_group(&install, "multi", "x509,symmetric", &anchor, "optional", &[]);
     let server = install.serve();
     let enroll_url = server.url("/v1/enroll");
 
@@ -692,14 +747,7 @@ async fn nonces_are_single_use_and_scoped(backend: Backend) {
 }
 
 async fn nonce_expires(backend: Backend) {
-    let mut install = Install::new(backend).await;
-    let work = tempfile::tempdir().unwrap();
-    let factory = Factory::new("Acme");
-    let anchor = factory.write_anchor(work.path(), "ca.pem");
-    group_add(
-        &install,
-        &["line-a", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
-    );
+    let Line { mut install, work: _work, factory, .. } = x509_line(backend, "line-a", &[]).await;
     install.env.push(("DEVID_ENROLL__CHALLENGE_TTL".into(), "1s".into()));
     let server = install.serve();
     let dev = factory.idevid("ACME-LATE");
@@ -743,22 +791,7 @@ async fn symmetric_enrollment(backend: Backend) {
 
     // Enrolls with the key derived from the group master key.
     let out = work.path().join("d1");
-    let v = agent_ok(&[
-        "enroll",
-        "--server",
-        &server.base,
-        "--method",
-        "symmetric",
-        "--group",
-        "sym",
-        "--device-id",
-        "d-1",
-        "--group-key",
-        path_str(&master_file),
-        "--out",
-        path_str(&out),
-        "--json",
-    ]);
+    let v = agent_ok(&symmetric_args(&server, "d-1", "--group-key", path_str(&master_file), &out, true));
     assert_eq!(v["device_id"], "d-1", "{v}");
     let rec = cert_record(&install, v["serial"].as_str().unwrap()).await;
     assert_eq!(rec.device.as_str(), "d-1");
@@ -775,43 +808,17 @@ async fn symmetric_enrollment(backend: Backend) {
     // A wrong master key.
     let wrong_file = work.path().join("wrong.key");
     std::fs::write(&wrong_file, b64(&[0x42; 32])).unwrap();
+    let d2 = work.path().join("d2");
     agent_refused(
-        &[
-            "enroll",
-            "--server",
-            &server.base,
-            "--method",
-            "symmetric",
-            "--group",
-            "sym",
-            "--device-id",
-            "d-2",
-            "--group-key",
-            path_str(&wrong_file),
-            "--out",
-            path_str(&work.path().join("d2")),
-        ],
+        &symmetric_args(&server, "d-2", "--group-key", path_str(&wrong_file), &d2, false),
         401,
         "attestation-failed",
     );
     assert_no_certificate(&install, "d-2").await;
     // The right key for another device id.
+    let d1_key = b64(&derive(&URL_SAFE_NO_PAD.decode(&master).unwrap(), "d-1"));
     agent_refused(
-        &[
-            "enroll",
-            "--server",
-            &server.base,
-            "--method",
-            "symmetric",
-            "--group",
-            "sym",
-            "--device-id",
-            "d-2",
-            "--device-key",
-            &b64(&derive(&URL_SAFE_NO_PAD.decode(&master).unwrap(), "d-1")),
-            "--out",
-            path_str(&work.path().join("d2")),
-        ],
+        &symmetric_args(&server, "d-2", "--device-key", &d1_key, &d2, false),
         401,
         "attestation-failed",
     );
@@ -835,42 +842,15 @@ async fn symmetric_enrollment(backend: Backend) {
         "--no-token",
         "--json",
     ]);
+    let own_refused = work.path().join("own-refused");
     agent_refused(
-        &[
-            "enroll",
-            "--server",
-            &server.base,
-            "--method",
-            "symmetric",
-            "--group",
-            "sym",
-            "--device-id",
-            "d-own",
-            "--group-key",
-            path_str(&master_file),
-            "--out",
-            path_str(&work.path().join("own-refused")),
-        ],
+        &symmetric_args(&server, "d-own", "--group-key", path_str(&master_file), &own_refused, false),
         401,
         "attestation-failed",
     );
     assert_no_certificate(&install, "d-own").await;
-    let v = agent_ok(&[
-        "enroll",
-        "--server",
-        &server.base,
-        "--method",
-        "symmetric",
-        "--group",
-        "sym",
-        "--device-id",
-        "d-own",
-        "--device-key",
-        path_str(&own_file),
-        "--out",
-        path_str(&work.path().join("own")),
-        "--json",
-    ]);
+    let own_out = work.path().join("own");
+    let v = agent_ok(&symmetric_args(&server, "d-own", "--device-key", path_str(&own_file), &own_out, true));
     assert_eq!(v["device_id"], "d-own", "{v}");
     assert_eq!(certs_of(&install, "d-own").await.len(), 1);
     drop(server);
@@ -897,55 +877,25 @@ async fn tpm_enrollment(backend: Backend) {
     let install = Install::new(backend).await;
     let work = tempfile::tempdir().unwrap();
     let tpm = devid_testkit::swtpm::Swtpm::start();
-    let g = group_add(
-        &install,
-        &[
-            "tpm-line",
-            "--method",
-            "tpm",
-            "--trust-anchor",
-            path_str(&tpm.vendor_ca_pem_path()),
-            "--registration",
-            "optional",
-        ],
-    );
+    let g = tpm_group(&install, "tpm-line", &tpm);
     assert_eq!(g["id_source"], "ek-hash", "{g}");
     // A group trusting another vendor.
     let other = Factory::new("Other TPM Vendor");
     let other_anchor = other.write_anchor(work.path(), "other-vendor.pem");
-    group_add(
-        &install,
-        &[
-            "tpm-other",
-            "--method",
-            "tpm",
-            "--trust-anchor",
-            path_str(&other_anchor),
-            "--registration",
-            "optional",
-        ],
-    );
+    anchored_group(&install, "tpm-other", "tpm", &other_anchor, "optional", &[]);
     let server = install.serve();
 
     let mut ids = Vec::new();
     for ek in ["rsa", "ecc"] {
         let out = work.path().join(format!("tpm-{ek}"));
-        let v = agent_ok(&[
-            "enroll",
-            "--server",
-            &server.base,
-            "--method",
+        let tcti = tpm.tcti();
+        let v = agent_ok(&enroll_args(
+            &server,
             "tpm",
-            "--group",
             "tpm-line",
-            "--tpm-tcti",
-            &tpm.tcti(),
-            "--ek",
-            ek,
-            "--out",
-            path_str(&out),
-            "--json",
-        ]);
+            &["--tpm-tcti", &tcti, "--ek", ek, "--json"],
+            &out,
+        ));
         let id = v["device_id"].as_str().unwrap_or_else(|| panic!("device id: {v}")).to_string();
         assert!(
             id.starts_with("tpm-") && id.len() == 36 && id[4..].bytes().all(|b| b.is_ascii_hexdigit()),
@@ -957,8 +907,7 @@ async fn tpm_enrollment(backend: Backend) {
         assert!(!out.join("key.pem").exists(), "no software key");
         let cert = read(&out.join("cert.pem"));
         let chain = pki::split_pem(&read(&out.join("chain.pem")));
-        let (ok, text) = pki::openssl_verify(work.path(), &chain[1], &chain[0], &cert);
-        assert!(ok, "openssl verify ({ek}): {text}");
+        assert_verifies(work.path(), &chain, &cert, ek);
         let text = pki::openssl_text(work.path(), &cert);
         assert!(text.contains(&format!("URI:urn:devid:device:{id}")), "{text}");
         let log = audit_lines(&install);
@@ -973,45 +922,16 @@ async fn tpm_enrollment(backend: Backend) {
 
     // A group that does not trust this TPM's vendor refuses it at the challenge.
     let out = work.path().join("tpm-untrusted");
+    let tcti = tpm.tcti();
     let stderr = agent_refused(
-        &[
-            "enroll",
-            "--server",
-            &server.base,
-            "--method",
-            "tpm",
-            "--group",
-            "tpm-other",
-            "--tpm-tcti",
-            &tpm.tcti(),
-            "--ek",
-            "ecc",
-            "--out",
-            path_str(&out),
-        ],
+        &enroll_args(&server, "tpm", "tpm-other", &["--tpm-tcti", &tcti, "--ek", "ecc"], &out),
         401,
         "attestation-failed",
     );
     assert!(!stderr.contains("BEGIN"), "{stderr}");
     assert_eq!(certs_of(&install, &ids[1]).await.len(), 1, "nothing more issued");
     // The same by hand (an EK and an AK made by tpm2-tools), for the problem document.
-    use devid_testkit::swtpm::run;
-    run(tpm
-        .tool("tpm2_createek")
-        .args(["-G", "ecc", "-c"])
-        .arg(tpm.path("ek.ctx"))
-        .arg("-u")
-        .arg(tpm.path("ek.pub")));
-    tpm.flush_transients();
-    run(tpm
-        .tool("tpm2_createak")
-        .arg("-C")
-        .arg(tpm.path("ek.ctx"))
-        .arg("-c")
-        .arg(tpm.path("ak.ctx"))
-        .args(["-G", "ecc", "-g", "sha256", "-s", "ecdsa", "-u"])
-        .arg(tpm.path("ak.pub")));
-    tpm.flush_transients();
+    tpm.create_ek_ak(true);
     let identity = json!({
         "ek_cert": b64(&tpm.ek_cert(true)),
         "ek_public": b64(&std::fs::read(tpm.path("ek.pub")).unwrap()),
@@ -1068,18 +988,7 @@ async fn tpm_refusals_over_http(backend: Backend) {
     use devid_agent::tpm::{EkKind, TpmAgent};
     let install = Install::new(backend).await;
     let tpm = devid_testkit::swtpm::Swtpm::start();
-    group_add(
-        &install,
-        &[
-            "tpm-line",
-            "--method",
-            "tpm",
-            "--trust-anchor",
-            path_str(&tpm.vendor_ca_pem_path()),
-            "--registration",
-            "optional",
-        ],
-    );
+    tpm_group(&install, "tpm-line", &tpm);
     let server = install.serve();
     let challenge_url = server.url("/v1/enroll/challenge");
     let mut agent = TpmAgent::open(&tpm.tcti()).unwrap();
@@ -1170,87 +1079,47 @@ async fn tpm_renewal_over_mtls(backend: Backend) {
     let mut install = Install::new(backend).await;
     let work = tempfile::tempdir().unwrap();
     let tpm = devid_testkit::swtpm::Swtpm::start();
-    group_add(
-        &install,
-        &[
-            "tpm-line",
-            "--method",
-            "tpm",
-            "--trust-anchor",
-            path_str(&tpm.vendor_ca_pem_path()),
-            "--registration",
-            "optional",
-        ],
-    );
+    let tcti = tpm.tcti();
+    tpm_group(&install, "tpm-line", &tpm);
     let server = serve_renewable(&mut install);
     let out = work.path().join("tpm-dev");
-    let v = agent_ok(&[
-        "enroll",
-        "--server",
-        &server.base,
-        "--method",
+    let v = agent_ok(&enroll_args(
+        &server,
         "tpm",
-        "--group",
         "tpm-line",
-        "--tpm-tcti",
-        &tpm.tcti(),
-        "--ek",
-        "ecc",
-        "--out",
-        path_str(&out),
-        "--json",
-    ]);
+        &["--tpm-tcti", &tcti, "--ek", "ecc", "--json"],
+        &out,
+    ));
     let device = v["device_id"].as_str().unwrap().to_string();
-    let first = v["serial"].as_str().unwrap().to_string();
+    let first = serial_of(&v);
     let key_tpm = read(&out.join("key.tpm"));
-    assert!(key_tpm.starts_with(&format!("TCTI: {}\n-----BEGIN TPM2B PUBLIC-----", tpm.tcti())), "{key_tpm}");
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(out.join("key.tpm")).unwrap().permissions().mode() & 0o777;
+    assert!(key_tpm.starts_with(&format!("TCTI: {tcti}\n-----BEGIN TPM2B PUBLIC-----")), "{key_tpm}");
+    let mode = mode(&out.join("key.tpm"));
     assert_eq!(mode, 0o600, "key.tpm mode {mode:o}");
     let cert1 = read(&out.join("cert.pem"));
     let chain = pki::split_pem(&read(&out.join("chain.pem")));
-    let spki = |pem_text: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("c.pem"), pem_text).unwrap();
-        let (ok, t) = pki::openssl(dir.path(), &["x509", "-noout", "-pubkey", "-in", "c.pem"]);
-        assert!(ok, "{t}");
-        t
-    };
 
     // Renewal over mutual TLS, the handshake signed in the TPM: a new certificate for the
     // same TPM key, whose predecessor is the first; key.tpm untouched.
     let renew_base = server.renew_base();
-    let v = agent_ok(&[
-        "renew",
-        "--server",
-        &renew_base,
-        "--out",
-        path_str(&out),
-        "--tpm-tcti",
-        &tpm.tcti(),
-        "--json",
-    ]);
-    let second = v["serial"].as_str().unwrap().to_string();
+    let v = renew_json(&renew_base, &out, &["--tpm-tcti", &tcti]);
+    let second = serial_of(&v);
     assert_ne!(second, first);
     assert_eq!(v["key"], path_str(&out.join("key.tpm")), "{v}");
     assert_eq!(read(&out.join("key.tpm")), key_tpm, "renewal without --rekey keeps the TPM key");
     assert!(!out.join("key.pem").exists(), "no software key");
-    let rec = cert_record(&install, &second).await;
-    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(first.as_str()));
+    let rec = renewal_record(&install, &second, &first).await;
     assert_eq!(rec.device.as_str(), device);
     let cert2 = read(&out.join("cert.pem"));
     assert_ne!(cert2, cert1);
     assert_eq!(spki(&cert2), spki(&cert1), "same TPM key");
-    let (ok, text) = pki::openssl_verify(work.path(), &chain[1], &chain[0], &cert2);
-    assert!(ok, "openssl verify (renewed): {text}");
+    assert_verifies(work.path(), &chain, &cert2, "renewed");
     let text = pki::openssl_text(work.path(), &cert2);
     assert!(text.contains(&format!("URI:urn:devid:device:{device}")), "{text}");
 
     // Without --tpm-tcti: the TPM recorded in key.tpm.
-    let v = agent_ok(&["renew", "--server", &renew_base, "--out", path_str(&out), "--json"]);
-    let third = v["serial"].as_str().unwrap().to_string();
-    let rec = cert_record(&install, &third).await;
-    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(second.as_str()));
+    let third = renew_ok(&renew_base, &out, &[]);
+    renewal_record(&install, &third, &second).await;
     assert_eq!(read(&out.join("key.tpm")), key_tpm);
 
     // A TCTI where no TPM answers: a local failure (exit 1), nothing changes.
@@ -1271,17 +1140,14 @@ async fn tpm_renewal_over_mtls(backend: Backend) {
 
     // --rekey: a new key made in the same TPM; key.tpm replaced (with the TCTI), the
     // lineage goes on.
-    let v = agent_ok(&["renew", "--server", &renew_base, "--out", path_str(&out), "--rekey", "--json"]);
-    let fourth = v["serial"].as_str().unwrap().to_string();
+    let fourth = renew_ok(&renew_base, &out, &["--rekey"]);
     let key_tpm2 = read(&out.join("key.tpm"));
     assert_ne!(key_tpm2, key_tpm, "--rekey writes a new key.tpm");
-    assert!(key_tpm2.starts_with(&format!("TCTI: {}\n", tpm.tcti())), "{key_tpm2}");
-    let rec = cert_record(&install, &fourth).await;
-    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(third.as_str()));
+    assert!(key_tpm2.starts_with(&format!("TCTI: {tcti}\n")), "{key_tpm2}");
+    renewal_record(&install, &fourth, &third).await;
     let cert4 = read(&out.join("cert.pem"));
     assert_ne!(spki(&cert4), spki(&cert2), "new TPM key");
-    let (ok, text) = pki::openssl_verify(work.path(), &chain[1], &chain[0], &cert4);
-    assert!(ok, "openssl verify (rekeyed): {text}");
+    assert_verifies(work.path(), &chain, &cert4, "rekeyed");
 
     // `run` renews a TPM device too (the library's loop, with a clock at which the renewal
     // is due): through the TPM recorded in key.tpm.
@@ -1314,8 +1180,7 @@ async fn tpm_renewal_over_mtls(backend: Backend) {
     .expect("run stops");
     r.unwrap();
     assert_eq!(issued.len(), 1, "{issued:?}");
-    let rec = cert_record(&install, &issued[0]).await;
-    assert_eq!(rec.predecessor.as_ref().map(devid_core::Serial::to_hex).as_deref(), Some(fourth.as_str()));
+    renewal_record(&install, &issued[0], &fourth).await;
     assert_eq!(read(&out.join("key.tpm")), key_tpm2, "run keeps the key");
 
     let log = audit_lines(&install);
@@ -1341,42 +1206,42 @@ fn pki_der(text: &str) -> Vec<u8> {
 /// A client for the renewal listener presenting the identity in `dir` (key.pem, cert.pem,
 /// and the issuing CA from chain.pem), trusting the root at the end of chain.pem.
 fn mtls_client(dir: &Path) -> reqwest::Client {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let chain = pki::split_pem(&read(&dir.join("chain.pem")));
     let identity = format!("{}{}{}", read(&dir.join("key.pem")), read(&dir.join("cert.pem")), chain[0]);
-    reqwest::Client::builder()
+    tls_client(&chain[1], Some(reqwest::Identity::from_pem(identity.as_bytes()).unwrap()))
+}
+
+/// A rustls client trusting only `root_pem`, presenting `identity` when there is one.
+fn tls_client(root_pem: &str, identity: Option<reqwest::Identity>) -> reqwest::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(chain[1].as_bytes()).unwrap())
-        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+        .add_root_certificate(reqwest::Certificate::from_pem(root_pem.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(30));
+    if let Some(identity) = identity {
+        builder = builder.identity(identity);
+    }
+    builder.build().unwrap()
+}
+
+/// POST /v1/renew with a fresh CSR through `client`.
+async fn renew_with(
+    client: &reqwest::Client,
+    server: &Server,
+    cn: &str,
+) -> reqwest::Result<reqwest::Response> {
+    let (_k, csr) = pki::csr_p256(cn);
+    client.post(format!("{}/v1/renew", server.renew_base())).json(&json!({"csr": csr})).send().await
 }
 
 /// POST /v1/renew over mutual TLS as the device in `dir`, with a fresh CSR.
 async fn renew_raw(server: &Server, dir: &Path) -> (u16, Value, String) {
-    let (_k, csr) = pki::csr_p256("renewing");
-    let resp = mtls_client(dir)
-        .post(format!("{}/v1/renew", server.renew_base()))
-        .json(&json!({"csr": csr}))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-    (status, resp.json::<Value>().await.unwrap_or(Value::Null), ct)
+    answer(renew_with(&mtls_client(dir), server, "renewing").await.unwrap()).await
 }
 
 async fn renewal_refusals(backend: Backend) {
-    let mut install = Install::new(backend).await;
-    let work = tempfile::tempdir().unwrap();
-    let factory = Factory::new("Acme");
-    let anchor = factory.write_anchor(work.path(), "ca.pem");
-    group_add(
-        &install,
-        &["line-x", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
-    );
+    let Line { mut install, work, factory, .. } = x509_line(backend, "line-x", &[]).await;
     let server = serve_renewable(&mut install);
 
     // Plain HTTP has no client certificate.
@@ -1387,14 +1252,9 @@ async fn renewal_refusals(backend: Backend) {
     // Revoked: the agent is refused (exit 3, the code named), and so is a raw request.
     let out = work.path().join("revoked");
     let v = agent_x509(&server, "line-x", &factory.idevid("ACME-REV"), work.path(), &out);
-    let serial = v["serial"].as_str().unwrap().to_string();
-    install.run_ok(&["revoke", &serial, "--reason", "keyCompromise", "--json"]);
+    install.run_ok(&["revoke", &serial_of(&v), "--reason", "keyCompromise", "--json"]);
     let cert_before = read(&out.join("cert.pem"));
-    agent_refused(
-        &["renew", "--server", &server.renew_base(), "--out", path_str(&out)],
-        403,
-        "renewal-refused",
-    );
+    renew_refused(&server, &out, "renewal-refused");
     assert_eq!(read(&out.join("cert.pem")), cert_before, "the files stay as they were");
     let (s, b, ct) = renew_raw(&server, &out).await;
     assert_problem(s, &b, &ct, 403, "renewal-refused");
@@ -1406,11 +1266,7 @@ async fn renewal_refusals(backend: Backend) {
     install.run_ok(&["quarantine", "ACME-Q", "--json"]);
     let (s, b, ct) = renew_raw(&server, &out).await;
     assert_problem(s, &b, &ct, 403, "device-quarantined");
-    agent_refused(
-        &["renew", "--server", &server.renew_base(), "--out", path_str(&out)],
-        403,
-        "device-quarantined",
-    );
+    renew_refused(&server, &out, "device-quarantined");
     assert_eq!(certs_of(&install, "ACME-Q").await.len(), 1, "nothing issued");
     // ... and it cannot enroll again either.
     let dev = factory.idevid("ACME-Q");
@@ -1425,8 +1281,7 @@ async fn renewal_refusals(backend: Backend) {
     let v = agent_x509(&server, "line-x", &factory.idevid("ACME-OK"), work.path(), &out);
     let (s, b, _) = renew_raw(&server, &out).await;
     assert_eq!(s, 200, "{b}");
-    let rec = cert_record(&install, b["serial"].as_str().unwrap()).await;
-    assert_eq!(rec.predecessor.unwrap().to_hex(), v["serial"].as_str().unwrap());
+    renewal_record(&install, &serial_of(&b), &serial_of(&v)).await;
     let foreign = work.path().join("foreign");
     std::fs::create_dir(&foreign).unwrap();
     let dev = factory.idevid("ACME-FOREIGN");
@@ -1435,12 +1290,7 @@ async fn renewal_refusals(backend: Backend) {
     let devid_root = pki::split_pem(&read(&out.join("chain.pem"))).pop().unwrap();
     let pems = [devid_ca::to_pem("CERTIFICATE", &dev.chain[1]), devid_root];
     std::fs::write(foreign.join("chain.pem"), pems.concat()).unwrap();
-    let (_k, csr) = pki::csr_p256("ACME-FOREIGN");
-    let r = mtls_client(&foreign)
-        .post(format!("{}/v1/renew", server.renew_base()))
-        .json(&json!({"csr": csr}))
-        .send()
-        .await;
+    let r = renew_with(&mtls_client(&foreign), &server, "ACME-FOREIGN").await;
     assert!(r.is_err(), "a certificate of another CA must not get an HTTP answer: {r:?}");
     assert_no_certificate(&install, "ACME-FOREIGN").await;
     drop(server);
@@ -1448,24 +1298,7 @@ async fn renewal_refusals(backend: Backend) {
 }
 
 async fn renewal_past_grace_is_refused(backend: Backend) {
-    let mut install = Install::new(backend).await;
-    let work = tempfile::tempdir().unwrap();
-    let factory = Factory::new("Acme");
-    let anchor = factory.write_anchor(work.path(), "ca.pem");
-    group_add(
-        &install,
-        &[
-            "short",
-            "--method",
-            "x509",
-            "--trust-anchor",
-            path_str(&anchor),
-            "--registration",
-            "optional",
-            "--validity",
-            "60s",
-        ],
-    );
+    let Line { mut install, work, factory, .. } = x509_line(backend, "short", &["--validity", "60s"]).await;
     install.env.push(("DEVID_ENROLL__RENEW_GRACE".into(), "0s".into()));
     let server = serve_renewable(&mut install);
     let out = work.path().join("dev");
@@ -1486,11 +1319,7 @@ async fn renewal_past_grace_is_refused(backend: Backend) {
     // The TLS layer lets the expired certificate through; the policy refuses it.
     let (s, b, ct) = renew_raw(&server, &out).await;
     assert_problem(s, &b, &ct, 403, "renewal-refused");
-    agent_refused(
-        &["renew", "--server", &server.renew_base(), "--out", path_str(&out)],
-        403,
-        "renewal-refused",
-    );
+    renew_refused(&server, &out, "renewal-refused");
     assert_eq!(certs_of(&install, "ACME-SHORT").await.len(), 1, "nothing issued");
     drop(server);
     install.cleanup().await;
@@ -1499,14 +1328,7 @@ async fn renewal_past_grace_is_refused(backend: Backend) {
 // --- the TLS listener -----------------------------------------------------------------
 
 async fn renewal_listener_tls(backend: Backend) {
-    let mut install = Install::new(backend).await;
-    let work = tempfile::tempdir().unwrap();
-    let factory = Factory::new("Acme");
-    let anchor = factory.write_anchor(work.path(), "ca.pem");
-    group_add(
-        &install,
-        &["line-x", "--method", "x509", "--trust-anchor", path_str(&anchor), "--registration", "optional"],
-    );
+    let Line { mut install, work, factory, .. } = x509_line(backend, "line-x", &[]).await;
     let server = serve_renewable(&mut install);
     let out = work.path().join("dev");
     agent_x509(&server, "line-x", &factory.idevid("ACME-TLS"), work.path(), &out);
@@ -1546,17 +1368,7 @@ async fn renewal_listener_tls(backend: Backend) {
     assert!(!ok, "TLS 1.3 without a client certificate: {text}");
     assert!(text.contains("alert certificate required"), "TLS 1.3 without a client certificate: {text}");
     // reqwest without an identity gets no HTTP answer.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let anonymous = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(chain[1].as_bytes()).unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    let (_k, csr) = pki::csr_p256("x");
-    let r =
-        anonymous.post(format!("{}/v1/renew", server.renew_base())).json(&json!({"csr": csr})).send().await;
+    let r = renew_with(&tls_client(&chain[1], None), &server, "x").await;
     assert!(r.is_err(), "a client without a certificate must not get an HTTP answer: {r:?}");
     // TLS 1.1 (and older) is refused, even when the client allows it.
     let mut args = vec!["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"];

@@ -1,77 +1,20 @@
 //! `devid-agent enroll --method token` against the real `devid` server binary.
 //!
-//! The server binary is taken from `DEVID_BIN` when set, else from the target directory of
-//! this test (`<target>/<profile>/devid`), built with `cargo build -p devid` first when it
-//! is not there.
+//! The server binary: see `common::devid_bin`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
-fn agent_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_devid-agent"))
-}
-
-/// The devid server binary (see the module doc).
-fn devid_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("DEVID_BIN") {
-        return PathBuf::from(p);
-    }
-    // <target>/<profile>/deps/agent_token-<hash>
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let bin = profile_dir.join("devid");
-    if !bin.is_file() {
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "devid", "--target-dir"]).arg(target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
-        assert!(status.success(), "cargo build -p devid failed");
-    }
-    bin
-}
+use common::{Server, agent_bin, devid};
 
 /// Run to completion, killed after 120 s.
-fn run_bounded(mut cmd: Command) -> Output {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-            panic!("{cmd:?} did not finish within 120 s");
-        }
-    }
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn devid(data: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(devid_bin());
-    c.args(args).arg("--data-dir").arg(data).env("RUST_LOG", "warn").env("DEVID_TLS__LISTEN", "127.0.0.1:0");
-    c
+fn run_bounded(cmd: Command) -> Output {
+    common::run_within(cmd, Duration::from_secs(120))
 }
 
 fn add_device(data: &Path, id: &str) -> String {
@@ -82,41 +25,21 @@ fn add_device(data: &Path, id: &str) -> String {
 }
 
 fn serve(data: &Path) -> Server {
-    let mut child = devid(data, &["serve", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                if let Some(base) = line.strip_prefix("listening on ") {
-                    return Server { child, base: base.trim().to_string() };
-                }
-            }
-            Err(_) => {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("devid serve exited with {status}");
-                }
-                assert!(std::time::Instant::now() < deadline, "devid serve did not start");
-            }
-        }
-    }
+    common::start_server(devid(data, &["serve", "--listen", "127.0.0.1:0"]))
 }
 
 fn agent(args: &[&str]) -> Command {
     let mut c = Command::new(agent_bin());
     c.args(args).env("RUST_LOG", "warn").env_remove("DEVID_AGENT_TOKEN");
     c
+}
+
+/// `devid-agent enroll --server <server> --method <method> <extra…> --out <out>`.
+fn enroll(server: &str, method: &str, extra: &[&str], out: &str) -> Command {
+    let mut args = vec!["enroll", "--server", server, "--method", method];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--out", out]);
+    agent(&args)
 }
 
 #[test]
@@ -129,8 +52,7 @@ fn enroll_with_a_token_end_to_end() {
     let out_str = out_dir.to_str().unwrap();
 
     // The token from the environment, JSON output.
-    let mut cmd =
-        agent(&["enroll", "--server", &server.base, "--method", "token", "--out", out_str, "--json"]);
+    let mut cmd = enroll(&server.base, "token", &["--json"], out_str);
     cmd.env("DEVID_AGENT_TOKEN", &token);
     let out = run_bounded(cmd);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -177,17 +99,7 @@ fn enroll_with_a_token_end_to_end() {
     // The same token again: refused, shown as the server's problem, exit code 3, the old
     // files untouched.
     let before = std::fs::read(out_dir.join("cert.pem")).unwrap();
-    let out = run_bounded(agent(&[
-        "enroll",
-        "--server",
-        &server.base,
-        "--method",
-        "token",
-        "--token",
-        &token,
-        "--out",
-        out_str,
-    ]));
+    let out = run_bounded(enroll(&server.base, "token", &["--token", &token], out_str));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("enrollment failed: 409"), "{stderr}");
@@ -196,20 +108,13 @@ fn enroll_with_a_token_end_to_end() {
     assert_eq!(std::fs::read(out_dir.join("cert.pem")).unwrap(), before);
 
     // An unknown token: 401.
-    let out = run_bounded(agent(&[
-        "enroll",
-        "--server",
-        &server.base,
-        "--method",
-        "token",
-        "--token",
-        "nope",
-        "--out",
-        out_str,
-    ]));
+    let out = run_bounded(enroll(&server.base, "token", &["--token", "nope"], out_str));
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+/// Nobody listens on the discard port.
+const UNREACHABLE: &str = "http://127.0.0.1:9";
 
 #[test]
 fn usage_errors_and_an_unreachable_server() {
@@ -217,40 +122,14 @@ fn usage_errors_and_an_unreachable_server() {
     let out_str = work.path().join("o");
     let out_str = out_str.to_str().unwrap();
     // No token.
-    let out = run_bounded(agent(&[
-        "enroll",
-        "--server",
-        "http://127.0.0.1:9",
-        "--method",
-        "token",
-        "--out",
-        out_str,
-    ]));
+    let out = run_bounded(enroll(UNREACHABLE, "token", &[], out_str));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--token"));
     // x509 without a group.
-    let out = run_bounded(agent(&[
-        "enroll",
-        "--server",
-        "http://127.0.0.1:9",
-        "--method",
-        "symmetric",
-        "--out",
-        out_str,
-    ]));
+    let out = run_bounded(enroll(UNREACHABLE, "symmetric", &[], out_str));
     assert_eq!(out.status.code(), Some(2));
     // Nobody listens on the discard port: unavailable, exit code 4.
-    let out = run_bounded(agent(&[
-        "enroll",
-        "--server",
-        "http://127.0.0.1:9",
-        "--method",
-        "token",
-        "--token",
-        "t",
-        "--out",
-        out_str,
-    ]));
+    let out = run_bounded(enroll(UNREACHABLE, "token", &["--token", "t"], out_str));
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!work.path().join("o").join("key.pem").exists());
 }

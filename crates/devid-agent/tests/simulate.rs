@@ -1,82 +1,26 @@
 //! `devid-agent simulate` against the real `devid` server binary: every method with
 //! renewal over mutual TLS and OCSP, and a wrong client secret.
 //!
-//! The server binary is taken from `DEVID_BIN` when set, else from the target directory of
-//! this test (`<target>/<profile>/devid`), built with `cargo build -p devid` first when it
-//! is not there.
+//! The server binary: see `common::devid_bin`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
-fn agent_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_devid-agent"))
-}
-
-/// The devid server binary (see the module doc).
-fn devid_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("DEVID_BIN") {
-        return PathBuf::from(p);
-    }
-    // <target>/<profile>/deps/simulate-<hash>
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let bin = profile_dir.join("devid");
-    if !bin.is_file() {
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "devid", "--target-dir"]).arg(target_dir);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
-        assert!(status.success(), "cargo build -p devid failed");
-    }
-    bin
-}
+use common::{Server, agent_bin};
 
 /// Run to completion, killed after 180 s.
-fn run_bounded(mut cmd: Command) -> Output {
-    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(180)) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-            panic!("{cmd:?} did not finish within 180 s");
-        }
-    }
+fn run_bounded(cmd: Command) -> Output {
+    common::run_within(cmd, Duration::from_secs(180))
 }
 
-struct Server {
-    child: Child,
-    base: String,
-    renew: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// A devid command with renewal at once and no rate limits.
 fn devid(data: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(devid_bin());
-    c.args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .env("DEVID_TLS__LISTEN", "127.0.0.1:0")
-        .env("DEVID_ENROLL__RENEW_AFTER", "0")
+    let mut c = common::devid(data, args);
+    c.env("DEVID_ENROLL__RENEW_AFTER", "0")
         .env("DEVID_LIMITS__PER_SOURCE", "0")
         .env("DEVID_LIMITS__PER_DEVICE", "0")
         .env("DEVID_LIMITS__PER_CREDENTIAL", "0");
@@ -91,49 +35,32 @@ fn admin_credential(data: &Path) -> (String, String) {
     (v["client_id"].as_str().unwrap().to_string(), v["client_secret"].as_str().unwrap().to_string())
 }
 
+/// `devid serve`, whose renewal listener is announced before `listening on`.
 fn serve(data: &Path) -> Server {
-    let mut child = devid(data, &["serve", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut renew = None;
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                if let Some(r) = line.strip_prefix("renewal listener on ") {
-                    renew = Some(r.trim().to_string());
-                }
-                if let Some(base) = line.strip_prefix("listening on ") {
-                    let renew = renew.expect("the renewal listener is announced first");
-                    return Server { child, base: base.trim().to_string(), renew };
-                }
-            }
-            Err(_) => {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("devid serve exited with {status}");
-                }
-                assert!(std::time::Instant::now() < deadline, "devid serve did not start");
-            }
-        }
-    }
+    let server = common::start_server(devid(data, &["serve", "--listen", "127.0.0.1:0"]));
+    assert!(server.renew.is_some(), "the renewal listener is announced first");
+    server
+}
+
+/// The renewal listener's base URL.
+fn renew_base(server: &Server) -> &str {
+    server.renew.as_deref().unwrap()
 }
 
 fn simulate(server: &Server, client_id: &str, secret: &str, extra: &[&str]) -> Output {
     let mut c = Command::new(agent_bin());
-    c.args(["simulate", "--server", &server.base, "--renew-server", &server.renew, "--client-id", client_id])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .env("DEVID_AGENT_CLIENT_SECRET", secret);
+    c.args([
+        "simulate",
+        "--server",
+        &server.base,
+        "--renew-server",
+        renew_base(server),
+        "--client-id",
+        client_id,
+    ])
+    .args(extra)
+    .env("RUST_LOG", "warn")
+    .env("DEVID_AGENT_CLIENT_SECRET", secret);
     run_bounded(c)
 }
 

@@ -16,23 +16,7 @@ use std::process::Stdio;
 /// EK TPM2B_PUBLIC, AK TPM2B_PUBLIC). The EK certificate is the one the harness's
 /// manufacturing stored at its TCG NV index.
 fn identity(tpm: &Swtpm, ecc: bool) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let (g, s) = if ecc { ("ecc", "ecdsa") } else { ("rsa", "rsassa") };
-    run(tpm
-        .tool("tpm2_createek")
-        .args(["-G", g, "-c"])
-        .arg(tpm.path("ek.ctx"))
-        .arg("-u")
-        .arg(tpm.path("ek.pub")));
-    tpm.flush_transients();
-    run(tpm
-        .tool("tpm2_createak")
-        .arg("-C")
-        .arg(tpm.path("ek.ctx"))
-        .arg("-c")
-        .arg(tpm.path("ak.ctx"))
-        .args(["-G", g, "-g", "sha256", "-s", s, "-u"])
-        .arg(tpm.path("ak.pub")));
-    tpm.flush_transients();
+    tpm.create_ek_ak(ecc);
     let read = |p: &str| std::fs::read(tpm.path(p)).expect(p);
     (tpm.ek_cert(ecc), read("ek.pub"), read("ak.pub"))
 }

@@ -217,6 +217,29 @@ impl Swtpm {
         run(self.tool("tpm2_flushcontext").arg("-t"));
     }
 
+    /// An EK (default TCG template, ECC P-256 or RSA-2048) and an AK under it, made by
+    /// tpm2-tools: their contexts at `ek.ctx` and `ak.ctx`, their TPM2B_PUBLIC at `ek.pub`
+    /// and `ak.pub` (see [`Swtpm::path`]); the transient objects flushed.
+    pub fn create_ek_ak(&self, ecc: bool) {
+        let (g, s) = if ecc { ("ecc", "ecdsa") } else { ("rsa", "rsassa") };
+        run(self
+            .tool("tpm2_createek")
+            .args(["-G", g, "-c"])
+            .arg(self.path("ek.ctx"))
+            .arg("-u")
+            .arg(self.path("ek.pub")));
+        self.flush_transients();
+        run(self
+            .tool("tpm2_createak")
+            .arg("-C")
+            .arg(self.path("ek.ctx"))
+            .arg("-c")
+            .arg(self.path("ak.ctx"))
+            .args(["-G", g, "-g", "sha256", "-s", s, "-u"])
+            .arg(self.path("ak.pub")));
+        self.flush_transients();
+    }
+
     /// Certifies the ECC P-256 EK (TCG template L-2, as tpm2_createek makes it) with the
     /// local CA and stores the certificate at its TCG NV index, as a manufacturer would.
     fn provision_p256_ek_cert(&self) {
