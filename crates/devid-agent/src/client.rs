@@ -163,7 +163,7 @@ pub async fn post_json<B: Serialize + ?Sized, R: DeserializeOwned>(
 }
 
 /// A reqwest error with its causes (the TLS reason is in a source, not in the message).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -354,7 +354,7 @@ impl Failure {
 
     fn transport(e: &reqwest::Error) -> Self {
         let kind = if e.is_timeout() { "timeout" } else { "transport" };
-        Failure::new(kind, error_chain(e))
+        Failure::new(kind, crate::client::error_chain(e))
     }
 
     /// The set-up's error: the kind decides the exit code.
@@ -368,21 +368,6 @@ impl Failure {
         };
         AgentError::new(kind, format!("{what}: {}", self.message))
     }
-}
-
-/// A reqwest error with its causes.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Send a request and read the whole answer: the body of a 2xx, else a [`Failure`] named
