@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Enrollment and renewal throughput, end to end: a release `devid serve` on a fresh
+# PostgreSQL database, and `devid-agent simulate` as the fleet on the same machine.
+#
+#   bench/enroll.sh [DEVICES=20000] [CONCURRENCY=64] [METHODS=token,x509,symmetric]
+#
+# For each method: N devices enroll (durable in PostgreSQL), then renew over mutual TLS with
+# a full handshake each. Prints the simulator's summary per method and one JSON line per
+# method (to keep). Targets (issue #6): token ≥ 5,000/s with p99 ≤ 20 ms, x509 ≥ 3,500/s with
+# p99 ≤ 20 ms, renewal ≥ 2,000/s.
+#
+# Environment: DEVID_BIN, DEVID_AGENT_BIN (use these binaries instead of building), the
+# database variables of bench/lib.sh, SERVER_CPUS= / SIM_CPUS= (taskset -c), KEEP=1 (keep
+# the work directory), OCSP_SHARE= (a share of devices also asks OCSP).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+DEVICES=${1:-20000}
+CONCURRENCY=${2:-64}
+METHODS=${3:-token,x509,symmetric}
+
+need psql postgresql-client
+need jq jq
+if [ -n "${SERVER_CPUS:-}${SIM_CPUS:-}" ]; then need taskset util-linux; fi
+
+DEVID=$(devid_bin)
+if [ -n "${DEVID_AGENT_BIN:-}" ]; then
+  AGENT=$DEVID_AGENT_BIN
+else
+  (cd "$REPO" && cargo build --release -q -p devid-agent >&2) || die "cargo build --release -p devid-agent failed"
+  AGENT=$REPO/target/release/devid-agent
+fi
+W=$(mktemp -d /tmp/devid-bench-enroll.XXXXXX)
+SERVER_PID=
+cleanup() {
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  fi
+  db_drop
+  if [ -n "${KEEP:-}" ]; then say "work directory kept: $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+db_create
+D=(--data-dir "$W/data" --database-url "$DB_URL")
+pin_server=()
+pin_sim=()
+[ -n "${SERVER_CPUS:-}" ] && pin_server=(taskset -c "$SERVER_CPUS")
+[ -n "${SIM_CPUS:-}" ] && pin_sim=(taskset -c "$SIM_CPUS")
+
+# The server: limits off (one source plays the whole fleet), renewal allowed at once.
+export DEVID_LOG__LEVEL=warn DEVID_TLS__LISTEN=127.0.0.1:0 DEVID_ENROLL__RENEW_AFTER=0
+export DEVID_LIMITS__PER_SOURCE=0 DEVID_LIMITS__PER_DEVICE=0 DEVID_LIMITS__PER_CREDENTIAL=0
+"${pin_server[@]}" "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}" >"$W/serve.out" 2>"$W/serve.log" &
+SERVER_PID=$!
+BASE=
+for _ in $(seq 600); do
+  BASE=$(sed -n 's/^listening on \(http:[^ ]*\).*/\1/p' "$W/serve.out" | head -n1)
+  [ -n "$BASE" ] && break
+  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$W/serve.out" "$W/serve.log" >&2; die "devid serve exited"; }
+  sleep 0.1
+done
+[ -n "$BASE" ] || die "devid serve did not start within 60 s (log: $W/serve.log)"
+RENEW=$(sed -n 's/^renewal listener on \(https:[^ ]*\).*/\1/p' "$W/serve.out" | head -n1)
+[ -n "$RENEW" ] || die "devid serve printed no renewal listener"
+CRED=$("$DEVID" "${D[@]}" credential create --role admin --name bench --json)
+export DEVID_AGENT_CLIENT_SECRET
+DEVID_AGENT_CLIENT_SECRET=$(jq -r .client_secret <<<"$CRED")
+CLIENT_ID=$(jq -r .client_id <<<"$CRED")
+say "server $BASE (renewal $RENEW), database $DB_URL; $DEVICES devices, concurrency $CONCURRENCY"
+say "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+
+IFS=, read -r -a methods <<<"$METHODS"
+for m in "${methods[@]}"; do
+  say ""
+  say "=== $m"
+  extra=()
+  [ -n "${OCSP_SHARE:-}" ] && extra=(--ocsp-share "$OCSP_SHARE")
+  "${pin_sim[@]}" "$AGENT" simulate --server "$BASE" --renew-server "$RENEW" --client-id "$CLIENT_ID" \
+    --devices "$DEVICES" --concurrency "$CONCURRENCY" --method "$m" --renew "${extra[@]}" --json \
+    >"$W/$m.json" 2>"$W/$m.log" || { cat "$W/$m.log" >&2; die "simulate --method $m failed"; }
+  kill -0 "$SERVER_PID" 2>/dev/null || die "the server died during the $m run (log: $W/serve.log)"
+  jq -r --arg m "$m" '"\($m): enroll \(.enroll.per_second|floor)/s p50 \(.enroll.p50_ms) ms p99 \(.enroll.p99_ms) ms errors \(.enroll.errors|tostring); renew \(.renew.per_second|floor)/s p99 \(.renew.p99_ms) ms errors \(.renew.errors|tostring)"' "$W/$m.json"
+  jq -c . "$W/$m.json"
+done
