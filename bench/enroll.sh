@@ -30,19 +30,7 @@ else
   (cd "$REPO" && cargo build --release -q -p devid-agent >&2) || die "cargo build --release -p devid-agent failed"
   AGENT=$REPO/target/release/devid-agent
 fi
-W=$(mktemp -d /tmp/devid-bench-enroll.XXXXXX)
-SERVER_PID=
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
-  db_drop
-  if [ -n "${KEEP:-}" ]; then say "work directory kept: $W"; else rm -rf "$W"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir enroll
 
 db_create
 D=(--data-dir "$W/data" --database-url "$DB_URL")
@@ -54,16 +42,7 @@ pin_sim=()
 # The server: limits off (one source plays the whole fleet), renewal allowed at once.
 export DEVID_LOG__LEVEL=warn DEVID_TLS__LISTEN=127.0.0.1:0 DEVID_ENROLL__RENEW_AFTER=0
 export DEVID_LIMITS__PER_SOURCE=0 DEVID_LIMITS__PER_DEVICE=0 DEVID_LIMITS__PER_CREDENTIAL=0
-"${pin_server[@]}" "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}" >"$W/serve.out" 2>"$W/serve.log" &
-SERVER_PID=$!
-BASE=
-for _ in $(seq 600); do
-  BASE=$(sed -n 's/^listening on \(http:[^ ]*\).*/\1/p' "$W/serve.out" | head -n1)
-  [ -n "$BASE" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$W/serve.out" "$W/serve.log" >&2; die "devid serve exited"; }
-  sleep 0.1
-done
-[ -n "$BASE" ] || die "devid serve did not start within 60 s (log: $W/serve.log)"
+start_server "${pin_server[@]}" "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}"
 RENEW=$(sed -n 's/^renewal listener on \(https:[^ ]*\).*/\1/p' "$W/serve.out" | head -n1)
 [ -n "$RENEW" ] || die "devid serve printed no renewal listener"
 CRED=$("$DEVID" "${D[@]}" credential create --role admin --name bench --json)

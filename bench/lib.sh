@@ -70,3 +70,36 @@ wrk_summary() {
         label, rps, p50, p99, n, bad, err
     }'
 }
+
+# bench_workdir PREFIX: set W to a fresh work directory and install the exit trap that stops
+# the server (SERVER_PID), drops the database and removes W (kept with KEEP=1).
+SERVER_PID=
+bench_workdir() {
+  W=$(mktemp -d "/tmp/devid-bench-$1.XXXXXX")
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+bench_cleanup() {
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  fi
+  db_drop
+  if [ -n "${KEEP:-}" ]; then say "work directory kept: $W"; else rm -rf "$W"; fi
+}
+
+# start_server CMD...: run `devid serve --listen 127.0.0.1:0` (CMD is the binary, maybe
+# behind taskset, with its flags) in the background; set SERVER_PID and BASE (its URL).
+start_server() {
+  "$@" >"$W/serve.out" 2>"$W/serve.log" &
+  SERVER_PID=$!
+  BASE=
+  for _ in $(seq 600); do
+    BASE=$(sed -n 's/^listening on \(http:[^ ]*\).*/\1/p' "$W/serve.out" | head -n1)
+    [ -n "$BASE" ] && return
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$W/serve.out" "$W/serve.log" >&2; die "devid serve exited"; }
+    sleep 0.1
+  done
+  die "devid serve did not start within 60 s (log: $W/serve.log)"
+}

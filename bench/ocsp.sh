@@ -42,19 +42,7 @@ if [ -n "${SERVER_CPUS:-}${WRK_CPUS:-}" ]; then need taskset util-linux; fi
 if [ -n "${PERF:-}" ]; then need perf linux-perf; KEEP=1; fi
 
 DEVID=$(devid_bin)
-W=$(mktemp -d /tmp/devid-bench-ocsp.XXXXXX)
-SERVER_PID=
-cleanup() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
-  db_drop
-  if [ -n "${KEEP:-}" ]; then say "work directory kept: $W"; else rm -rf "$W"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir ocsp
 
 db_create
 D=(--data-dir "$W/data" --database-url "$DB_URL")
@@ -64,16 +52,7 @@ pin_wrk=()
 [ -n "${WRK_CPUS:-}" ] && pin_wrk=(taskset -c "$WRK_CPUS")
 
 # --- the server ---
-"${pin_server[@]}" "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}" >"$W/serve.out" 2>"$W/serve.log" &
-SERVER_PID=$!
-BASE=
-for _ in $(seq 600); do
-  BASE=$(sed -n 's/^listening on \(http:[^ ]*\).*/\1/p' "$W/serve.out" | head -n1)
-  [ -n "$BASE" ] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$W/serve.out" "$W/serve.log" >&2; die "devid serve exited"; }
-  sleep 0.1
-done
-[ -n "$BASE" ] || die "devid serve did not start within 60 s (log: $W/serve.log)"
+start_server "${pin_server[@]}" "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}"
 URL="$BASE/ocsp"
 
 # --- one enrolled device ---

@@ -100,9 +100,13 @@ pub struct Pkcs11KeyManager {
     module: Arc<Module>,
     pin: Arc<Zeroizing<String>>,
     tokens: Mutex<HashMap<String, Arc<Token>>>,
-    /// Serialises create_key within this manager (find-then-generate is not atomic).
-    create_lock: Mutex<()>,
 }
+
+/// Serialises create_key in the whole process, not per manager: find-then-generate is not
+/// atomic, and a PKCS#11 module's state is per process, so two managers on one module (as
+/// parallel tests make) must not generate on one token at once. SoftHSM2 answered
+/// CKR_GENERAL_ERROR to concurrent C_GenerateKeyPair from two managers.
+static CREATE_LOCK: Mutex<()> = Mutex::new(());
 
 impl fmt::Debug for Pkcs11KeyManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -120,12 +124,7 @@ impl Pkcs11KeyManager {
     /// share it) for the user PIN `pin`. Tokens are looked up, and logged in, when a key on
     /// them is first used; see [`Pkcs11KeyManager::check_login`] to fail early.
     pub fn new(module_path: &Path, pin: Zeroizing<String>) -> Result<Self, KmsError> {
-        Ok(Pkcs11KeyManager {
-            module: module(module_path)?,
-            pin: Arc::new(pin),
-            tokens: Mutex::default(),
-            create_lock: Mutex::default(),
-        })
+        Ok(Pkcs11KeyManager { module: module(module_path)?, pin: Arc::new(pin), tokens: Mutex::default() })
     }
 
     /// The canonical path of the module.
@@ -222,7 +221,7 @@ impl KeyManager for Pkcs11KeyManager {
         let token = self.token(token)?;
         let mut id = [0u8; ID_LEN];
         aws_lc_rs::rand::fill(&mut id).map_err(|_| internal("random CKA_ID"))?;
-        let _guard = lock(&self.create_lock);
+        let _guard = lock(&CREATE_LOCK);
         let (private, point) = token.run("key generation", |s| {
             let mut old = find(s, ObjectClass::PRIVATE_KEY, object, None)?;
             old.extend(find(s, ObjectClass::PUBLIC_KEY, object, None)?);
