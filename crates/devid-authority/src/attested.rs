@@ -148,7 +148,7 @@ impl Authority {
         };
         // Challenges that expired an hour ago go in the same transaction: the table stays
         // as small as the traffic of the last hour.
-        self.store.insert_challenge(&record, now.plus(-3600)).await?;
+        self.commits.challenges.submit((record, now.plus(-3600))).await?;
         Ok(Challenge { nonce, expires_at, tpm: tpm_challenge })
     }
 
@@ -302,13 +302,12 @@ impl Authority {
 
     /// Step 2: may this device enroll in this group with this method?
     async fn admit(&self, g: &GroupRecord, method: Method, device: &DeviceId) -> Result<(), AuthorityError> {
-        let existing = self.store.get_device(device).await?;
+        let existing = self.store.device_with_meta(device).await?;
         match existing {
-            Some(d) => {
+            Some((d, meta)) => {
                 if d.status == DeviceStatus::Quarantined {
                     return Err(AuthorityError::DeviceQuarantined);
                 }
-                let meta = self.store.device_meta(device).await?.unwrap_or_default();
                 if meta.group.as_deref() != Some(g.name.as_str()) {
                     return Err(AuthorityError::DeviceNotRegistered(device.to_string()));
                 }
@@ -333,7 +332,10 @@ impl Authority {
                     device.as_str(),
                     json!({"group": g.name, "method": method.as_str(), "registration": "optional"}),
                 );
-                self.store.ensure_device(&record, &meta, &audit).await?;
+                self.commits
+                    .registrations
+                    .submit(crate::group_commit::Registration { device: record, meta, audit })
+                    .await?;
                 Ok(())
             }
         }

@@ -209,17 +209,20 @@ impl Authority {
             created_at: now,
             predecessor: ctx.predecessor.clone(),
         };
-        self.store.record_intent(&pending, redeem).await.map_err(|e| match (e.kind(), redeem) {
-            (devid_core::ErrorKind::Conflict, Redeem::Token(_)) => AuthorityError::TokenUsed,
-            (devid_core::ErrorKind::Conflict, Redeem::Nonce(_)) => AuthorityError::NonceUsed,
-            _ => AuthorityError::Store(e),
-        })?;
+        self.commits.intents.submit((pending, crate::group_commit::RedeemKey::of(redeem))).await.map_err(
+            |e| match (e.kind(), redeem) {
+                (devid_core::ErrorKind::Conflict, Redeem::Token(_)) => AuthorityError::TokenUsed,
+                (devid_core::ErrorKind::Conflict, Redeem::Nonce(_)) => AuthorityError::NonceUsed,
+                _ => AuthorityError::Store(e),
+            },
+        )?;
         let audit = ctx.audit(now, device, &serial, validity.not_after);
         self.sign_and_store(&issuer, serial, tbs_der, audit).await
     }
 
-    /// Steps 5 and 6: sign the recorded TBS (off the async executor: an HSM call blocks),
-    /// store the certificate with its audit entry (one transaction), and only then answer.
+    /// Steps 5 and 6: sign the recorded TBS (off the async executor when the signer may
+    /// block, as an HSM call does), store the certificate with its audit entry (one
+    /// transaction), and only then answer.
     async fn sign_and_store(
         &self,
         issuer: &Arc<ActiveIssuer>,
@@ -229,26 +232,33 @@ impl Authority {
     ) -> Result<Issued, AuthorityError> {
         // Step 5: sign once, through the Signer (timed: devid_kms_sign_seconds).
         let signer = issuer.signer.clone();
-        let cert_der = tokio::task::spawn_blocking(move || {
+        let sign = move || {
             let timed =
                 crate::metrics::TimedSigner { inner: signer.as_ref(), histogram: &crate::metrics::KMS_SIGN };
             devid_ca::sign::sign_tbs(&timed, &tbs_der)
-        })
-        .await
-        .map_err(|e| AuthorityError::Internal(format!("signing task: {e}")))??;
+        };
+        let cert_der = if issuer.signer.may_block() {
+            tokio::task::spawn_blocking(sign)
+                .await
+                .map_err(|e| AuthorityError::Internal(format!("signing task: {e}")))??
+        } else {
+            sign()?
+        };
         // Step 6: store the certificate; if a concurrent retry stored one first, theirs wins
         // and this signature is discarded, so a serial is handed out once.
-        let stored =
-            self.store.complete_issuance(&serial, &cert_der, self.clock.now(), &audit).await.map_err(
-                |e| match e.kind() {
-                    // Quarantined while this certificate was being signed: the store kept it, revoked.
-                    devid_core::ErrorKind::Forbidden => {
-                        crate::metrics::CERTIFICATES_REVOKED.inc();
-                        AuthorityError::DeviceQuarantined
-                    }
-                    _ => AuthorityError::Store(e),
-                },
-            )?;
+        let stored = self
+            .commits
+            .completions
+            .submit(crate::group_commit::Signed { serial, cert_der, audit, now: self.clock.now() })
+            .await
+            .map_err(|e| match e.kind() {
+                // Quarantined while this certificate was being signed: the store kept it, revoked.
+                devid_core::ErrorKind::Forbidden => {
+                    crate::metrics::CERTIFICATES_REVOKED.inc();
+                    AuthorityError::DeviceQuarantined
+                }
+                _ => AuthorityError::Store(e),
+            })?;
         tracing::info!(serial = %stored.serial, device = %stored.device, "certificate issued");
         self.issued(stored).await
     }

@@ -11,6 +11,7 @@ pub mod bulk;
 mod ca_init;
 mod enroll;
 mod error;
+mod group_commit;
 pub mod groups;
 mod issuer;
 pub mod metrics;
@@ -19,6 +20,7 @@ pub mod publish;
 pub mod ratelimit;
 mod renew;
 mod revocation;
+pub mod seed;
 
 use std::sync::Arc;
 
@@ -71,6 +73,7 @@ pub struct Authority {
     config: AuthorityConfig,
     issuer: RwLock<Arc<ActiveIssuer>>,
     limiter: ratelimit::RateLimiter,
+    commits: group_commit::GroupCommit,
 }
 
 impl std::fmt::Debug for Authority {
@@ -91,7 +94,17 @@ impl Authority {
     ) -> Result<Authority, AuthorityError> {
         let issuer = ActiveIssuer::load(store.as_ref(), kms.as_ref(), &config).await?;
         let limiter = ratelimit::RateLimiter::new(config.limits);
-        Ok(Authority { store, kms, clock, rng, config, issuer: RwLock::new(Arc::new(issuer)), limiter })
+        let commits = group_commit::GroupCommit::new(store.clone());
+        Ok(Authority {
+            store,
+            kms,
+            clock,
+            rng,
+            config,
+            issuer: RwLock::new(Arc::new(issuer)),
+            limiter,
+            commits,
+        })
     }
 
     /// The active issuing CA.

@@ -276,6 +276,10 @@ pub static KMS_SIGN: Histogram = Histogram::new();
 pub static CRL_BUILDS: Counter = Counter::new();
 /// Time to build (stream, sign, store) one CRL.
 pub static CRL_BUILD: Histogram = Histogram::new();
+/// Group-commit transactions of the issuance cycle (intents, certificates, challenges).
+pub static GROUP_COMMITS: Counter = Counter::new();
+/// Writes carried by those transactions (÷ [`GROUP_COMMITS`]: the mean batch size).
+pub static GROUP_COMMIT_ITEMS: Counter = Counter::new();
 
 /// Write the metrics of the use cases.
 pub fn render(out: &mut String) {
@@ -308,6 +312,17 @@ pub fn render(out: &mut String) {
     let name = "devid_crl_build_seconds";
     family(out, name, "histogram", "Time to build, sign and store one CRL.");
     CRL_BUILD.render(out, name, &[]);
+    let name = "devid_group_commits_total";
+    family(out, name, "counter", "Transactions of the issuance cycle's group commit.");
+    sample(out, name, &[], GROUP_COMMITS.get());
+    let name = "devid_group_commit_items_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Writes carried by group-commit transactions (mean batch = items / commits).",
+    );
+    sample(out, name, &[], GROUP_COMMIT_ITEMS.get());
 }
 
 /// A signer that times its [`Signer::sign`] calls into a histogram.
@@ -327,6 +342,10 @@ impl Signer for TimedSigner<'_> {
 
     fn public_key_spki_der(&self) -> &[u8] {
         self.inner.public_key_spki_der()
+    }
+
+    fn may_block(&self) -> bool {
+        self.inner.may_block()
     }
 
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KmsError> {

@@ -24,7 +24,9 @@ use devid_ca::ocsp::{ErrorStatus, HashAlgorithm, IssuerHashes, Responder, Single
 use devid_ca::profile::{IssuerInfo, PublicUrls};
 use devid_core::{CaId, Clock, Entropy, KeyRef, RevocationReason, Serial, UnixTime};
 use devid_kms::{KeyAlgorithm, KeyManager, Signer};
-use devid_store::{CaKind, CertEventKind, CertStatus, CrlRecord, CrlSink, OcspResponderRecord, Store};
+use devid_store::{
+    CaKind, CertEventKind, CertRecord, CertStatus, CrlRecord, CrlSink, OcspResponderRecord, Store,
+};
 use tokio::sync::Notify;
 
 use crate::AuthorityError;
@@ -389,16 +391,8 @@ impl Publisher {
 
     async fn status_of(&self, issuer: &CaId, serial: &Serial) -> Result<Status, AuthorityError> {
         Ok(match self.store.get_certificate(serial).await? {
-            Some(c) if &c.issuer == issuer => match c.status {
-                CertStatus::Issued => Status::Good,
-                CertStatus::Revoked => {
-                    let (at, reason) = c.revocation.unwrap_or((c.created_at, RevocationReason::Unspecified));
-                    Status::Revoked { at, reason: Some(reason) }
-                }
-                // Recorded but never signed: it was never handed out.
-                CertStatus::Pending => Status::Unknown,
-            },
-            _ => Status::Unknown,
+            Some(c) => record_status(issuer, &c),
+            None => Status::Unknown,
         })
     }
 
@@ -455,9 +449,14 @@ impl Publisher {
     /// Sign and cache the response for the CertID form clients send by default (SHA-1,
     /// as RFC 5019 §2.1.1 requires of clients and as openssl does).
     async fn presign(&self, issuer: &CaId, serial: &Serial) -> Result<(), AuthorityError> {
+        let status = self.status_of(issuer, serial).await?;
+        self.presign_status(issuer, serial, status)
+    }
+
+    /// [`Self::presign`] with the status already read from the store.
+    fn presign_status(&self, issuer: &CaId, serial: &Serial, status: Status) -> Result<(), AuthorityError> {
         let Some(ctx) = self.issuer(issuer) else { return Ok(()) };
         let Some(responder) = self.responder(&ctx) else { return Ok(()) };
-        let status = self.status_of(issuer, serial).await?;
         if status == Status::Unknown {
             return Ok(());
         }
@@ -608,10 +607,23 @@ impl Publisher {
         let now = self.clock.now();
         let events = self.store.events_after(follower.low(now), 1000).await?;
         let fresh = follower.accept(events, now);
+        // The statuses of the newly issued certificates, in one query (not one per event).
+        let issued: Vec<Serial> =
+            fresh.iter().filter(|e| e.kind == CertEventKind::Issued).map(|e| e.serial.clone()).collect();
+        let mut records: HashMap<Serial, CertRecord> = HashMap::new();
+        if !issued.is_empty() {
+            match self.store.certificates_by_serial(&issued).await {
+                Ok(found) => records = found.into_iter().map(|c| (c.serial.clone(), c)).collect(),
+                Err(err) => tracing::warn!(error = %err, "pre-signing: status lookup failed"),
+            }
+        }
         for e in &fresh {
             match e.kind {
                 CertEventKind::Issued => {
-                    if let Err(err) = self.presign(&e.issuer, &e.serial).await {
+                    // Taken out of the map: a serial issued twice in one poll is signed once.
+                    let Some(c) = records.remove(&e.serial) else { continue };
+                    if let Err(err) = self.presign_status(&e.issuer, &e.serial, record_status(&e.issuer, &c))
+                    {
                         tracing::warn!(serial = %e.serial, error = %err, "pre-signing failed");
                     }
                 }
@@ -742,6 +754,22 @@ impl LogFollower {
             fresh.push(e);
         }
         fresh
+    }
+}
+
+/// The OCSP status of a stored certificate, as issued by `issuer` (RFC 6960 §2.2).
+fn record_status(issuer: &CaId, c: &CertRecord) -> Status {
+    if &c.issuer != issuer {
+        return Status::Unknown;
+    }
+    match c.status {
+        CertStatus::Issued => Status::Good,
+        CertStatus::Revoked => {
+            let (at, reason) = c.revocation.unwrap_or((c.created_at, RevocationReason::Unspecified));
+            Status::Revoked { at, reason: Some(reason) }
+        }
+        // Recorded but never signed: it was never handed out.
+        CertStatus::Pending => Status::Unknown,
     }
 }
 

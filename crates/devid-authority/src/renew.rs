@@ -31,7 +31,8 @@ impl Authority {
         }
         let device = current.device.clone();
         self.limiter.device(device.as_str(), self.clock.as_ref())?;
-        let record = self.store.get_device(&device).await?.ok_or(AuthorityError::NotFound("device"))?;
+        let (record, meta) =
+            self.store.device_with_meta(&device).await?.ok_or(AuthorityError::NotFound("device"))?;
         // Quarantine first: it revoked the certificate too, and is the reason to tell.
         if record.status == DeviceStatus::Quarantined {
             return Err(AuthorityError::DeviceQuarantined);
@@ -60,7 +61,6 @@ impl Authority {
         {
             return self.issued(prior).await;
         }
-        let meta = self.store.device_meta(&device).await?.unwrap_or_default();
         let validity_secs = match &meta.group {
             Some(g) => self.store.get_group(g).await?.and_then(|g| g.validity_secs),
             None => None,

@@ -626,6 +626,10 @@ impl Signer for SoftSigner {
     fn public_key_spki_der(&self) -> &[u8] {
         &self.spki
     }
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, KmsError> {
         let sig = self.pair.sign(&self.rng, msg).map_err(|_| KmsError::Backend {
             kind: ErrorKind::Internal,

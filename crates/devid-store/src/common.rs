@@ -233,12 +233,12 @@ impl TryFrom<CaRow> for CaRecord {
 /// A `devices` row.
 #[derive(sqlx::FromRow)]
 pub(crate) struct DeviceRow {
-    id: String,
-    status: String,
-    token_hash: Option<Vec<u8>>,
-    token_used_at: Option<i64>,
-    created_at: i64,
-    updated_at: i64,
+    pub(crate) id: String,
+    pub(crate) status: String,
+    pub(crate) token_hash: Option<Vec<u8>>,
+    pub(crate) token_used_at: Option<i64>,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
 }
 
 impl TryFrom<DeviceRow> for DeviceRecord {
@@ -581,6 +581,50 @@ macro_rules! append_audit {
 }
 pub(crate) use append_audit;
 
+/// Append several audit entries inside an open transaction `$tx`, in order, with one
+/// `audit_head` update for all of them (the group-commit path of issuance).
+macro_rules! append_audit_batch {
+    ($self:expr, $tx:ident, $events:expr) => {{
+        let events: &[&$crate::AuditEvent] = $events;
+        if !events.is_empty() {
+            let n = events.len() as i64;
+            let (last, mut prev): (i64, Vec<u8>) =
+                sqlx::query_as("UPDATE audit_head SET seq = seq + $1 WHERE id = 1 RETURNING seq, hash")
+                    .bind(n)
+                    .fetch_one(&mut *$tx)
+                    .await
+                    .map_err(|e| $self.db_err(e))?;
+            let first = last - n + 1;
+            let mut rows = Vec::with_capacity(events.len());
+            for (i, ev) in events.iter().enumerate() {
+                let seq = first + i as i64;
+                let hash = $crate::audit::entry_hash(&prev, seq, ev).to_vec();
+                rows.push((seq, *ev, std::mem::replace(&mut prev, hash.clone()), hash));
+            }
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) ",
+            );
+            q.push_values(rows, |mut b, (seq, ev, prev_hash, hash)| {
+                b.push_bind(seq)
+                    .push_bind(ev.at.0)
+                    .push_bind(ev.actor.clone())
+                    .push_bind(ev.action.clone())
+                    .push_bind(ev.subject.clone())
+                    .push_bind(ev.details.clone())
+                    .push_bind(prev_hash)
+                    .push_bind(hash);
+            });
+            q.build().execute(&mut *$tx).await.map_err(|e| $self.db_err(e))?;
+            sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+                .bind(prev.as_slice())
+                .execute(&mut *$tx)
+                .await
+                .map_err(|e| $self.db_err(e))?;
+        }
+    }};
+}
+pub(crate) use append_audit_batch;
+
 /// Revoke every issued certificate of a device inside an open transaction `$tx`; evaluates
 /// to the serials revoked. The status update comes first (`RETURNING`), then exactly those
 /// rows get their revocation entry, so a certificate issued concurrently is either revoked
@@ -750,18 +794,55 @@ macro_rules! impl_store {
                 meta: &$crate::DeviceMeta,
                 audit: &$crate::AuditEvent,
             ) -> Result<bool, $crate::StoreError> {
-                let mut tx = self.begin().await?;
-                let insert = sqlx::query($crate::common::insert_device!(" ON CONFLICT (id) DO NOTHING"));
-                let done = $crate::common::bind_device!(insert, device, meta)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.db_err(e))?;
-                let created = done.rows_affected() > 0;
-                if created {
-                    $crate::common::append_audit!(self, tx, audit);
+                let created = self.ensure_devices(&[(device, meta, audit)]).await?;
+                Ok(created.first().copied().unwrap_or(false))
+            }
+
+            async fn ensure_devices(
+                &self,
+                items: &[(&$crate::DeviceRecord, &$crate::DeviceMeta, &$crate::AuditEvent)],
+            ) -> Result<Vec<bool>, $crate::StoreError> {
+                if items.is_empty() {
+                    return Ok(Vec::new());
                 }
+                let mut firsts = std::collections::HashSet::new();
+                let unique: Vec<&(&$crate::DeviceRecord, &$crate::DeviceMeta, &$crate::AuditEvent)> =
+                    items.iter().filter(|(d, _, _)| firsts.insert(d.id.as_str())).collect();
+                let mut tx = self.begin().await?;
+                if $backend == "postgres" {
+                    // See the trait: the enrollment's own intent makes this durable.
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                }
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO devices (id, status, token_hash, token_used_at, created_at, updated_at, \
+                     labels, batch_id, group_name, method, secret) ",
+                );
+                q.push_values(unique, |mut b, (d, m, _)| {
+                    b.push_bind(d.id.as_str().to_string())
+                        .push_bind($crate::common::device_status_text(d.status))
+                        .push_bind(d.token_hash.clone())
+                        .push_bind(d.token_used_at.map(|t| t.0))
+                        .push_bind(d.created_at.0)
+                        .push_bind(d.updated_at.0)
+                        .push_bind(m.labels.clone())
+                        .push_bind(m.batch_id.clone())
+                        .push_bind(m.group.clone())
+                        .push_bind(m.method.clone())
+                        .push_bind(m.secret.clone());
+                });
+                q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+                let created: Vec<(String,)> =
+                    q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                let mut created: std::collections::HashSet<String> = created.into_iter().map(|(id,)| id).collect();
+                let flags: Vec<bool> = items.iter().map(|(d, _, _)| created.remove(d.id.as_str())).collect();
+                let events: Vec<&$crate::AuditEvent> =
+                    items.iter().zip(&flags).filter(|(_, c)| **c).map(|((_, _, a), _)| *a).collect();
+                $crate::common::append_audit_batch!(self, tx, &events);
                 tx.commit().await.map_err(|e| self.db_err(e))?;
-                Ok(created)
+                Ok(flags)
             }
 
             async fn get_device(
@@ -867,6 +948,46 @@ macro_rules! impl_store {
                 }
                 tx.commit().await.map_err(|e| self.db_err(e))?;
                 Ok(created)
+            }
+
+            async fn device_with_meta(
+                &self,
+                id: &devid_core::DeviceId,
+            ) -> Result<Option<($crate::DeviceRecord, $crate::DeviceMeta)>, $crate::StoreError> {
+                type Row = (
+                    String,
+                    String,
+                    Option<Vec<u8>>,
+                    Option<i64>,
+                    i64,
+                    i64,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                    Option<Vec<u8>>,
+                );
+                let row: Option<Row> = sqlx::query_as(
+                    "SELECT id, status, token_hash, token_used_at, created_at, updated_at, \
+                     labels, batch_id, group_name, method, secret FROM devices WHERE id = $1",
+                )
+                .bind(id.as_str())
+                .fetch_optional(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                let Some((id, status, token_hash, token_used_at, created_at, updated_at, labels, batch_id, group, method, secret)) = row
+                else {
+                    return Ok(None);
+                };
+                let device = $crate::DeviceRecord::try_from($crate::common::DeviceRow {
+                    id,
+                    status,
+                    token_hash,
+                    token_used_at,
+                    created_at,
+                    updated_at,
+                })?;
+                Ok(Some((device, $crate::DeviceMeta { labels, batch_id, group, method, secret })))
             }
 
             async fn device_meta(
@@ -982,8 +1103,8 @@ macro_rules! impl_store {
                     // certificate: revoke it in the same transaction and refuse to hand it out.
                     let caught = sqlx::query(
                         "UPDATE certificates SET status = 'revoked', updated_at = $2 \
-                         WHERE serial = $1 AND status = 'issued' AND device_id IN \
-                         (SELECT id FROM devices WHERE status = 'quarantined')",
+                         WHERE serial = $1 AND status = 'issued' AND EXISTS \
+                         (SELECT 1 FROM devices d WHERE d.id = certificates.device_id AND d.status = 'quarantined')",
                     )
                     .bind(hex.as_str())
                     .bind(now.0)
@@ -1030,6 +1151,244 @@ macro_rules! impl_store {
                 let record = $crate::CertRecord::try_from(row)?;
                 tx.commit().await.map_err(|e| self.db_err(e))?;
                 Ok(record)
+            }
+
+            async fn record_intents(
+                &self,
+                items: &[(&$crate::PendingCert, $crate::Redeem<'_>)],
+            ) -> Result<Vec<Result<(), $crate::StoreError>>, $crate::StoreError> {
+                if items.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // The batch's time: the latest intent's (the store has no clock of its own).
+                let at = items.iter().map(|(p, _)| p.created_at.0).max().unwrap_or_default();
+                let mut refused: Vec<Option<String>> = vec![None; items.len()];
+                let mut tx = self.begin().await?;
+                // Nonces: one conditional UPDATE; a nonce named twice in the batch is
+                // redeemed by the first item only.
+                let nonces: Vec<&[u8]> = items
+                    .iter()
+                    .filter_map(|(_, r)| if let $crate::Redeem::Nonce(h) = r { Some(*h) } else { None })
+                    .collect();
+                if !nonces.is_empty() {
+                    let mut q = sqlx::QueryBuilder::new("UPDATE challenges SET redeemed_at = ");
+                    q.push_bind(at).push(" WHERE redeemed_at IS NULL AND expires_at > ").push_bind(at);
+                    q.push(" AND nonce_hash IN (");
+                    let mut sep = q.separated(", ");
+                    for h in &nonces {
+                        sep.push_bind(h.to_vec());
+                    }
+                    q.push(") RETURNING nonce_hash");
+                    let done: Vec<(Vec<u8>,)> =
+                        q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                    let mut won: std::collections::HashSet<Vec<u8>> = done.into_iter().map(|(h,)| h).collect();
+                    for (i, (_, r)) in items.iter().enumerate() {
+                        if let $crate::Redeem::Nonce(h) = r
+                            && !won.remove(*h)
+                        {
+                            refused[i] = Some("enrollment challenge already used or expired".to_string());
+                        }
+                    }
+                }
+                // Tokens: a row is redeemed only if its id and its token hash are both named,
+                // i.e. some item presented that device's own token.
+                let tokens: Vec<(&str, &[u8])> = items
+                    .iter()
+                    .filter_map(|(p, r)| {
+                        if let $crate::Redeem::Token(h) = r { Some((p.device.as_str(), *h)) } else { None }
+                    })
+                    .collect();
+                if !tokens.is_empty() {
+                    let mut q = sqlx::QueryBuilder::new("UPDATE devices SET token_used_at = ");
+                    q.push_bind(at).push(", updated_at = ").push_bind(at);
+                    q.push(" WHERE token_used_at IS NULL AND status <> 'quarantined' AND id IN (");
+                    let mut sep = q.separated(", ");
+                    for (id, _) in &tokens {
+                        sep.push_bind(id.to_string());
+                    }
+                    q.push(") AND token_hash IN (");
+                    let mut sep = q.separated(", ");
+                    for (_, h) in &tokens {
+                        sep.push_bind(h.to_vec());
+                    }
+                    q.push(") RETURNING id, token_hash");
+                    let done: Vec<(String, Vec<u8>)> =
+                        q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                    let mut won: std::collections::HashSet<(String, Vec<u8>)> = done.into_iter().collect();
+                    for (i, (p, r)) in items.iter().enumerate() {
+                        if let $crate::Redeem::Token(h) = r
+                            && !won.remove(&(p.device.as_str().to_string(), h.to_vec()))
+                        {
+                            refused[i] = Some(format!(
+                                "enrollment token already used (or device {} is quarantined or holds another token)",
+                                p.device
+                            ));
+                        }
+                    }
+                }
+                let admitted: Vec<&$crate::PendingCert> = items
+                    .iter()
+                    .zip(&refused)
+                    .filter_map(|((p, _), r)| if r.is_none() { Some(*p) } else { None })
+                    .collect();
+                if !admitted.is_empty() {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO certificates (serial, issuer_id, device_id, status, not_before, not_after, \
+                         csr_sha256, tbs_der, cert_der, created_at, updated_at, predecessor) ",
+                    );
+                    q.push_values(admitted, |mut b, p| {
+                        b.push_bind(p.serial.to_hex())
+                            .push_bind(p.issuer.as_str().to_string())
+                            .push_bind(p.device.as_str().to_string())
+                            .push("'pending'")
+                            .push_bind(p.not_before.0)
+                            .push_bind(p.not_after.0)
+                            .push_bind(p.csr_sha256.clone())
+                            .push_bind(p.tbs_der.clone())
+                            .push("NULL")
+                            .push_bind(p.created_at.0)
+                            .push_bind(p.created_at.0)
+                            .push_bind(p.predecessor.as_ref().map(|s| s.to_hex()));
+                    });
+                    q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                }
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(refused
+                    .into_iter()
+                    .map(|r| match r {
+                        None => Ok(()),
+                        Some(why) => Err($crate::StoreError::conflict(why)),
+                    })
+                    .collect())
+            }
+
+            async fn complete_issuances(
+                &self,
+                items: &[$crate::Completion<'_>],
+                now: devid_core::UnixTime,
+            ) -> Result<Vec<Result<$crate::CertRecord, $crate::StoreError>>, $crate::StoreError> {
+                if items.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let hexes: Vec<String> = items.iter().map(|c| c.serial.to_hex()).collect();
+                let mut tx = self.begin().await?;
+                // Pending → issued, each serial once (a serial named twice keeps the first DER).
+                let mut seen = std::collections::HashSet::new();
+                let mut q = sqlx::QueryBuilder::new("UPDATE certificates SET cert_der = v.column2, status = 'issued', updated_at = ");
+                q.push_bind(now.0).push(" FROM (");
+                q.push_values(
+                    items.iter().zip(&hexes).filter(|(_, h)| seen.insert(h.as_str())),
+                    |mut b, (c, h)| {
+                        b.push_bind(h.clone()).push_bind(c.cert_der.to_vec());
+                    },
+                );
+                q.push(") AS v WHERE certificates.serial = v.column1 AND certificates.status = 'pending' \
+                        RETURNING certificates.serial, certificates.device_id");
+                let updated: Vec<(String, String)> =
+                    q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                let mut forbidden = std::collections::HashSet::new();
+                if !updated.is_empty() {
+                    // A device quarantined between step 4 and now must not leave with a valid
+                    // certificate: revoke it in this transaction and refuse to hand it out.
+                    let mut q = sqlx::QueryBuilder::new("UPDATE certificates SET status = 'revoked', updated_at = ");
+                    q.push_bind(now.0).push(" WHERE status = 'issued' AND serial IN (");
+                    let mut sep = q.separated(", ");
+                    for (h, _) in &updated {
+                        sep.push_bind(h.clone());
+                    }
+                    q.push(
+                        ") AND EXISTS (SELECT 1 FROM devices d WHERE d.id = certificates.device_id \
+                         AND d.status = 'quarantined') RETURNING serial",
+                    );
+                    let caught: Vec<(String,)> =
+                        q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                    for (hex,) in &caught {
+                        $crate::common::record_revocation!(self, tx, hex.as_str(), i16::from(devid_core::RevocationReason::PrivilegeWithdrawn.code()), now.0);
+                    }
+                    forbidden = caught.into_iter().map(|(h,)| h).collect::<std::collections::HashSet<_>>();
+                }
+                let issued: Vec<&(String, String)> = updated.iter().filter(|(h, _)| !forbidden.contains(h)).collect();
+                if !issued.is_empty() {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO cert_events (serial, issuer_id, kind, at) SELECT serial, issuer_id, 'issued', ",
+                    );
+                    q.push_bind(now.0).push(" FROM certificates WHERE serial IN (");
+                    let mut sep = q.separated(", ");
+                    for (h, _) in &issued {
+                        sep.push_bind(h.clone());
+                    }
+                    q.push(")");
+                    q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                    let mut q = sqlx::QueryBuilder::new("UPDATE devices SET status = 'enrolled', updated_at = ");
+                    q.push_bind(now.0).push(" WHERE status = 'registered' AND id IN (");
+                    let mut sep = q.separated(", ");
+                    for (_, d) in &issued {
+                        sep.push_bind(d.clone());
+                    }
+                    q.push(")");
+                    q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                }
+                // The audit entries of the certificates issued, in item order.
+                let issued_set: std::collections::HashSet<&str> = issued.iter().map(|(h, _)| h.as_str()).collect();
+                let mut audited = std::collections::HashSet::new();
+                let events: Vec<&$crate::AuditEvent> = items
+                    .iter()
+                    .zip(&hexes)
+                    .filter(|(_, h)| issued_set.contains(h.as_str()) && audited.insert(h.as_str()))
+                    .map(|(c, _)| c.audit)
+                    .collect();
+                // Whatever is stored now: ours, or the one a concurrent caller completed first.
+                let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " WHERE c.serial IN ("));
+                let mut sep = q.separated(", ");
+                for h in seen {
+                    sep.push_bind(h.to_string());
+                }
+                q.push(")");
+                let rows: Vec<$crate::common::CertRow> =
+                    q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                // Last before the commit: the audit head's row lock orders every appender,
+                // so it is held for as short a time as possible.
+                $crate::common::append_audit_batch!(self, tx, &events);
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                let mut stored: std::collections::HashMap<String, $crate::CertRecord> = std::collections::HashMap::new();
+                for row in rows {
+                    let rec = $crate::CertRecord::try_from(row)?;
+                    stored.insert(rec.serial.to_hex(), rec);
+                }
+                Ok(hexes
+                    .iter()
+                    .map(|h| {
+                        if forbidden.contains(h) {
+                            return Err($crate::StoreError::new(
+                                devid_core::ErrorKind::Forbidden,
+                                format!("device was quarantined while certificate {h} was being issued; it is revoked"),
+                            ));
+                        }
+                        stored
+                            .get(h)
+                            .cloned()
+                            .ok_or_else(|| $crate::StoreError::not_found(format!("no certificate with serial {h}")))
+                    })
+                    .collect())
+            }
+
+            async fn certificates_by_serial(
+                &self,
+                serials: &[devid_core::Serial],
+            ) -> Result<Vec<$crate::CertRecord>, $crate::StoreError> {
+                let mut out = Vec::with_capacity(serials.len());
+                for chunk in serials.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " WHERE c.serial IN ("));
+                    let mut sep = q.separated(", ");
+                    for s in chunk {
+                        sep.push_bind(s.to_hex());
+                    }
+                    q.push(")");
+                    let rows: Vec<$crate::common::CertRow> =
+                        q.build_query_as().fetch_all(self.reader()).await.map_err(|e| self.db_err(e))?;
+                    out.extend($crate::common::convert(rows)?);
+                }
+                Ok(out)
             }
 
             async fn get_certificate(
@@ -1537,24 +1896,45 @@ macro_rules! impl_store {
                 c: &$crate::ChallengeRecord,
                 purge_before: devid_core::UnixTime,
             ) -> Result<(), $crate::StoreError> {
+                self.insert_challenges(std::slice::from_ref(c), purge_before).await
+            }
+
+            async fn insert_challenges(
+                &self,
+                items: &[$crate::ChallengeRecord],
+                purge_before: devid_core::UnixTime,
+            ) -> Result<(), $crate::StoreError> {
+                if items.is_empty() {
+                    return Ok(());
+                }
                 let mut tx = self.begin().await?;
+                if $backend == "postgres" {
+                    // See the trait: losing a challenge in a crash costs the device a retry.
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                }
                 sqlx::query("DELETE FROM challenges WHERE expires_at < $1")
                     .bind(purge_before.0)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.db_err(e))?;
-                sqlx::query(
-                    "INSERT INTO challenges (nonce_hash, group_name, method, state, expires_at, redeemed_at) \
-                     VALUES ($1, $2, $3, $4, $5, NULL)",
-                )
-                .bind(c.nonce_hash.as_slice())
-                .bind(c.group.as_str())
-                .bind(c.method.as_str())
-                .bind(c.state.as_deref())
-                .bind(c.expires_at.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.db_err(e).on_conflict(|| "nonce collision".to_string()))?;
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO challenges (nonce_hash, group_name, method, state, expires_at, redeemed_at) ",
+                );
+                q.push_values(items, |mut b, c| {
+                    b.push_bind(c.nonce_hash.to_vec())
+                        .push_bind(c.group.clone())
+                        .push_bind(c.method.clone())
+                        .push_bind(c.state.clone())
+                        .push_bind(c.expires_at.0)
+                        .push("NULL");
+                });
+                q.build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e).on_conflict(|| "nonce collision".to_string()))?;
                 tx.commit().await.map_err(|e| self.db_err(e))
             }
 

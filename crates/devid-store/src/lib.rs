@@ -17,6 +17,7 @@ pub mod audit;
 mod common;
 mod error;
 mod postgres;
+pub mod seed;
 mod sqlite;
 
 pub use audit::{AuditEvent, AuditRecord};
@@ -196,6 +197,17 @@ pub enum Redeem<'a> {
     Token(&'a [u8]),
     /// A challenge nonce, by SHA-256.
     Nonce(&'a [u8]),
+}
+
+/// One signed certificate for [`Store::complete_issuances`].
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    /// The pending serial.
+    pub serial: &'a Serial,
+    /// The signed certificate, DER.
+    pub cert_der: &'a [u8],
+    /// The audit entry written when this certificate is stored as issued.
+    pub audit: &'a AuditEvent,
 }
 
 /// Rows per `INSERT` statement of [`Store::insert_device_batch`] (8 bind parameters a row:
@@ -431,6 +443,16 @@ pub trait Store: Send + Sync + 'static {
         meta: &DeviceMeta,
         audit: &AuditEvent,
     ) -> Result<bool, StoreError>;
+    /// [`Store::ensure_device`] for many devices in one transaction: for each item, whether
+    /// this call created it (and appended its audit entry; entries in item order). An id
+    /// named twice is created by its first item. On PostgreSQL the commit does not wait for
+    /// the WAL flush: a registration is acted on only by a later durable transaction of the
+    /// same enrollment (its intent), whose flush covers it (the WAL is written in order), so
+    /// a crash loses a registration only together with an enrollment that never answered.
+    async fn ensure_devices(
+        &self,
+        items: &[(&DeviceRecord, &DeviceMeta, &AuditEvent)],
+    ) -> Result<Vec<bool>, StoreError>;
     /// A device by id.
     async fn get_device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
     /// The device holding this token hash (redeemed or not).
@@ -459,6 +481,9 @@ pub trait Store: Send + Sync + 'static {
         at: UnixTime,
         audit: &AuditEvent,
     ) -> Result<Vec<DeviceId>, StoreError>;
+    /// A device and its metadata in one read (`None`: no such device).
+    async fn device_with_meta(&self, id: &DeviceId)
+    -> Result<Option<(DeviceRecord, DeviceMeta)>, StoreError>;
     /// A device's labels, batch id, group, method and sealed secret (`None`: no such device).
     async fn device_meta(&self, id: &DeviceId) -> Result<Option<DeviceMeta>, StoreError>;
 
@@ -481,6 +506,26 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
         audit: &AuditEvent,
     ) -> Result<CertRecord, StoreError>;
+    /// Step 4 for many certificates in one transaction (group commit: one WAL flush for all).
+    ///
+    /// Each item gets what [`Store::record_intent`] would have answered; a refused item
+    /// (token or nonce already used, device quarantined) writes nothing and does not stop the
+    /// others. The outer error means the transaction as a whole failed (nothing was
+    /// written); the caller may then retry the items one by one.
+    async fn record_intents(
+        &self,
+        items: &[(&PendingCert, Redeem<'_>)],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+    /// Step 6 for many certificates in one transaction, with one audit-chain append for
+    /// all. Each item gets what [`Store::complete_issuance`] would have answered; the outer
+    /// error means nothing was written.
+    async fn complete_issuances(
+        &self,
+        items: &[Completion<'_>],
+        now: UnixTime,
+    ) -> Result<Vec<Result<CertRecord, StoreError>>, StoreError>;
+    /// Certificates by serial, in no particular order; serials not stored are left out.
+    async fn certificates_by_serial(&self, serials: &[Serial]) -> Result<Vec<CertRecord>, StoreError>;
     /// A certificate by serial.
     async fn get_certificate(&self, serial: &Serial) -> Result<Option<CertRecord>, StoreError>;
     /// The newest certificate issued (or pending) for this device and CSR hash.
@@ -625,6 +670,15 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_group(&self, name: &str, audit: &AuditEvent) -> Result<(), StoreError>;
     /// Record a challenge (and delete challenges that expired before `purge_before`).
     async fn insert_challenge(&self, c: &ChallengeRecord, purge_before: UnixTime) -> Result<(), StoreError>;
+    /// Record many challenges in one transaction (all or none). On PostgreSQL the commit
+    /// does not wait for the WAL flush: a challenge lost in a crash only makes its device
+    /// ask for another one, and a challenge is redeemed only by a later, durable
+    /// transaction, whose flush covers the challenge too (the WAL is written in order).
+    async fn insert_challenges(
+        &self,
+        items: &[ChallengeRecord],
+        purge_before: UnixTime,
+    ) -> Result<(), StoreError>;
     /// A challenge by nonce hash.
     async fn get_challenge(&self, nonce_hash: &[u8]) -> Result<Option<ChallengeRecord>, StoreError>;
 

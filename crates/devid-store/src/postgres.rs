@@ -73,6 +73,11 @@ impl PgStore {
         &self.pool
     }
 
+    /// The pool and the target description, for bulk seeding (`crate::seed`).
+    pub(crate) fn seed_access(&self) -> (&PgPool, &str) {
+        (&self.pool, &self.target)
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         self.pool.begin().await.map_err(|e| self.db_err(e))
     }

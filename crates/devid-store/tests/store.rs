@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use devid_core::{CaId, DeviceId, ErrorKind, RevocationReason, Serial, UnixTime};
 use devid_store::{
-    AuditEvent, CaKind, CaRecord, CertEventKind, CertStatus, CredentialRecord, CrlSink, DeviceMeta,
-    DeviceRecord, DeviceStatus, OcspResponderRecord, PendingCert, PgStore, Redeem, SqliteStore, Store,
-    TokenKeyRecord,
+    AuditEvent, CaKind, CaRecord, CertEventKind, CertStatus, ChallengeRecord, Completion, CredentialRecord,
+    CrlSink, DeviceMeta, DeviceRecord, DeviceStatus, OcspResponderRecord, PendingCert, PgStore, Redeem,
+    SqliteStore, Store, TokenKeyRecord,
 };
 use devid_testkit::db::{Backend, TestDb};
 
@@ -58,6 +58,8 @@ both_backends!(
     groups_challenges_and_lineage,
     nodes_are_counted,
     list_filters,
+    batched_intents_answer_each_item,
+    batched_completions_answer_each_item,
 );
 
 // --- fixtures ---
@@ -1366,5 +1368,151 @@ async fn list_filters(backend: Backend) {
         ),
         [serial(1)]
     );
+    db.cleanup().await;
+}
+
+/// `record_intents`: one transaction, but each item gets its own answer: a token presented
+/// twice in the batch redeems once, a used token, another device's token, a quarantined
+/// device, a nonce named twice and an expired nonce are refused and write nothing; the
+/// rest are recorded.
+async fn batched_intents_answer_each_item(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    for (id, tok) in [("b-1", 1u8), ("b-2", 2), ("b-3", 3), ("b-4", 4), ("b-5", 5)] {
+        store.insert_device(&device(id, Some(&[tok; 32])), &DeviceMeta::default(), &ev()).await.unwrap();
+    }
+    // b-3's token is already used; b-4 is quarantined.
+    store
+        .record_intent(&pending(&serial(100), &issuer, &dev_id("b-3"), b"c0", 5), Redeem::Token(&[3; 32]))
+        .await
+        .unwrap();
+    store.quarantine_device(&dev_id("b-4"), RevocationReason::KeyCompromise, t(6), &ev()).await.unwrap();
+    let challenge = |n: u8, expires: i64| ChallengeRecord {
+        nonce_hash: vec![n; 32],
+        group: "g".into(),
+        method: "x509".into(),
+        state: None,
+        expires_at: t(expires),
+        redeemed_at: None,
+    };
+    store.insert_challenges(&[challenge(7, 100), challenge(8, 9)], t(0)).await.unwrap();
+    let plain = device("b-6", None);
+    store.insert_device(&plain, &DeviceMeta::default(), &ev()).await.unwrap();
+
+    let ps: Vec<PendingCert> = (1..=9)
+        .map(|n| pending(&serial(n), &issuer, &dev_id(if n == 2 { "b-1" } else { "b-6" }), b"c", 10))
+        .collect();
+    let mk = |i: usize, dev: &str| PendingCert { device: dev_id(dev), ..ps[i].clone() };
+    let items_owned = [
+        (mk(0, "b-1"), 1u8, 'T'), // ok
+        (mk(1, "b-1"), 1, 'T'),   // same token again in the batch: refused
+        (mk(2, "b-2"), 1, 'T'),   // b-1's token for b-2: refused
+        (mk(3, "b-3"), 3, 'T'),   // used: refused
+        (mk(4, "b-4"), 4, 'T'),   // quarantined: refused
+        (mk(5, "b-6"), 7, 'N'),   // ok
+        (mk(6, "b-6"), 7, 'N'),   // same nonce again: refused
+        (mk(7, "b-6"), 8, 'N'),   // expired: refused
+        (mk(8, "b-5"), 0, '-'),   // nothing to redeem: ok
+    ];
+    let hashes: Vec<[u8; 32]> = items_owned.iter().map(|(_, h, _)| [*h; 32]).collect();
+    let items: Vec<(&PendingCert, Redeem<'_>)> = items_owned
+        .iter()
+        .zip(&hashes)
+        .map(|((p, _, k), h)| {
+            let r = match k {
+                'T' => Redeem::Token(h),
+                'N' => Redeem::Nonce(h),
+                _ => Redeem::Nothing,
+            };
+            (p, r)
+        })
+        .collect();
+    let results = store.record_intents(&items).await.unwrap();
+    let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, [true, false, false, false, false, true, false, false, true]);
+    for r in results.iter().filter(|r| r.is_err()) {
+        assert_eq!(r.as_ref().unwrap_err().kind(), ErrorKind::Conflict);
+    }
+    for (n, written) in (1..=9).zip(ok) {
+        assert_eq!(store.get_certificate(&serial(n)).await.unwrap().is_some(), written, "serial {n}");
+    }
+    assert_eq!(store.get_device(&dev_id("b-1")).await.unwrap().unwrap().token_used_at, Some(t(10)));
+    assert_eq!(store.get_device(&dev_id("b-2")).await.unwrap().unwrap().token_used_at, None);
+    // A serial collision fails the batch as a whole: nothing of it is written.
+    let dup = [(&ps[0], Redeem::Nothing), (&ps[1], Redeem::Token(&[2; 32]))];
+    assert_eq!(kind(store.record_intents(&dup).await), ErrorKind::Conflict);
+    assert_eq!(store.get_device(&dev_id("b-2")).await.unwrap().unwrap().token_used_at, None);
+    db.cleanup().await;
+}
+
+fn dev_id(id: &str) -> DeviceId {
+    DeviceId::new(id).unwrap()
+}
+
+/// `complete_issuances`: every pending serial is issued with its audit entry in item order
+/// (the chain stays dense and verifiable), a serial named twice keeps one DER, a serial
+/// already issued answers the stored certificate, a quarantined device's certificate is
+/// stored revoked and refused, an unknown serial is not found.
+async fn batched_completions_answer_each_item(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    for id in ["c-1", "c-2", "c-3"] {
+        store.insert_device(&device(id, None), &DeviceMeta::default(), &ev()).await.unwrap();
+    }
+    for (n, d) in [(1, "c-1"), (2, "c-2"), (3, "c-3"), (4, "c-1")] {
+        store
+            .record_intent(&pending(&serial(n), &issuer, &dev_id(d), b"c", 10), Redeem::Nothing)
+            .await
+            .unwrap();
+    }
+    store.complete_issuance(&serial(4), b"first", t(11), &ev()).await.unwrap();
+    store.quarantine_device(&dev_id("c-3"), RevocationReason::KeyCompromise, t(11), &ev()).await.unwrap();
+    let head_before = store.audit_head().await.unwrap().0;
+    let events: Vec<AuditEvent> = (0..6)
+        .map(|i| {
+            AuditEvent::new(
+                t(12),
+                "device:x",
+                "certificate.issue",
+                format!("item-{i}"),
+                serde_json::json!({}),
+            )
+        })
+        .collect();
+    let serials = [serial(1), serial(2), serial(2), serial(3), serial(4), serial(99)];
+    let ders: [&[u8]; 6] = [b"d1", b"d2", b"d2-again", b"d3", b"d4", b"d99"];
+    let items: Vec<Completion<'_>> =
+        (0..6).map(|i| Completion { serial: &serials[i], cert_der: ders[i], audit: &events[i] }).collect();
+    let results = store.complete_issuances(&items, t(12)).await.unwrap();
+    assert_eq!(results[0].as_ref().unwrap().cert_der.as_deref(), Some(b"d1".as_slice()));
+    assert_eq!(results[0].as_ref().unwrap().status, CertStatus::Issued);
+    assert_eq!(results[1].as_ref().unwrap().cert_der.as_deref(), Some(b"d2".as_slice()));
+    assert_eq!(
+        results[2].as_ref().unwrap().cert_der.as_deref(),
+        Some(b"d2".as_slice()),
+        "a serial is handed out once"
+    );
+    assert_eq!(kind(results[3].clone()), ErrorKind::Forbidden);
+    let c3 = store.get_certificate(&serial(3)).await.unwrap().unwrap();
+    assert_eq!(c3.status, CertStatus::Revoked);
+    assert_eq!(results[4].as_ref().unwrap().cert_der.as_deref(), Some(b"first".as_slice()));
+    assert_eq!(kind(results[5].clone()), ErrorKind::NotFound);
+    assert_eq!(store.get_device(&dev_id("c-2")).await.unwrap().unwrap().status, DeviceStatus::Enrolled);
+    // Exactly the two certificates issued by the batch were audited, in item order, and the
+    // whole chain verifies.
+    let entries = store.audit_entries(head_before, 100).await.unwrap();
+    let subjects: Vec<&str> = entries.iter().map(|e| e.event.subject.as_str()).collect();
+    assert_eq!(subjects, ["item-0", "item-1"]);
+    let all = store.audit_entries(0, 1000).await.unwrap();
+    let mut prev = devid_store::audit::GENESIS_HASH.to_vec();
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.seq, i as i64 + 1);
+        assert_eq!(e.prev_hash, prev);
+        assert_eq!(e.hash, devid_store::audit::entry_hash(&prev, e.seq, &e.event).to_vec());
+        prev = e.hash.clone();
+    }
+    assert_eq!(store.audit_head().await.unwrap(), (all.len() as i64, prev));
     db.cleanup().await;
 }

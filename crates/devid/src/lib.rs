@@ -80,6 +80,50 @@ enum Command {
     Group(GroupCommand),
     /// Print the OpenAPI 3.1 document of the HTTP API.
     Openapi,
+    /// Fill the store with a large population, for scale tests and benchmarks: devices and
+    /// real certificates signed by the active issuing CA, a share revoked and a share
+    /// expired. PostgreSQL only (rows are loaded with COPY, in one transaction); then the
+    /// tables are vacuumed and analyzed and the CRL is rebuilt. Prints what it wrote.
+    Seed(SeedArgs),
+}
+
+#[derive(Debug, Args)]
+struct SeedArgs {
+    /// Certificates to issue and store (e.g. 10000000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    certificates: u64,
+    /// Devices the certificates belong to, N/M each in order; with more devices than
+    /// certificates the rest stay registered [default: N/2, at least 1].
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..=9_999_999_999))]
+    devices: Option<u64>,
+    /// Share of the certificates that is revoked (0 to 1), each with its revocations row and
+    /// change event.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.05, value_parser = parse_fraction, allow_hyphen_values = true)]
+    revoked: f64,
+    /// Share of the certificates whose notAfter has passed (0 to 1); the others expire
+    /// within one issuance.validity from now.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.2, value_parser = parse_fraction, allow_hyphen_values = true)]
+    expired: f64,
+    /// Enrollment groups (token method) to spread three in four devices over.
+    #[arg(long, value_name = "G", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    groups: u32,
+    /// Threads that build and sign certificates [default: the number of cores].
+    #[arg(long, value_name = "J", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    jobs: Option<u64>,
+    /// Only ANALYZE the seeded tables afterwards, without VACUUM (faster; the first reads
+    /// of each page then set its hint bits).
+    #[arg(long)]
+    no_vacuum: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a fraction between 0 and 1 (e.g. 0.05)")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -438,6 +482,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Crl(CrlCommand::Build { json }) => crl_build(&cfg, json).await,
         Command::Credential(c) => credential(&cfg, c).await,
         Command::Audit(a) => audit(&cfg, a).await,
+        Command::Seed(args) => seed(&cfg, args).await,
         Command::Openapi => {
             println!("{}", openapi_json()?);
             Ok(())
@@ -1210,6 +1255,109 @@ fn publish_config(cfg: &Config, public_url: url::Url) -> devid_authority::publis
     p.crl_validity_secs = cfg.crl_validity.as_secs() as i64;
     p.crl_shards = cfg.crl_shards;
     p
+}
+
+async fn seed(cfg: &Config, a: SeedArgs) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    let store = devid_store::seed::connect(&cfg.database_url)
+        .await
+        .map_err(|e| CliError(format!("database {}: {e}", redact_url(&cfg.database_url))))?;
+    let public_url = match &cfg.public_url {
+        Some(u) => u.clone(),
+        None if cfg.crl_shards > 1 => {
+            return Err(CliError(
+                "key `public_url`: required to seed with sharded CRLs (crl.shards > 1): set it to the URL the server uses".into(),
+            ));
+        }
+        None => url::Url::parse(&format!("http://{}", cfg.listen))?,
+    };
+    let kms: Arc<dyn devid_kms::KeyManager> = Arc::new(build_kms(cfg)?);
+    let jobs = match a.jobs {
+        Some(j) => j as usize,
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    let params = devid_authority::seed::SeedParams {
+        certificates: a.certificates,
+        devices: a.devices.unwrap_or((a.certificates / 2).max(1)),
+        revoked: a.revoked,
+        expired: a.expired,
+        groups: a.groups,
+        jobs,
+        vacuum: !a.no_vacuum,
+    };
+    // Progress on stderr: every 2 s on a terminal, every 30 s otherwise (logs).
+    let every = if std::io::stderr().is_terminal() { 2.0 } else { 30.0 };
+    let started = std::time::Instant::now();
+    let mut last = 0.0f64;
+    let total = a.certificates;
+    let mut progress = move |c: devid_store::seed::SeedCounts| {
+        let t = started.elapsed().as_secs_f64();
+        if t - last >= every && c.certificates < total {
+            last = t;
+            eprintln!(
+                "seed: {} of {total} certificates ({:.0}/s, {t:.0} s)",
+                c.certificates,
+                c.certificates as f64 / t.max(1e-9)
+            );
+        }
+    };
+    let report = devid_authority::seed::seed(
+        &store,
+        kms.as_ref(),
+        &SystemClock,
+        Arc::new(OsEntropy),
+        &authority_config(cfg, public_url.clone()),
+        &params,
+        &Actor::cli(),
+        &mut progress,
+    )
+    .await?;
+    // The stored CRL (if any) predates the seeded revocations: build the next one now, so
+    // that it lists them and `devid serve` starts with a current CRL.
+    let crl_started = std::time::Instant::now();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let publisher = devid_authority::publish::Publisher::load(
+        store,
+        kms,
+        Arc::new(SystemClock),
+        Arc::new(OsEntropy),
+        publish_config(cfg, public_url),
+    )
+    .await?;
+    publisher.rebuild_crls(&report.issuer).await?;
+    let crl_secs = crl_started.elapsed().as_secs_f64();
+    let crl_bytes: usize = (0..publisher.crl_shards())
+        .filter_map(|s| publisher.crl(report.issuer.as_str(), s))
+        .map(|c| c.der.len())
+        .sum();
+    let c = report.counts;
+    let rate = c.certificates as f64 / report.load_secs.max(1e-9);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "batch_id": report.batch_id, "issuer": report.issuer.to_string(), "groups": report.groups,
+                "certificates": c.certificates, "devices": c.devices, "revoked": c.revoked, "expired": c.expired,
+                "load_seconds": (report.load_secs * 10.0).round() / 10.0,
+                "certificates_per_second": rate.round(),
+                "analyze_seconds": (report.analyze_secs * 10.0).round() / 10.0,
+                "vacuum": params.vacuum,
+                "crl_seconds": (crl_secs * 10.0).round() / 10.0, "crl_bytes": crl_bytes,
+            })
+        );
+    } else {
+        println!(
+            "seeded {} certificates ({} revoked, {} expired) of {} devices in batch {}, issued by {}",
+            c.certificates, c.revoked, c.expired, c.devices, report.batch_id, report.issuer
+        );
+        println!(
+            "load {:.1} s ({rate:.0} certificates/s); {} {:.1} s; CRL rebuilt in {crl_secs:.1} s ({crl_bytes} bytes)",
+            report.load_secs,
+            if params.vacuum { "vacuum + analyze" } else { "analyze" },
+            report.analyze_secs
+        );
+    }
+    Ok(())
 }
 
 async fn crl_build(cfg: &Config, json: bool) -> Result<(), CliError> {

@@ -1,0 +1,285 @@
+//! Group commit of the issuance cycle's writes.
+//!
+//! Every enrollment writes twice (step 4, the intent; step 6, the certificate and its audit
+//! entry), and each write must be durable before the cycle goes on. One transaction per
+//! write means one WAL flush per write, and step 6 also holds the audit chain's head row
+//! until its commit, so under load the flushes line up one behind the other. Here the
+//! writes of concurrent enrollments are queued and written together: one transaction, one
+//! flush and one audit-head update for a whole batch, each caller answered only after that
+//! commit. Nothing waits for a batch to fill: a batch is whatever queued while the previous
+//! one was being written, so a lone request costs what it did before and the batches grow
+//! with the load.
+//!
+//! If a batch's transaction fails as a whole (a serial collision, the database going away),
+//! its items are retried one by one, so one bad item answers for itself only.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use devid_core::{Serial, UnixTime};
+use devid_store::{
+    AuditEvent, CertRecord, ChallengeRecord, Completion, DeviceMeta, DeviceRecord, PendingCert, Redeem,
+    Store, StoreError,
+};
+use tokio::sync::oneshot;
+
+/// The most items one transaction carries (bind parameters stay far below both databases'
+/// limits: 12 a row for intents, 8 for audit entries).
+pub(crate) const MAX_BATCH: usize = 256;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Runner<I, O> = Box<dyn Fn(Vec<I>) -> BoxFuture<Vec<Result<O, StoreError>>> + Send + Sync>;
+type Job<I, O> = (I, oneshot::Sender<Result<O, StoreError>>);
+
+/// A queue of writes drained by at most `max_running` tasks, each taking everything queued
+/// (up to [`MAX_BATCH`]) into one call of the runner.
+pub(crate) struct Batcher<I, O> {
+    inner: Arc<Inner<I, O>>,
+}
+
+struct Inner<I, O> {
+    state: Mutex<State<I, O>>,
+    run: Runner<I, O>,
+    max_running: usize,
+}
+
+struct State<I, O> {
+    queue: VecDeque<Job<I, O>>,
+    running: usize,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    fn new(max_running: usize, run: Runner<I, O>) -> Self {
+        Batcher {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State { queue: VecDeque::new(), running: 0 }),
+                run,
+                max_running: max_running.max(1),
+            }),
+        }
+    }
+
+    /// Queue `item` and wait for its own answer (after its batch committed). If the caller
+    /// goes away meanwhile, the write still happens.
+    pub(crate) async fn submit(&self, item: I) -> Result<O, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut st = lock(&self.inner.state);
+            st.queue.push_back((item, tx));
+            if st.running < self.inner.max_running {
+                st.running += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if start {
+            tokio::spawn(drain(self.inner.clone()));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::new(
+                devid_core::ErrorKind::Internal,
+                "the group-commit task ended without an answer".to_string(),
+            ))
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while the lock is held cannot leave the queue half-changed (push/drain are
+    // single calls), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Gives the drainer's slot back if its task ends by a panic.
+struct Slot<'a, I, O> {
+    inner: &'a Inner<I, O>,
+    held: bool,
+}
+
+impl<I, O> Drop for Slot<'_, I, O> {
+    fn drop(&mut self) {
+        if self.held {
+            lock(&self.inner.state).running -= 1;
+        }
+    }
+}
+
+async fn drain<I, O>(inner: Arc<Inner<I, O>>) {
+    let mut slot = Slot { inner: &inner, held: true };
+    loop {
+        let batch: Vec<Job<I, O>> = {
+            let mut st = lock(&inner.state);
+            if st.queue.is_empty() {
+                // Under the lock: a submitter that saw `running` at the maximum queued its
+                // item before this check, so it is never left without a drainer.
+                st.running -= 1;
+                slot.held = false;
+                return;
+            }
+            let n = st.queue.len().min(MAX_BATCH);
+            st.queue.drain(..n).collect()
+        };
+        let (items, answers): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
+        crate::metrics::GROUP_COMMITS.inc();
+        crate::metrics::GROUP_COMMIT_ITEMS.add(items.len() as u64);
+        let results = (inner.run)(items).await;
+        for (answer, result) in answers.into_iter().zip(results) {
+            // The caller may have gone away; its write is done regardless.
+            let _ = answer.send(result);
+        }
+    }
+}
+
+/// What an intent redeems, owned (it crosses into the batch's task).
+#[derive(Debug, Clone)]
+pub(crate) enum RedeemKey {
+    Nothing,
+    Token(Vec<u8>),
+    Nonce(Vec<u8>),
+}
+
+impl RedeemKey {
+    pub(crate) fn of(r: Redeem<'_>) -> RedeemKey {
+        match r {
+            Redeem::Nothing => RedeemKey::Nothing,
+            Redeem::Token(h) => RedeemKey::Token(h.to_vec()),
+            Redeem::Nonce(h) => RedeemKey::Nonce(h.to_vec()),
+        }
+    }
+
+    fn as_redeem(&self) -> Redeem<'_> {
+        match self {
+            RedeemKey::Nothing => Redeem::Nothing,
+            RedeemKey::Token(h) => Redeem::Token(h),
+            RedeemKey::Nonce(h) => Redeem::Nonce(h),
+        }
+    }
+}
+
+/// A signed certificate waiting for step 6.
+pub(crate) struct Signed {
+    pub serial: Serial,
+    pub cert_der: Vec<u8>,
+    pub audit: AuditEvent,
+    pub now: UnixTime,
+}
+
+/// A device registered on its first enrollment (a group with optional registration).
+pub(crate) struct Registration {
+    pub device: DeviceRecord,
+    pub meta: DeviceMeta,
+    pub audit: AuditEvent,
+}
+
+/// The batched writes of enrollment.
+pub(crate) struct GroupCommit {
+    pub intents: Batcher<(PendingCert, RedeemKey), ()>,
+    pub completions: Batcher<Signed, CertRecord>,
+    pub challenges: Batcher<(ChallengeRecord, UnixTime), ()>,
+    pub registrations: Batcher<Registration, bool>,
+}
+
+impl GroupCommit {
+    /// Two drainers per queue: while one batch waits for its flush, the next one is being
+    /// written (completions still append to the audit chain one batch at a time, on the
+    /// head row's lock, which they take last).
+    pub(crate) fn new(store: Arc<dyn Store>) -> GroupCommit {
+        let s = store.clone();
+        let intents = Batcher::new(
+            2,
+            Box::new(move |items: Vec<(PendingCert, RedeemKey)>| {
+                let store = s.clone();
+                Box::pin(async move {
+                    let refs: Vec<(&PendingCert, Redeem<'_>)> =
+                        items.iter().map(|(p, r)| (p, r.as_redeem())).collect();
+                    match store.record_intents(&refs).await {
+                        Ok(results) => results,
+                        Err(e) => {
+                            tracing::warn!(error = %e, items = refs.len(), "batched intents failed; writing them one by one");
+                            let mut out = Vec::with_capacity(refs.len());
+                            for (p, r) in refs {
+                                out.push(store.record_intent(p, r).await);
+                            }
+                            out
+                        }
+                    }
+                }) as BoxFuture<_>
+            }),
+        );
+        let s = store.clone();
+        let completions = Batcher::new(
+            2,
+            Box::new(move |items: Vec<Signed>| {
+                let store = s.clone();
+                Box::pin(async move {
+                    let now = items.iter().map(|c| c.now).max().unwrap_or(UnixTime(0));
+                    let refs: Vec<Completion<'_>> = items
+                        .iter()
+                        .map(|c| Completion { serial: &c.serial, cert_der: &c.cert_der, audit: &c.audit })
+                        .collect();
+                    match store.complete_issuances(&refs, now).await {
+                        Ok(results) => results,
+                        Err(e) => {
+                            tracing::warn!(error = %e, items = refs.len(), "batched completions failed; writing them one by one");
+                            let mut out = Vec::with_capacity(items.len());
+                            for c in &items {
+                                out.push(
+                                    store.complete_issuance(&c.serial, &c.cert_der, c.now, &c.audit).await,
+                                );
+                            }
+                            out
+                        }
+                    }
+                }) as BoxFuture<_>
+            }),
+        );
+        let s = store.clone();
+        let registrations = Batcher::new(
+            2,
+            Box::new(move |items: Vec<Registration>| {
+                let store = s.clone();
+                Box::pin(async move {
+                    let refs: Vec<(&DeviceRecord, &DeviceMeta, &AuditEvent)> =
+                        items.iter().map(|r| (&r.device, &r.meta, &r.audit)).collect();
+                    match store.ensure_devices(&refs).await {
+                        Ok(created) => created.into_iter().map(Ok).collect(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, items = refs.len(), "batched registrations failed; writing them one by one");
+                            let mut out = Vec::with_capacity(refs.len());
+                            for (d, m, a) in refs {
+                                out.push(store.ensure_device(d, m, a).await);
+                            }
+                            out
+                        }
+                    }
+                }) as BoxFuture<_>
+            }),
+        );
+        let s = store;
+        let challenges = Batcher::new(
+            2,
+            Box::new(move |items: Vec<(ChallengeRecord, UnixTime)>| {
+                let store = s.clone();
+                Box::pin(async move {
+                    let purge = items.iter().map(|(_, p)| *p).min().unwrap_or(UnixTime(0));
+                    let records: Vec<ChallengeRecord> = items.iter().map(|(c, _)| c.clone()).collect();
+                    match store.insert_challenges(&records, purge).await {
+                        Ok(()) => records.iter().map(|_| Ok(())).collect(),
+                        Err(e) => {
+                            tracing::warn!(error = %e, items = records.len(), "batched challenges failed; writing them one by one");
+                            let mut out = Vec::with_capacity(items.len());
+                            for (c, p) in &items {
+                                out.push(store.insert_challenge(c, *p).await);
+                            }
+                            out
+                        }
+                    }
+                }) as BoxFuture<_>
+            }),
+        );
+        GroupCommit { intents, completions, challenges, registrations }
+    }
+}
