@@ -250,8 +250,7 @@ struct Reads {
     seq_scans: Vec<String>,
     /// Rows the scans of big tables produced or filtered out (actual, all loops).
     rows_read: f64,
-    /// Of those, rows read only to be thrown away by a filter: an index scan whose index
-    /// does not narrow it (a sequential scan in disguise) shows here.
+    /// Of those, rows a filter threw away (an index scan whose index does not narrow it).
     discarded: f64,
     /// The scan nodes, for the report: "<node type> on <table> using <index>".
     scans: Vec<String>,
@@ -348,6 +347,19 @@ const PENDING: &[Pending] = &[
         ),
     },
     Pending {
+        // Every page of GET /v1/certificates after the first: `cert_select!` LEFT JOINs
+        // revocations on the serial, and the planner merge-joins two primary-key scans; the
+        // certificates side starts at the cursor, the revocations side at the first serial,
+        // so a page near the end reads every revocation (10,000,000 certificates: 248,000
+        // rows and 154 ms at the middle, 492,000 near the end). Bounding the revocations side
+        // by the same cursor lets its scan start there too (0.25 ms on the same store).
+        checks: &["certificates after cursor", "certificates ?status=Revoked after cursor"],
+        fix: Fix::Query(
+            "SELECT … FROM certificates c LEFT JOIN revocations r ON r.serial = c.serial AND r.serial > $1 \
+             WHERE c.serial > $1 … ORDER BY c.serial LIMIT $n",
+        ),
+    },
+    Pending {
         // `delete_group`'s probe `SELECT id FROM devices WHERE group_name = $1 LIMIT 1`: for a
         // group in use the planner bets on meeting a member early in a sequential scan, which
         // reads the whole table when the group's devices are the newest rows. Ordering by the
@@ -417,7 +429,7 @@ async fn inputs(c: &mut sqlx::PgConnection, issuer: devid_core::CaId) -> Inputs 
             .await
             .unwrap();
     let (serial_cursor,): (String,) =
-        sqlx::query_as(one("SELECT serial FROM certificates ORDER BY serial LIMIT 1 OFFSET 20000"))
+        sqlx::query_as(one("SELECT serial FROM certificates ORDER BY serial LIMIT 1 OFFSET 50000"))
             .fetch_one(&mut *c)
             .await
             .unwrap();
@@ -441,9 +453,9 @@ async fn inputs(c: &mut sqlx::PgConnection, issuer: devid_core::CaId) -> Inputs 
     }
 }
 
-/// Rows a paged list may read and discard on the big tables ("Rows Removed by Filter"): 25
-/// per row of a 100-row page, i.e. a filter that keeps at least one row in 26.
-const PAGE_BUDGET: f64 = 25.0 * 101.0;
+/// Rows a paged list may read on the big tables (all scans, all loops, including what
+/// filters discard): 40 per row of a 100-row page.
+const PAGE_BUDGET: f64 = 40.0 * 101.0;
 
 /// Run the checks (those named in `only`, or all), each the store call the API makes, and
 /// return (name, outcome); `report` gets one line per plan.
@@ -460,7 +472,7 @@ async fn run_checks(
     let devices = |f: DeviceFilter| f;
     let certs = |f: CertFilter| f;
     let mut out = Vec::new();
-    // check!(name, budget of rows read and discarded on big tables per plan, call)
+    // check!(name, budget of rows read on big tables per plan, call)
     macro_rules! check {
         ($name:expr, $budget:expr, $call:expr) => {{
             let name: String = $name.into();
@@ -479,11 +491,11 @@ async fn run_checks(
                     let plan = serde_json::to_string_pretty(&p["Plan"]).unwrap();
                     if !r.seq_scans.is_empty() {
                         failures.push(format!("sequential scan of {:?}\n  query: {sql}\n  plan: {plan}", r.seq_scans));
-                    } else if r.discarded > $budget as f64 {
+                    } else if r.rows_read > $budget as f64 {
                         failures.push(format!(
-                            "read and discarded {} rows (budget {}): an index that does not narrow the scan\n  \
-                             query: {sql}\n  plan: {plan}",
-                            r.discarded, $budget
+                            "read {} rows of big tables ({} discarded by filters; budget {}): an index that does not narrow \
+                             the scan\n  query: {sql}\n  plan: {plan}",
+                            r.rows_read, r.discarded, $budget
                         ));
                     }
                     if !r.scans.is_empty() {
@@ -589,6 +601,15 @@ async fn run_checks(
         );
     }
     check!(
+        "certificates ?status=Revoked after cursor",
+        PAGE_BUDGET,
+        store.list_certificates_filtered(
+            &certs(CertFilter { status: Some(CertStatus::Revoked), ..Default::default() }),
+            Some(&i.serial_cursor),
+            page
+        )
+    );
+    check!(
         "certificates ?expiring_before=+1h",
         PAGE_BUDGET,
         store.list_certificates_filtered(
@@ -624,11 +645,11 @@ async fn run_checks(
     check!("certificate for (device, CSR)", 20, store.certificate_for_csr(&i.device, &i.csr));
     // Revocation publishing: the CRL's streamed read, the change log.
     let mut sink = CountingSink(0);
-    check!("CRL entries (rebuild_crl)", 10, store.rebuild_crl(&i.issuer, 0, UnixTime(now()), &mut sink));
-    check!("change log after seq", 10, store.events_after(i.event_cursor, 1000));
+    check!("CRL entries (rebuild_crl)", 2500, store.rebuild_crl(&i.issuer, 0, UnixTime(now()), &mut sink));
+    check!("change log after seq", 1001, store.events_after(i.event_cursor, 1000));
     check!("change log head", 10, store.last_event_seq());
     // GET /v1/audit and `devid audit export`: after a sequence number.
-    check!("audit entries after seq", 10, store.audit_entries(i.seq_cursor, 1000));
+    check!("audit entries after seq", 1001, store.audit_entries(i.seq_cursor, 1000));
     check!("audit head", 10, store.audit_head());
     // Revocation and quarantine by serial and by device; removing groups.
     let reason = devid_core::RevocationReason::Superseded;

@@ -92,8 +92,8 @@ struct SeedArgs {
     /// Certificates to issue and store (e.g. 10000000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     certificates: u64,
-    /// Devices the certificates belong to, N/M each in order; with more devices than
-    /// certificates the rest stay registered [default: N/2, at least 1].
+    /// Devices the certificates belong to (N/M each, in order); with more devices than
+    /// certificates, the devices left without one stay registered [default: N/2, at least 1].
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..=9_999_999_999))]
     devices: Option<u64>,
     /// Share of the certificates that is revoked (0 to 1), each with its revocations row and
