@@ -316,59 +316,6 @@ impl devid_store::CrlSink for CountingSink {
 /// planner works from the statistics the seed's ANALYZE gathered).
 const PLAN_CERTIFICATES: &str = "50000";
 
-/// A fix that a query needs and that is not in the schema or the store yet; the report of
-/// issue #6 proposes each. Before the fix, an entry's checks are reported, not asserted. A
-/// DDL fix is a ratchet: when all its checks pass without it, the index has landed and the
-/// entry must go; and it is applied to this test's database afterwards, where its checks
-/// must then pass (the proposal is proven, not just written down). A query fix cannot be
-/// applied here.
-struct Pending {
-    checks: &'static [&'static str],
-    fix: Fix,
-}
-
-enum Fix {
-    /// DDL for a migration.
-    Ddl(&'static str),
-    /// A change of the store's SQL (`crates/devid-store/src/common.rs`).
-    Query(&'static str),
-}
-
-const PENDING: &[Pending] = &[
-    Pending {
-        // The label filter is a LIKE on the labels' JSON text: no index can serve it, so a
-        // rare label reads every device. A trigram index on the very expression the store
-        // matches serves it as it is (no query change); pg_trgm is a trusted extension.
-        checks: &["devices ?label", "devices ?label (no match)"],
-        fix: Fix::Ddl(
-            "CREATE EXTENSION IF NOT EXISTS pg_trgm; \
-             CREATE INDEX devices_labels_trgm ON devices USING gin \
-             ((',' || substr(labels, 2, length(labels) - 2) || ',') gin_trgm_ops)",
-        ),
-    },
-    Pending {
-        // Every page of GET /v1/certificates after the first: `cert_select!` LEFT JOINs
-        // revocations on the serial, and the planner merge-joins two primary-key scans; the
-        // certificates side starts at the cursor, the revocations side at the first serial,
-        // so a page near the end reads every revocation (10,000,000 certificates: 248,000
-        // rows and 154 ms at the middle, 492,000 near the end). Bounding the revocations side
-        // by the same cursor lets its scan start there too (0.25 ms on the same store).
-        checks: &["certificates after cursor", "certificates ?status=Revoked after cursor"],
-        fix: Fix::Query(
-            "SELECT … FROM certificates c LEFT JOIN revocations r ON r.serial = c.serial AND r.serial > $1 \
-             WHERE c.serial > $1 … ORDER BY c.serial LIMIT $n",
-        ),
-    },
-    Pending {
-        // `delete_group`'s probe `SELECT id FROM devices WHERE group_name = $1 LIMIT 1`: for a
-        // group in use the planner bets on meeting a member early in a sequential scan, which
-        // reads the whole table when the group's devices are the newest rows. Ordering by the
-        // index's key makes the index the plan.
-        checks: &["remove a group in use"],
-        fix: Fix::Query("SELECT id FROM devices WHERE group_name = $1 ORDER BY group_name, id LIMIT 1"),
-    },
-];
-
 /// What one check found: a failure per offending plan.
 type Outcome = Vec<String>;
 
@@ -457,14 +404,9 @@ async fn inputs(c: &mut sqlx::PgConnection, issuer: devid_core::CaId) -> Inputs 
 /// filters discard): 40 per row of a 100-row page.
 const PAGE_BUDGET: f64 = 40.0 * 101.0;
 
-/// Run the checks (those named in `only`, or all), each the store call the API makes, and
-/// return (name, outcome); `report` gets one line per plan.
-async fn run_checks(
-    store: &PgStore,
-    i: &Inputs,
-    only: Option<&[&str]>,
-    report: &mut Vec<String>,
-) -> Vec<(String, Outcome)> {
+/// Run the checks, each the store call the API makes, and return (name, outcome); `report`
+/// gets one line per plan.
+async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Vec<(String, Outcome)> {
     let page = 100u32;
     let soon = UnixTime(now() + 3600);
     let audit =
@@ -476,40 +418,38 @@ async fn run_checks(
     macro_rules! check {
         ($name:expr, $budget:expr, $call:expr) => {{
             let name: String = $name.into();
-            if only.is_none_or(|o| o.contains(&name.as_str())) {
-                let before = PLANS.lock().unwrap().len();
-                let _ = $call.await;
-                let plans: Vec<serde_json::Value> = PLANS.lock().unwrap()[before..].to_vec();
-                let mut failures = Vec::new();
-                if plans.is_empty() {
-                    failures.push("no plan captured (is auto_explain loaded?)".to_string());
-                }
-                for p in &plans {
-                    let mut r = Reads::default();
-                    walk(&p["Plan"], &mut r);
-                    let sql = p["Query Text"].as_str().unwrap_or_default().to_string();
-                    let plan = serde_json::to_string_pretty(&p["Plan"]).unwrap();
-                    if !r.seq_scans.is_empty() {
-                        failures.push(format!("sequential scan of {:?}\n  query: {sql}\n  plan: {plan}", r.seq_scans));
-                    } else if r.rows_read > $budget as f64 {
-                        failures.push(format!(
-                            "read {} rows of big tables ({} discarded by filters; budget {}): an index that does not narrow \
-                             the scan\n  query: {sql}\n  plan: {plan}",
-                            r.rows_read, r.discarded, $budget
-                        ));
-                    }
-                    if !r.scans.is_empty() {
-                        report.push(format!(
-                            "{:<44} read {:>6} discarded {:>6}  {}",
-                            name,
-                            r.rows_read,
-                            r.discarded,
-                            r.scans.join(", ")
-                        ));
-                    }
-                }
-                out.push((name, failures));
+            let before = PLANS.lock().unwrap().len();
+            let _ = $call.await;
+            let plans: Vec<serde_json::Value> = PLANS.lock().unwrap()[before..].to_vec();
+            let mut failures = Vec::new();
+            if plans.is_empty() {
+                failures.push("no plan captured (is auto_explain loaded?)".to_string());
             }
+            for p in &plans {
+                let mut r = Reads::default();
+                walk(&p["Plan"], &mut r);
+                let sql = p["Query Text"].as_str().unwrap_or_default().to_string();
+                let plan = serde_json::to_string_pretty(&p["Plan"]).unwrap();
+                if !r.seq_scans.is_empty() {
+                    failures.push(format!("sequential scan of {:?}\n  query: {sql}\n  plan: {plan}", r.seq_scans));
+                } else if r.rows_read > $budget as f64 {
+                    failures.push(format!(
+                        "read {} rows of big tables ({} discarded by filters; budget {}): an index that does not narrow \
+                         the scan\n  query: {sql}\n  plan: {plan}",
+                        r.rows_read, r.discarded, $budget
+                    ));
+                }
+                if !r.scans.is_empty() {
+                    report.push(format!(
+                        "{:<44} read {:>6} discarded {:>6}  {}",
+                        name,
+                        r.rows_read,
+                        r.discarded,
+                        r.scans.join(", ")
+                    ));
+                }
+            }
+            out.push((name, failures));
         }};
     }
     // GET /v1/devices and its filters.
@@ -679,13 +619,9 @@ async fn run_checks(
         created_at: UnixTime(now()),
         updated_at: UnixTime(now()),
     };
-    if only.is_none() {
-        store.put_group(&empty, true, &audit).await.unwrap();
-    }
+    store.put_group(&empty, true, &audit).await.unwrap();
     check!("remove an empty group", 10, store.delete_group("plan-empty", &audit));
-    if only.is_none() {
-        assert!(sink.0 > 0, "the CRL read streamed no entry");
-    }
+    assert!(sink.0 > 0, "the CRL read streamed no entry");
     out
 }
 
@@ -728,52 +664,16 @@ async fn every_list_and_lookup_query_uses_an_index() {
     let store = explaining_store(&install.db.url).await;
 
     let mut report = Vec::new();
-    let outcomes = run_checks(&store, &i, None, &mut report).await;
+    let outcomes = run_checks(&store, &i, &mut report).await;
     println!("plans of the store's queries ({PLAN_CERTIFICATES} + 20000 seeded certificates):");
     for line in &report {
         println!("  {line}");
     }
-    let passed = |name: &str| outcomes.iter().any(|(n, f)| n == name && f.is_empty());
-    let mut failures = Vec::new();
-    for (name, f) in &outcomes {
-        match PENDING.iter().find(|p| p.checks.contains(&name.as_str())) {
-            None if !f.is_empty() => failures.push(format!("{name}: {}", f.join("\n"))),
-            Some(_) if f.is_empty() => println!("pending {name}: no sequential scan this time"),
-            _ => {}
-        }
-    }
-    for p in PENDING {
-        if let Fix::Ddl(ddl) = p.fix
-            && p.checks.iter().all(|c| passed(c))
-        {
-            failures.push(format!(
-                "{:?} use an index without the proposed DDL: it has landed; remove its PENDING entry ({ddl})",
-                p.checks
-            ));
-        }
-    }
-    // The DDL proposals, proven on this database.
-    let mut report = Vec::new();
-    for p in PENDING {
-        match p.fix {
-            Fix::Ddl(ddl) => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("{ddl}; ANALYZE devices, certificates")))
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                for (name, f) in run_checks(&store, &i, Some(p.checks), &mut report).await {
-                    if !f.is_empty() {
-                        failures.push(format!("{name}, with the proposed DDL: {}", f.join("\n")));
-                    }
-                }
-            }
-            Fix::Query(sql) => println!("pending query change for {:?}: {sql}", p.checks),
-        }
-    }
-    println!("with the proposed indexes:");
-    for line in &report {
-        println!("  {line}");
-    }
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(name, f)| format!("{name}: {}", f.join("\n")))
+        .collect();
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     store.close().await;
     let _ = c.close().await;

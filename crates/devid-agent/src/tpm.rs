@@ -269,7 +269,7 @@ fn storage_primary_template() -> Result<Public, TpmError> {
 /// in the TPM and cannot leave it (fixedTPM, fixedParent, sensitiveDataOrigin; TPM 2.0
 /// Part 2 §8.3), usable with an empty authValue (userWithAuth, noDA), not restricted (it
 /// signs CSRs and TLS handshakes).
-fn device_key_template() -> Result<Public, TpmError> {
+pub(crate) fn device_key_template() -> Result<Public, TpmError> {
     let attrs = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)

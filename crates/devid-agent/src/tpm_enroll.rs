@@ -186,39 +186,25 @@ mod tests {
     use super::*;
 
     /// A TPM2B_PUBLIC of an ECC P-256 signing key, as the TPM returns it (marshalled by
-    /// tss-esapi from a public area with a made-up point).
+    /// tss-esapi from the device key template with a made-up point).
     fn sample_key() -> TpmKey {
-        use tss_esapi::attributes::ObjectAttributesBuilder;
-        use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-        use tss_esapi::interface_types::ecc::EccCurve;
-        use tss_esapi::structures::{
-            EccParameter, EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, PublicBuffer,
-            PublicBuilder, PublicEccParametersBuilder, SymmetricDefinitionObject,
-        };
+        use tss_esapi::structures::{EccParameter, EccPoint, Public, PublicBuffer};
         use tss_esapi::traits::Marshall;
-        let attrs = ObjectAttributesBuilder::new().with_sign_encrypt(true).build().unwrap();
-        let public = PublicBuilder::new()
-            .with_public_algorithm(PublicAlgorithm::Ecc)
-            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-            .with_object_attributes(attrs)
-            .with_ecc_parameters(
-                PublicEccParametersBuilder::new()
-                    .with_symmetric(SymmetricDefinitionObject::Null)
-                    .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
-                    .with_curve(EccCurve::NistP256)
-                    .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-                    .with_is_signing_key(true)
-                    .with_is_decryption_key(false)
-                    .with_restricted(false)
-                    .build()
-                    .unwrap(),
-            )
-            .with_ecc_unique_identifier(EccPoint::new(
+        let Public::Ecc { object_attributes, name_hashing_algorithm, auth_policy, parameters, .. } =
+            crate::tpm::device_key_template().unwrap()
+        else {
+            panic!("the device key template is not an ECC key");
+        };
+        let public = Public::Ecc {
+            object_attributes,
+            name_hashing_algorithm,
+            auth_policy,
+            parameters,
+            unique: EccPoint::new(
                 EccParameter::try_from(vec![1u8; 32]).unwrap(),
                 EccParameter::try_from(vec![2u8; 32]).unwrap(),
-            ))
-            .build()
-            .unwrap();
+            ),
+        };
         let public = PublicBuffer::try_from(public).unwrap().marshall().unwrap();
         TpmKey::from_blobs(public, vec![0, 3, 9, 9, 9]).unwrap()
     }

@@ -29,8 +29,10 @@ use tokio::sync::oneshot;
 /// limits: 12 a row for intents, 8 for audit entries).
 pub(crate) const MAX_BATCH: usize = 256;
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type Runner<I, O> = Box<dyn Fn(Vec<I>) -> BoxFuture<Vec<Result<O, StoreError>>> + Send + Sync>;
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// One transaction for the items: an answer per item, or the error that failed it whole.
+type Answers<O> = Result<Vec<Result<O, StoreError>>, StoreError>;
+type Runner<I, O> = Box<dyn for<'a> Fn(&'a [I]) -> BoxFuture<'a, Answers<O>> + Send + Sync>;
 type Job<I, O> = (I, oneshot::Sender<Result<O, StoreError>>);
 
 /// A queue of writes drained by at most `max_running` tasks, each taking everything queued
@@ -50,7 +52,7 @@ struct State<I, O> {
     running: usize,
 }
 
-impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+impl<I: Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
     fn new(max_running: usize, run: Runner<I, O>) -> Self {
         Batcher {
             inner: Arc::new(Inner {
@@ -78,13 +80,12 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         if start {
             tokio::spawn(drain(self.inner.clone()));
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(StoreError::new(
-                devid_core::ErrorKind::Internal,
-                "the group-commit task ended without an answer".to_string(),
-            ))
-        })
+        rx.await.unwrap_or_else(|_| Err(no_answer()))
     }
+}
+
+fn no_answer() -> StoreError {
+    StoreError::new(devid_core::ErrorKind::Internal, "the group commit ended without an answer".to_string())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,7 +126,21 @@ async fn drain<I, O>(inner: Arc<Inner<I, O>>) {
         let (items, answers): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
         crate::metrics::GROUP_COMMITS.inc();
         crate::metrics::GROUP_COMMIT_ITEMS.add(items.len() as u64);
-        let results = (inner.run)(items).await;
+        let results = match (inner.run)(&items).await {
+            Ok(results) => results,
+            Err(e) if items.len() > 1 => {
+                tracing::warn!(error = %e, items = items.len(), "a group commit failed; writing its items one by one");
+                let mut out = Vec::with_capacity(items.len());
+                for item in &items {
+                    out.push(match (inner.run)(std::slice::from_ref(item)).await {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| Err(no_answer())),
+                        Err(e) => Err(e),
+                    });
+                }
+                out
+            }
+            Err(e) => vec![Err(e)],
+        };
         for (answer, result) in answers.into_iter().zip(results) {
             // The caller may have gone away; its write is done regardless.
             let _ = answer.send(result);
@@ -190,29 +205,19 @@ impl GroupCommit {
         let s = store.clone();
         let intents = Batcher::new(
             2,
-            Box::new(move |items: Vec<(PendingCert, RedeemKey)>| {
+            Box::new(move |items: &[(PendingCert, RedeemKey)]| {
                 let store = s.clone();
                 Box::pin(async move {
                     let refs: Vec<(&PendingCert, Redeem<'_>)> =
                         items.iter().map(|(p, r)| (p, r.as_redeem())).collect();
-                    match store.record_intents(&refs).await {
-                        Ok(results) => results,
-                        Err(e) => {
-                            tracing::warn!(error = %e, items = refs.len(), "batched intents failed; writing them one by one");
-                            let mut out = Vec::with_capacity(refs.len());
-                            for (p, r) in refs {
-                                out.push(store.record_intent(p, r).await);
-                            }
-                            out
-                        }
-                    }
-                }) as BoxFuture<_>
+                    store.record_intents(&refs).await
+                }) as BoxFuture<'_, _>
             }),
         );
         let s = store.clone();
         let completions = Batcher::new(
             2,
-            Box::new(move |items: Vec<Signed>| {
+            Box::new(move |items: &[Signed]| {
                 let store = s.clone();
                 Box::pin(async move {
                     let now = items.iter().map(|c| c.now).max().unwrap_or(UnixTime(0));
@@ -220,64 +225,33 @@ impl GroupCommit {
                         .iter()
                         .map(|c| Completion { serial: &c.serial, cert_der: &c.cert_der, audit: &c.audit })
                         .collect();
-                    match store.complete_issuances(&refs, now).await {
-                        Ok(results) => results,
-                        Err(e) => {
-                            tracing::warn!(error = %e, items = refs.len(), "batched completions failed; writing them one by one");
-                            let mut out = Vec::with_capacity(items.len());
-                            for c in &items {
-                                out.push(
-                                    store.complete_issuance(&c.serial, &c.cert_der, c.now, &c.audit).await,
-                                );
-                            }
-                            out
-                        }
-                    }
-                }) as BoxFuture<_>
+                    store.complete_issuances(&refs, now).await
+                }) as BoxFuture<'_, _>
             }),
         );
         let s = store.clone();
         let registrations = Batcher::new(
             2,
-            Box::new(move |items: Vec<Registration>| {
+            Box::new(move |items: &[Registration]| {
                 let store = s.clone();
                 Box::pin(async move {
                     let refs: Vec<(&DeviceRecord, &DeviceMeta, &AuditEvent)> =
                         items.iter().map(|r| (&r.device, &r.meta, &r.audit)).collect();
-                    match store.ensure_devices(&refs).await {
-                        Ok(created) => created.into_iter().map(Ok).collect(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, items = refs.len(), "batched registrations failed; writing them one by one");
-                            let mut out = Vec::with_capacity(refs.len());
-                            for (d, m, a) in refs {
-                                out.push(store.ensure_device(d, m, a).await);
-                            }
-                            out
-                        }
-                    }
-                }) as BoxFuture<_>
+                    Ok(store.ensure_devices(&refs).await?.into_iter().map(Ok).collect())
+                }) as BoxFuture<'_, _>
             }),
         );
         let s = store;
         let challenges = Batcher::new(
             2,
-            Box::new(move |items: Vec<(ChallengeRecord, UnixTime)>| {
+            Box::new(move |items: &[(ChallengeRecord, UnixTime)]| {
                 let store = s.clone();
                 Box::pin(async move {
                     let purge = items.iter().map(|(_, p)| *p).min().unwrap_or(UnixTime(0));
                     let records: Vec<ChallengeRecord> = items.iter().map(|(c, _)| c.clone()).collect();
-                    match store.insert_challenges(&records, purge).await {
-                        Ok(()) => records.iter().map(|_| Ok(())).collect(),
-                        Err(e) => {
-                            tracing::warn!(error = %e, items = records.len(), "batched challenges failed; writing them one by one");
-                            let mut out = Vec::with_capacity(items.len());
-                            for (c, p) in &items {
-                                out.push(store.insert_challenge(c, *p).await);
-                            }
-                            out
-                        }
-                    }
-                }) as BoxFuture<_>
+                    store.insert_challenges(&records, purge).await?;
+                    Ok(items.iter().map(|_| Ok(())).collect())
+                }) as BoxFuture<'_, _>
             }),
         );
         GroupCommit { intents, completions, challenges, registrations }

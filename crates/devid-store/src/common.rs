@@ -545,44 +545,19 @@ macro_rules! record_revocation {
 }
 pub(crate) use record_revocation;
 
-/// Append an audit entry inside an open transaction `$tx`: take the next sequence number
-/// and the previous hash from `audit_head` (the row lock orders concurrent appends), chain
-/// the entry ([`crate::audit::entry_hash`]) and move the head. Rolled back with the act.
+/// Append one audit entry inside an open transaction `$tx` ([`append_audit_batch!`]).
 macro_rules! append_audit {
     ($self:expr, $tx:ident, $ev:expr) => {{
         let ev: &$crate::AuditEvent = $ev;
-        let (seq, prev): (i64, Vec<u8>) =
-            sqlx::query_as("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-                .fetch_one(&mut *$tx)
-                .await
-                .map_err(|e| $self.db_err(e))?;
-        let hash = $crate::audit::entry_hash(&prev, seq, ev);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(seq)
-        .bind(ev.at.0)
-        .bind(ev.actor.as_str())
-        .bind(ev.action.as_str())
-        .bind(ev.subject.as_str())
-        .bind(ev.details.as_str())
-        .bind(prev.as_slice())
-        .bind(&hash[..])
-        .execute(&mut *$tx)
-        .await
-        .map_err(|e| $self.db_err(e))?;
-        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-            .bind(&hash[..])
-            .execute(&mut *$tx)
-            .await
-            .map_err(|e| $self.db_err(e))?;
+        $crate::common::append_audit_batch!($self, $tx, &[ev]);
     }};
 }
 pub(crate) use append_audit;
 
-/// Append several audit entries inside an open transaction `$tx`, in order, with one
-/// `audit_head` update for all of them (the group-commit path of issuance).
+/// Append audit entries inside an open transaction `$tx`, in order: take the next sequence
+/// numbers and the previous hash from `audit_head` (its row lock orders concurrent
+/// appends), chain the entries ([`crate::audit::entry_hash`]) and move the head once.
+/// Rolled back with the act. [`append_audit!`] is the one-entry case.
 macro_rules! append_audit_batch {
     ($self:expr, $tx:ident, $events:expr) => {{
         let events: &[&$crate::AuditEvent] = $events;
@@ -889,7 +864,8 @@ macro_rules! impl_store {
                 }
                 if let Some((k, v)) = &filter.label {
                     // Labels are stored as compact JSON text; a pair is matched as it is
-                    // written there, anchored on the delimiters around it.
+                    // written there, anchored on the delimiters around it (on PostgreSQL the
+                    // trigram index of migration 0008 serves this very expression).
                     q.push(" AND (',' || substr(labels, 2, length(labels) - 2) || ',') LIKE ")
                         .push_bind($crate::common::label_pattern(k, v))
                         .push(" ESCAPE '\\'");
@@ -1018,65 +994,11 @@ macro_rules! impl_store {
                 pending: &$crate::PendingCert,
                 redeem: $crate::Redeem<'_>,
             ) -> Result<(), $crate::StoreError> {
-                let mut tx = self.begin().await?;
-                if let $crate::Redeem::Nonce(nonce_hash) = redeem {
-                    // Single use: concurrent redeemers serialize on the challenge row and all
-                    // but the first match no row.
-                    let done = sqlx::query(
-                        "UPDATE challenges SET redeemed_at = $1 \
-                         WHERE nonce_hash = $2 AND redeemed_at IS NULL AND expires_at > $1",
-                    )
-                    .bind(pending.created_at.0)
-                    .bind(nonce_hash)
-                    .execute(&mut *tx)
+                let mut answers = self
+                    .record_intents(&[(pending, redeem)])
                     .await
-                    .map_err(|e| self.db_err(e))?;
-                    if done.rows_affected() == 0 {
-                        return Err($crate::StoreError::conflict(
-                            "enrollment challenge already used or expired".to_string(),
-                        ));
-                    }
-                }
-                if let $crate::Redeem::Token(token_hash) = redeem {
-                    // The conditional update is the single-use check: concurrent redeemers
-                    // serialize on the device row and all but the first match no row.
-                    let done = sqlx::query(
-                        "UPDATE devices SET token_used_at = $1, updated_at = $1 \
-                         WHERE id = $2 AND token_hash = $3 AND token_used_at IS NULL \
-                         AND status <> 'quarantined'",
-                    )
-                    .bind(pending.created_at.0)
-                    .bind(pending.device.as_str())
-                    .bind(token_hash)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.db_err(e))?;
-                    if done.rows_affected() == 0 {
-                        // Dropping the transaction rolls it back.
-                        return Err($crate::StoreError::conflict(format!(
-                            "enrollment token already used (or device {} is quarantined or holds another token)",
-                            pending.device
-                        )));
-                    }
-                }
-                sqlx::query(
-                    "INSERT INTO certificates (serial, issuer_id, device_id, status, not_before, not_after, \
-                     csr_sha256, tbs_der, cert_der, created_at, updated_at, predecessor) \
-                     VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, NULL, $8, $8, $9)",
-                )
-                .bind(pending.serial.to_hex())
-                .bind(pending.issuer.as_str())
-                .bind(pending.device.as_str())
-                .bind(pending.not_before.0)
-                .bind(pending.not_after.0)
-                .bind(pending.csr_sha256.as_slice())
-                .bind(pending.tbs_der.as_slice())
-                .bind(pending.created_at.0)
-                .bind(pending.predecessor.as_ref().map(|s| s.to_hex()))
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.db_err(e).on_conflict(|| format!("serial {} already exists", pending.serial)))?;
-                tx.commit().await.map_err(|e| self.db_err(e))
+                    .map_err(|e| e.on_conflict(|| format!("serial {} already exists", pending.serial)))?;
+                answers.pop().unwrap_or_else(|| Err($crate::StoreError::internal("no answer for the intent")))
             }
 
             async fn complete_issuance(
@@ -1086,71 +1008,9 @@ macro_rules! impl_store {
                 now: devid_core::UnixTime,
                 audit: &$crate::AuditEvent,
             ) -> Result<$crate::CertRecord, $crate::StoreError> {
-                let hex = serial.to_hex();
-                let mut tx = self.begin().await?;
-                let done = sqlx::query(
-                    "UPDATE certificates SET cert_der = $2, status = 'issued', updated_at = $3 \
-                     WHERE serial = $1 AND status = 'pending'",
-                )
-                .bind(hex.as_str())
-                .bind(cert_der)
-                .bind(now.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.db_err(e))?;
-                if done.rows_affected() > 0 {
-                    // A device quarantined between step 4 and now must not leave with a valid
-                    // certificate: revoke it in the same transaction and refuse to hand it out.
-                    let caught = sqlx::query(
-                        "UPDATE certificates SET status = 'revoked', updated_at = $2 \
-                         WHERE serial = $1 AND status = 'issued' AND EXISTS \
-                         (SELECT 1 FROM devices d WHERE d.id = certificates.device_id AND d.status = 'quarantined')",
-                    )
-                    .bind(hex.as_str())
-                    .bind(now.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.db_err(e))?;
-                    if caught.rows_affected() > 0 {
-                        $crate::common::record_revocation!(self, tx, hex.as_str(), i16::from(devid_core::RevocationReason::PrivilegeWithdrawn.code()), now.0);
-                        tx.commit().await.map_err(|e| self.db_err(e))?;
-                        return Err($crate::StoreError::new(
-                            devid_core::ErrorKind::Forbidden,
-                            format!("device was quarantined while certificate {hex} was being issued; it is revoked"),
-                        ));
-                    }
-                    sqlx::query($crate::common::insert_event!())
-                        .bind(hex.as_str())
-                        .bind("issued")
-                        .bind(now.0)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.db_err(e))?;
-                    sqlx::query(
-                        "UPDATE devices SET status = 'enrolled', updated_at = $2 \
-                         WHERE id = (SELECT device_id FROM certificates WHERE serial = $1) \
-                         AND status = 'registered'",
-                    )
-                    .bind(hex.as_str())
-                    .bind(now.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.db_err(e))?;
-                    $crate::common::append_audit!(self, tx, audit);
-                }
-                // Whatever is stored now: ours, or the one a concurrent caller completed first.
-                let row: Option<$crate::common::CertRow> =
-                    sqlx::query_as(concat!($crate::common::cert_select!(), " WHERE c.serial = $1"))
-                        .bind(hex.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(|e| self.db_err(e))?;
-                let Some(row) = row else {
-                    return Err($crate::StoreError::not_found(format!("no certificate with serial {hex}")));
-                };
-                let record = $crate::CertRecord::try_from(row)?;
-                tx.commit().await.map_err(|e| self.db_err(e))?;
-                Ok(record)
+                let mut answers =
+                    self.complete_issuances(&[$crate::Completion { serial, cert_der, audit }], now).await?;
+                answers.pop().unwrap_or_else(|| Err($crate::StoreError::internal("no answer for the certificate")))
             }
 
             async fn record_intents(
@@ -1164,8 +1024,9 @@ macro_rules! impl_store {
                 let at = items.iter().map(|(p, _)| p.created_at.0).max().unwrap_or_default();
                 let mut refused: Vec<Option<String>> = vec![None; items.len()];
                 let mut tx = self.begin().await?;
-                // Nonces: one conditional UPDATE; a nonce named twice in the batch is
-                // redeemed by the first item only.
+                // Nonces: one conditional UPDATE (single use: concurrent redeemers serialize
+                // on the challenge row and all but the first match no row); a nonce named
+                // twice in the batch is redeemed by its first item only.
                 let nonces: Vec<&[u8]> = items
                     .iter()
                     .filter_map(|(_, r)| if let $crate::Redeem::Nonce(h) = r { Some(*h) } else { None })
@@ -1191,7 +1052,8 @@ macro_rules! impl_store {
                     }
                 }
                 // Tokens: a row is redeemed only if its id and its token hash are both named,
-                // i.e. some item presented that device's own token.
+                // i.e. some item presented that device's own token; the conditional update is
+                // the single-use check, as for nonces.
                 let tokens: Vec<(&str, &[u8])> = items
                     .iter()
                     .filter_map(|(p, r)| {
@@ -1431,8 +1293,11 @@ macro_rules! impl_store {
                 let limit = $crate::common::clamp_limit(limit);
                 // Serials are stored as lowercase hex; every serial sorts after the empty
                 // string, so no cursor is the cursor "".
-                let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " WHERE c.serial > "));
-                q.push_bind(cursor.unwrap_or("").to_ascii_lowercase());
+                let after = cursor.unwrap_or("").to_ascii_lowercase();
+                // The revocations side is bounded by the cursor too: otherwise the planner's
+                // merge join reads it from the first serial on every page.
+                let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " AND r.serial > "));
+                q.push_bind(after.clone()).push(" WHERE c.serial > ").push_bind(after);
                 if let Some(d) = &filter.device {
                     q.push(" AND c.device_id = ").push_bind(d.as_str().to_string());
                 }
@@ -1869,7 +1734,7 @@ macro_rules! impl_store {
             async fn delete_group(&self, name: &str, audit: &$crate::AuditEvent) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
                 let members: Option<(String,)> =
-                    sqlx::query_as("SELECT id FROM devices WHERE group_name = $1 LIMIT 1")
+                    sqlx::query_as("SELECT id FROM devices WHERE group_name = $1 ORDER BY group_name, id LIMIT 1")
                         .bind(name)
                         .fetch_optional(&mut *tx)
                         .await
