@@ -12,6 +12,9 @@
 # Environment: DEVID_BIN, DEVID_AGENT_BIN (use these binaries instead of building), the
 # database variables of bench/lib.sh, SERVER_CPUS= / SIM_CPUS= (taskset -c), KEEP=1 (keep
 # the work directory), OCSP_SHARE= (a share of devices also asks OCSP).
+#
+# After each phase it prints the CPU used per operation by devid, all of PostgreSQL (WAL
+# writer included), the simulator and everything else, sampled from /proc every 0.2 s.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -58,10 +61,20 @@ for m in "${methods[@]}"; do
   say "=== $m"
   extra=()
   [ -n "${OCSP_SHARE:-}" ] && extra=(--ocsp-share "$OCSP_SHARE")
+  : >"$W/cpu.samples"
+  cpu_sampler_start "$SERVER_PID"
   "${pin_sim[@]}" "$AGENT" simulate --server "$BASE" --renew-server "$RENEW" --client-id "$CLIENT_ID" \
     --devices "$DEVICES" --concurrency "$CONCURRENCY" --method "$m" --renew "${extra[@]}" --json \
     >"$W/$m.json" 2>"$W/$m.log" || { cat "$W/$m.log" >&2; die "simulate --method $m failed"; }
+  sleep 0.5  # one more sample after the last phase ends
+  cpu_sampler_stop
   kill -0 "$SERVER_PID" 2>/dev/null || die "the server died during the $m run (log: $W/serve.log)"
   jq -r --arg m "$m" '"\($m): enroll \(.enroll.per_second|floor)/s p50 \(.enroll.p50_ms) ms p99 \(.enroll.p99_ms) ms errors \(.enroll.errors|tostring); renew \(.renew.per_second|floor)/s p99 \(.renew.p99_ms) ms errors \(.renew.errors|tostring)"' "$W/$m.json"
+  # CPU per operation of each phase, by process: where the time goes (the rates alone
+  # cannot tell a slow server from a busy machine).
+  for phase in enroll renew; do
+    read -r t0 dt n < <(jq -r --arg p "$phase" '.[$p] | "\(.started_unix_s) \(.elapsed_s) \(.ok)"' "$W/$m.json")
+    say "  $phase $(cpu_per_op "$t0" "$dt" "$n")"
+  done
   jq -c . "$W/$m.json"
 done

@@ -103,3 +103,95 @@ start_server() {
   done
   die "devid serve did not start within 60 s (log: $W/serve.log)"
 }
+
+# --- CPU accounting ---
+HZ=$(getconf CLK_TCK)
+
+# proc_ticks PID: user + system clock ticks of one process (all its threads).
+proc_ticks() {
+  local f a
+  f=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  f=${f##*) }
+  read -r -a a <<<"$f"
+  echo $((a[11] + a[12]))
+}
+
+# busy_ticks: clock ticks all cores spent busy (not idle or waiting for I/O).
+busy_ticks() {
+  awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat
+}
+
+# pg_backends: PostgreSQL backends connected to devid's database ($DB_URL; local server only).
+pg_backends() {
+  local db=${DB_URL##*/} p
+  db=${db%%\?*}
+  for p in /proc/[0-9]*; do
+    { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q "^postgres: .* $db " && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+# cpu_sampler_start SERVER_PID: every 0.25 s, append "epoch devid postgres agent busy" (clock
+# ticks so far: the server, all PostgreSQL processes including the WAL writer, every
+# devid-agent, all cores) to $W/cpu.samples; cpu_sampler_stop ends it. It reads /proc with
+# shell builtins only (no process per file), so the sampler itself costs little.
+CPU_SAMPLER_PID=
+cpu_sampler_start() {
+  local server=$1
+  (
+    # Ticks of every process seen so far, kept after it exits (PostgreSQL backends and the
+    # simulator may end before the last sample).
+    declare -A seen=()
+    while :; do
+      for f in /proc/[0-9]*/stat; do
+        # Fields: pid (comm) state … utime (14th) stime (15th). Only the names compared
+        # here matter, and none of them has a space, so word splitting is safe for them.
+        { read -r -a x <"$f"; } 2>/dev/null || continue
+        case ${x[1]} in
+          "(devid)") [ "${x[0]}" = "$server" ] && seen[d${x[0]}]=$((x[13] + x[14])) ;;
+          "(postgres)") seen[p${x[0]}]=$((x[13] + x[14])) ;;
+          "(devid-agent)") seen[a${x[0]}]=$((x[13] + x[14])) ;;
+        esac
+      done
+      d=0 p=0 a=0
+      for k in "${!seen[@]}"; do
+        case $k in
+          d*) d=$((d + seen[$k])) ;;
+          p*) p=$((p + seen[$k])) ;;
+          a*) a=$((a + seen[$k])) ;;
+        esac
+      done
+      read -r _ u n sy _ _ irq sirq st _ </proc/stat
+      echo "$EPOCHREALTIME $d $p $a $((u + n + sy + irq + sirq + st))"
+      sleep 0.25
+    done
+  ) >>"$W/cpu.samples" 2>/dev/null &
+  CPU_SAMPLER_PID=$!
+}
+cpu_sampler_stop() {
+  if [ -n "$CPU_SAMPLER_PID" ]; then
+    kill "$CPU_SAMPLER_PID" 2>/dev/null || true
+    wait "$CPU_SAMPLER_PID" 2>/dev/null || true
+    CPU_SAMPLER_PID=
+  fi
+}
+
+# cpu_per_op START_EPOCH SECONDS OPS: from $W/cpu.samples, the CPU each side used per
+# operation over that window (the last sample before it to the first after it): one line
+# "cpu/op: devid=… pg=… agent=… other=… us (cores: …)".
+cpu_per_op() {
+  awk -v t0="$1" -v dt="$2" -v n="$3" -v hz="$HZ" '
+    { t = $1 }
+    t <= t0 { a0 = $0 }
+    t >= t0 + dt && b0 == "" { b0 = $0 }
+    END {
+      if (a0 == "" || b0 == "" || n <= 0) { print "cpu/op: no samples cover the phase"; exit }
+      split(a0, a); split(b0, b)
+      w = b[1] - a[1]
+      d = b[2] - a[2]; p = b[3] - a[3]; g = b[4] - a[4]; m = b[5] - a[5]
+      o = m - d - p - g
+      printf "cpu/op: devid=%.0f pg=%.0f agent=%.0f other=%.0f us (cores: devid %.2f, pg %.2f, agent %.2f, other %.2f)\n",
+        d / hz * 1e6 / n, p / hz * 1e6 / n, g / hz * 1e6 / n, o / hz * 1e6 / n,
+        d / hz / w, p / hz / w, g / hz / w, o / hz / w
+    }' "$W/cpu.samples"
+}

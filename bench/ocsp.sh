@@ -131,7 +131,6 @@ if [[ " $WORKLOADS " == *" nonce "* ]]; then
 fi
 
 # --- load ---
-HZ=$(getconf CLK_TCK)
 # cpu_ticks PID...: user + system clock ticks of those processes.
 cpu_ticks() {
   local t=0 pid f a
@@ -151,21 +150,6 @@ pg_ticks() {
   done
   return 0
 }
-# busy_ticks: clock ticks all cores spent busy (not idle or waiting for I/O).
-busy_ticks() {
-  awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat
-}
-# pg_backends: PostgreSQL backends connected to our database (local server only). The
-# server's pool connections are open by now (the checks and the warm-up used them).
-pg_backends() {
-  local db=${DB_URL##*/} p
-  db=${db%%\?*}
-  for p in /proc/[0-9]*; do
-    { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q "^postgres: .* $db " && echo "${p#/proc/}"
-  done
-  return 0
-}
-
 # run_workload THREADS CONNS WORKLOAD: warm-up, measured run, one summary line.
 run_workload() {
   local t=$1 c=$2 w=$3 script label tag pg m0 m1 s0 s1 t0 t1 pgd n wrk_cpu line perf_pid=

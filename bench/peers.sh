@@ -121,16 +121,6 @@ peer_stop() {
 }
 
 # --- CPU accounting: who used the cores during a run ---
-HZ=$(getconf CLK_TCK)
-busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
-# proc_ticks PID: user + system clock ticks of one process (all its threads).
-proc_ticks() {
-  local f a
-  f=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  f=${f##*) }
-  read -r -a a <<<"$f"
-  echo $((a[11] + a[12]))
-}
 # group_pids PGID: the processes of that process group (a peer's server and its children).
 group_pids() {
   local f s a
@@ -139,15 +129,6 @@ group_pids() {
     s=${s##*) }
     read -r -a a <<<"$s"
     if [ "${a[2]}" = "$1" ]; then f=${f#/proc/}; echo "${f%/stat}"; fi
-  done
-  return 0
-}
-# pg_backends: PostgreSQL backends connected to devid's database (local server only).
-pg_backends() {
-  local db=${DB_URL##*/} p
-  db=${db%%\?*}
-  for p in /proc/[0-9]*; do
-    { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q "^postgres: .* $db " && echo "${p#/proc/}"
   done
   return 0
 }

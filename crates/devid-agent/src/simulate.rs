@@ -159,6 +159,9 @@ pub struct PhaseReport {
     pub errors: BTreeMap<String, u64>,
     /// Wall-clock time of the phase.
     pub elapsed: Duration,
+    /// When the phase started, so that a script sampling CPU per process can attribute
+    /// its samples to the phase (`started_unix_s` in the JSON).
+    pub started: std::time::SystemTime,
     /// Latencies of the successful operations, microseconds.
     pub latency_us: Histogram<u64>,
     /// OCSP only: how many answers said good, revoked, unknown.
@@ -210,6 +213,11 @@ impl PhaseReport {
             "p99_ms": self.quantile_ms(0.99).map(round3),
             "max_ms": self.max_ms().map(round3),
             "elapsed_s": round3(self.elapsed.as_secs_f64()),
+            "started_unix_s": self
+                .started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| round3(d.as_secs_f64()))
+                .unwrap_or_default(),
         });
         if let (Some(c), Some(o)) = (self.ocsp, v.as_object_mut()) {
             o.insert("good".into(), c.good.into());
@@ -592,6 +600,7 @@ where
     let work = Arc::new(work);
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
+    let started = std::time::SystemTime::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency.clamp(1, n.max(1)) {
         let (work, next, pb) = (work.clone(), next.clone(), pb.clone());
@@ -648,7 +657,7 @@ where
     }
     results.sort_unstable_by_key(|(i, _)| *i);
     let ok = results.len() as u64;
-    Ok((PhaseReport { ok, errors, elapsed, latency_us: hist, ocsp: None }, results))
+    Ok((PhaseReport { ok, errors, elapsed, started, latency_us: hist, ocsp: None }, results))
 }
 
 struct Ctx {
@@ -1265,6 +1274,7 @@ mod tests {
             ok: 4,
             errors: BTreeMap::from([("token-used".to_string(), 1)]),
             elapsed: Duration::from_secs(2),
+            started: std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250),
             latency_us: h,
             ocsp: None,
         };
@@ -1287,6 +1297,7 @@ mod tests {
         assert!((40.0..40.1).contains(&max), "{v}");
         assert!(v["enroll"]["p50_ms"].as_f64().expect("p50") <= v["enroll"]["p99_ms"].as_f64().expect("p99"));
         assert!(v.get("renew").is_none());
+        assert_eq!(v["enroll"]["started_unix_s"], 1_700_000_000.25);
         assert_eq!(v["ocsp"]["good"], 4);
         let text = r.to_text();
         assert!(text.contains("enroll errors: token-used 1"), "{text}");

@@ -197,6 +197,9 @@ pub(crate) struct GroupCommit {
     pub registrations: Batcher<Registration, bool>,
 }
 
+/// How often, at most, a challenge batch also purges expired challenges (seconds).
+const PURGE_EVERY_SECS: i64 = 10;
+
 impl GroupCommit {
     /// Two drainers per queue: while one batch waits for its flush, the next one is being
     /// written (completions still append to the audit chain one batch at a time, on the
@@ -242,12 +245,27 @@ impl GroupCommit {
             }),
         );
         let s = store;
+        // Expired challenges are purged at most every PURGE_EVERY_SECS (by the batch's
+        // purge time), not with every batch: the purge scans the table.
+        let last_purge = Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN));
         let challenges = Batcher::new(
             2,
             Box::new(move |items: &[(ChallengeRecord, UnixTime)]| {
                 let store = s.clone();
+                let last_purge = last_purge.clone();
                 Box::pin(async move {
-                    let purge = items.iter().map(|(_, p)| *p).min().unwrap_or(UnixTime(0));
+                    let before = items.iter().map(|(_, p)| *p).min().unwrap_or(UnixTime(0));
+                    let last = last_purge.load(std::sync::atomic::Ordering::Relaxed);
+                    let purge = (before.0 >= last.saturating_add(PURGE_EVERY_SECS)
+                        && last_purge
+                            .compare_exchange(
+                                last,
+                                before.0,
+                                std::sync::atomic::Ordering::Relaxed,
+                                std::sync::atomic::Ordering::Relaxed,
+                            )
+                            .is_ok())
+                    .then_some(before);
                     let records: Vec<ChallengeRecord> = items.iter().map(|(c, _)| c.clone()).collect();
                     store.insert_challenges(&records, purge).await?;
                     Ok(items.iter().map(|_| Ok(())).collect())

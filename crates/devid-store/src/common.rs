@@ -316,6 +316,41 @@ impl TryFrom<CertRow> for CertRecord {
     }
 }
 
+/// An `issuance_intents` row, as step 6 takes it (`DELETE … RETURNING`).
+#[derive(sqlx::FromRow)]
+pub(crate) struct IntentRow {
+    pub(crate) serial: String,
+    pub(crate) issuer_id: String,
+    pub(crate) device_id: String,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
+    pub(crate) csr_sha256: Vec<u8>,
+    pub(crate) tbs_der: Vec<u8>,
+    pub(crate) created_at: i64,
+    pub(crate) predecessor: Option<String>,
+}
+
+impl IntentRow {
+    /// The certificate this intent becomes once signed: issued, with `cert_der`.
+    pub(crate) fn issued(self, cert_der: Vec<u8>) -> Result<CertRecord, StoreError> {
+        CertRecord::try_from(CertRow {
+            serial: self.serial,
+            issuer_id: self.issuer_id,
+            device_id: self.device_id,
+            status: "issued".into(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+            csr_sha256: self.csr_sha256,
+            tbs_der: self.tbs_der,
+            cert_der: Some(cert_der),
+            created_at: self.created_at,
+            reason: None,
+            revoked_at: None,
+            predecessor: self.predecessor,
+        })
+    }
+}
+
 /// Convert fetched rows, failing on the first bad one.
 pub(crate) fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> Result<Vec<T>, StoreError> {
     rows.into_iter().map(T::try_from).collect()
@@ -457,6 +492,20 @@ macro_rules! cert_select {
     };
 }
 pub(crate) use cert_select;
+
+/// An issuance intent (step 4) as a [`CertRow`]: a pending certificate, never revoked, with
+/// no DER yet. Aliased `c` like [`cert_select!`], so the same filters apply to both.
+macro_rules! intent_select {
+    () => {
+        "SELECT c.serial AS serial, c.issuer_id AS issuer_id, c.device_id AS device_id, \
+         'pending' AS status, c.not_before AS not_before, c.not_after AS not_after, \
+         c.csr_sha256 AS csr_sha256, c.tbs_der AS tbs_der, CAST(NULL AS BYTEA) AS cert_der, \
+         c.created_at AS created_at, CAST(NULL AS SMALLINT) AS reason, \
+         CAST(NULL AS BIGINT) AS revoked_at, c.predecessor AS predecessor \
+         FROM issuance_intents c"
+    };
+}
+pub(crate) use intent_select;
 
 /// Insert a device row with its metadata, followed by `$tail` (e.g. an `ON CONFLICT`
 /// clause). Binds: `$1`–`$6` id, status, token_hash, token_used_at, created_at, updated_at;
@@ -1094,21 +1143,32 @@ macro_rules! impl_store {
                     .filter_map(|((p, _), r)| if r.is_none() { Some(*p) } else { None })
                     .collect();
                 if !admitted.is_empty() {
+                    // A serial is unique across intents and certificates: the primary key
+                    // covers the intents, this probe the certificates (a collision fails
+                    // the batch, whose items the group commit then retries one by one).
+                    let mut q = sqlx::QueryBuilder::new("SELECT serial FROM certificates WHERE serial IN (");
+                    let mut sep = q.separated(", ");
+                    for p in &admitted {
+                        sep.push_bind(p.serial.to_hex());
+                    }
+                    q.push(") LIMIT 1");
+                    let taken: Option<(String,)> =
+                        q.build_query_as().fetch_optional(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                    if let Some((hex,)) = taken {
+                        return Err($crate::StoreError::conflict(format!("serial {hex} already exists")));
+                    }
                     let mut q = sqlx::QueryBuilder::new(
-                        "INSERT INTO certificates (serial, issuer_id, device_id, status, not_before, not_after, \
-                         csr_sha256, tbs_der, cert_der, created_at, updated_at, predecessor) ",
+                        "INSERT INTO issuance_intents (serial, issuer_id, device_id, not_before, not_after, \
+                         csr_sha256, tbs_der, created_at, predecessor) ",
                     );
                     q.push_values(admitted, |mut b, p| {
                         b.push_bind(p.serial.to_hex())
                             .push_bind(p.issuer.as_str().to_string())
                             .push_bind(p.device.as_str().to_string())
-                            .push("'pending'")
                             .push_bind(p.not_before.0)
                             .push_bind(p.not_after.0)
                             .push_bind(p.csr_sha256.clone())
                             .push_bind(p.tbs_der.clone())
-                            .push("NULL")
-                            .push_bind(p.created_at.0)
                             .push_bind(p.created_at.0)
                             .push_bind(p.predecessor.as_ref().map(|s| s.to_hex()));
                     });
@@ -1133,90 +1193,134 @@ macro_rules! impl_store {
                     return Ok(Vec::new());
                 }
                 let hexes: Vec<String> = items.iter().map(|c| c.serial.to_hex()).collect();
+                // Each serial once: a serial named twice keeps its first DER.
+                let mut der_of: std::collections::HashMap<&str, &[u8]> = std::collections::HashMap::new();
+                for (c, h) in items.iter().zip(&hexes) {
+                    der_of.entry(h.as_str()).or_insert(c.cert_der);
+                }
                 let mut tx = self.begin().await?;
-                // Pending → issued, each serial once (a serial named twice keeps the first DER).
-                let mut seen = std::collections::HashSet::new();
-                let mut q = sqlx::QueryBuilder::new("UPDATE certificates SET cert_der = v.column2, status = 'issued', updated_at = ");
-                q.push_bind(now.0).push(" FROM (");
-                q.push_values(
-                    items.iter().zip(&hexes).filter(|(_, h)| seen.insert(h.as_str())),
-                    |mut b, (c, h)| {
-                        b.push_bind(h.clone()).push_bind(c.cert_der.to_vec());
-                    },
+                // The intents leave and their certificates arrive, once each. Deleting first
+                // makes concurrent completers of one serial serialize on its row: the later
+                // one takes nothing and answers with what the first stored.
+                let mut q = sqlx::QueryBuilder::new("DELETE FROM issuance_intents WHERE serial IN (");
+                let mut sep = q.separated(", ");
+                for h in der_of.keys() {
+                    sep.push_bind(h.to_string());
+                }
+                q.push(
+                    ") RETURNING serial, issuer_id, device_id, not_before, not_after, csr_sha256, tbs_der, \
+                     created_at, predecessor",
                 );
-                q.push(") AS v WHERE certificates.serial = v.column1 AND certificates.status = 'pending' \
-                        RETURNING certificates.serial, certificates.device_id");
-                let updated: Vec<(String, String)> =
+                let taken: Vec<$crate::common::IntentRow> =
                     q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                let mut stored: std::collections::HashMap<String, $crate::CertRecord> = std::collections::HashMap::new();
                 let mut forbidden = std::collections::HashSet::new();
-                if !updated.is_empty() {
-                    // A device quarantined between step 4 and now must not leave with a valid
-                    // certificate: revoke it in this transaction and refuse to hand it out.
-                    let mut q = sqlx::QueryBuilder::new("UPDATE certificates SET status = 'revoked', updated_at = ");
-                    q.push_bind(now.0).push(" WHERE status = 'issued' AND serial IN (");
+                let mut issued_here = std::collections::HashSet::new();
+                if !taken.is_empty() {
+                    // The devices as they are now. One quarantined between step 4 and now
+                    // must not leave with a valid certificate: it is stored revoked, in
+                    // this transaction, and refused. A registered one becomes enrolled.
+                    let mut q = sqlx::QueryBuilder::new("SELECT id, status FROM devices WHERE id IN (");
                     let mut sep = q.separated(", ");
-                    for (h, _) in &updated {
-                        sep.push_bind(h.clone());
+                    let mut ids = std::collections::BTreeSet::new();
+                    for t in &taken {
+                        if ids.insert(t.device_id.as_str()) {
+                            sep.push_bind(t.device_id.clone());
+                        }
                     }
-                    q.push(
-                        ") AND EXISTS (SELECT 1 FROM devices d WHERE d.id = certificates.device_id \
-                         AND d.status = 'quarantined') RETURNING serial",
-                    );
-                    let caught: Vec<(String,)> =
+                    q.push(")");
+                    let devices: Vec<(String, String)> =
                         q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
-                    for (hex,) in &caught {
-                        $crate::common::record_revocation!(self, tx, hex.as_str(), i16::from(devid_core::RevocationReason::PrivilegeWithdrawn.code()), now.0);
-                    }
-                    forbidden = caught.into_iter().map(|(h,)| h).collect::<std::collections::HashSet<_>>();
-                }
-                let issued: Vec<&(String, String)> = updated.iter().filter(|(h, _)| !forbidden.contains(h)).collect();
-                if !issued.is_empty() {
+                    let quarantined: std::collections::HashSet<&str> =
+                        devices.iter().filter(|(_, st)| st == "quarantined").map(|(id, _)| id.as_str()).collect();
+                    let registered: Vec<&str> =
+                        devices.iter().filter(|(_, st)| st == "registered").map(|(id, _)| id.as_str()).collect();
                     let mut q = sqlx::QueryBuilder::new(
-                        "INSERT INTO cert_events (serial, issuer_id, kind, at) SELECT serial, issuer_id, 'issued', ",
+                        "INSERT INTO certificates (serial, issuer_id, device_id, status, not_before, not_after, \
+                         csr_sha256, tbs_der, cert_der, created_at, updated_at, predecessor) ",
                     );
-                    q.push_bind(now.0).push(" FROM certificates WHERE serial IN (");
-                    let mut sep = q.separated(", ");
-                    for (h, _) in &issued {
-                        sep.push_bind(h.clone());
-                    }
-                    q.push(")");
+                    q.push_values(&taken, |mut b, t| {
+                        let status = if quarantined.contains(t.device_id.as_str()) { "revoked" } else { "issued" };
+                        b.push_bind(t.serial.clone())
+                            .push_bind(t.issuer_id.clone())
+                            .push_bind(t.device_id.clone())
+                            .push_bind(status)
+                            .push_bind(t.not_before)
+                            .push_bind(t.not_after)
+                            .push_bind(t.csr_sha256.clone())
+                            .push_bind(t.tbs_der.clone())
+                            .push_bind(der_of.get(t.serial.as_str()).map(|d| d.to_vec()))
+                            .push_bind(t.created_at)
+                            .push_bind(now.0)
+                            .push_bind(t.predecessor.clone());
+                    });
                     q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
-                    let mut q = sqlx::QueryBuilder::new("UPDATE devices SET status = 'enrolled', updated_at = ");
-                    q.push_bind(now.0).push(" WHERE status = 'registered' AND id IN (");
-                    let mut sep = q.separated(", ");
-                    for (_, d) in &issued {
-                        sep.push_bind(d.clone());
+                    for t in taken.iter().filter(|t| quarantined.contains(t.device_id.as_str())) {
+                        $crate::common::record_revocation!(self, tx, t.serial.as_str(), i16::from(devid_core::RevocationReason::PrivilegeWithdrawn.code()), now.0);
+                        forbidden.insert(t.serial.clone());
                     }
-                    q.push(")");
-                    q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                    let issued: Vec<&$crate::common::IntentRow> =
+                        taken.iter().filter(|t| !quarantined.contains(t.device_id.as_str())).collect();
+                    if !issued.is_empty() {
+                        let mut q = sqlx::QueryBuilder::new("INSERT INTO cert_events (serial, issuer_id, kind, at) ");
+                        q.push_values(&issued, |mut b, t| {
+                            b.push_bind(t.serial.clone()).push_bind(t.issuer_id.clone()).push("'issued'").push_bind(now.0);
+                        });
+                        q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                    }
+                    let enrolling: Vec<&str> = registered
+                        .into_iter()
+                        .filter(|id| issued.iter().any(|t| t.device_id == *id))
+                        .collect();
+                    if !enrolling.is_empty() {
+                        let mut q = sqlx::QueryBuilder::new("UPDATE devices SET status = 'enrolled', updated_at = ");
+                        q.push_bind(now.0).push(" WHERE status = 'registered' AND id IN (");
+                        let mut sep = q.separated(", ");
+                        for id in enrolling {
+                            sep.push_bind(id.to_string());
+                        }
+                        q.push(")");
+                        q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                    }
+                    for t in taken {
+                        if !forbidden.contains(&t.serial) {
+                            let der = der_of.get(t.serial.as_str()).map(|d| d.to_vec()).unwrap_or_default();
+                            let rec = t.issued(der)?;
+                            issued_here.insert(rec.serial.to_hex());
+                            stored.insert(rec.serial.to_hex(), rec);
+                        }
+                    }
                 }
-                // The audit entries of the certificates issued, in item order.
-                let issued_set: std::collections::HashSet<&str> = issued.iter().map(|(h, _)| h.as_str()).collect();
+                // Serials that had no intent: completed before (by a concurrent caller or
+                // an earlier attempt), or unknown. Answer with whatever is stored.
+                let missing: Vec<&str> =
+                    der_of.keys().copied().filter(|h| !stored.contains_key(*h) && !forbidden.contains(*h)).collect();
+                if !missing.is_empty() {
+                    let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " WHERE c.serial IN ("));
+                    let mut sep = q.separated(", ");
+                    for h in &missing {
+                        sep.push_bind(h.to_string());
+                    }
+                    q.push(")");
+                    let rows: Vec<$crate::common::CertRow> =
+                        q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                    for row in rows {
+                        let rec = $crate::CertRecord::try_from(row)?;
+                        stored.insert(rec.serial.to_hex(), rec);
+                    }
+                }
+                // The audit entries of the certificates this call issued, in item order.
                 let mut audited = std::collections::HashSet::new();
                 let events: Vec<&$crate::AuditEvent> = items
                     .iter()
                     .zip(&hexes)
-                    .filter(|(_, h)| issued_set.contains(h.as_str()) && audited.insert(h.as_str()))
+                    .filter(|(_, h)| issued_here.contains(h.as_str()) && audited.insert(h.as_str()))
                     .map(|(c, _)| c.audit)
                     .collect();
-                // Whatever is stored now: ours, or the one a concurrent caller completed first.
-                let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " WHERE c.serial IN ("));
-                let mut sep = q.separated(", ");
-                for h in seen {
-                    sep.push_bind(h.to_string());
-                }
-                q.push(")");
-                let rows: Vec<$crate::common::CertRow> =
-                    q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
                 // Last before the commit: the audit head's row lock orders every appender,
                 // so it is held for as short a time as possible.
                 $crate::common::append_audit_batch!(self, tx, &events);
                 tx.commit().await.map_err(|e| self.db_err(e))?;
-                let mut stored: std::collections::HashMap<String, $crate::CertRecord> = std::collections::HashMap::new();
-                for row in rows {
-                    let rec = $crate::CertRecord::try_from(row)?;
-                    stored.insert(rec.serial.to_hex(), rec);
-                }
                 Ok(hexes
                     .iter()
                     .map(|h| {
@@ -1257,12 +1361,21 @@ macro_rules! impl_store {
                 &self,
                 serial: &devid_core::Serial,
             ) -> Result<Option<$crate::CertRecord>, $crate::StoreError> {
-                let row: Option<$crate::common::CertRow> =
+                let hex = serial.to_hex();
+                let mut row: Option<$crate::common::CertRow> =
                     sqlx::query_as(concat!($crate::common::cert_select!(), " WHERE c.serial = $1"))
-                        .bind(serial.to_hex())
+                        .bind(hex.as_str())
                         .fetch_optional(self.reader())
                         .await
                         .map_err(|e| self.db_err(e))?;
+                if row.is_none() {
+                    // Not signed yet: maybe an intent (a pending certificate).
+                    row = sqlx::query_as(concat!($crate::common::intent_select!(), " WHERE c.serial = $1"))
+                        .bind(hex.as_str())
+                        .fetch_optional(self.reader())
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                }
                 row.map($crate::CertRecord::try_from).transpose()
             }
 
@@ -1271,10 +1384,16 @@ macro_rules! impl_store {
                 device: &devid_core::DeviceId,
                 csr_sha256: &[u8],
             ) -> Result<Option<$crate::CertRecord>, $crate::StoreError> {
+                // The newest of the certificates and the intents for this (device, CSR), in
+                // one round trip.
                 let row: Option<$crate::common::CertRow> = sqlx::query_as(concat!(
+                    "SELECT * FROM (",
                     $crate::common::cert_select!(),
-                    " WHERE c.device_id = $1 AND c.csr_sha256 = $2 \
-                     ORDER BY c.created_at DESC, c.serial DESC LIMIT 1"
+                    " WHERE c.device_id = $1 AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS a \
+                     UNION ALL SELECT * FROM (",
+                    $crate::common::intent_select!(),
+                    " WHERE c.device_id = $1 AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS b \
+                     ORDER BY created_at DESC, serial DESC LIMIT 1"
                 ))
                 .bind(device.as_str())
                 .bind(csr_sha256)
@@ -1294,26 +1413,50 @@ macro_rules! impl_store {
                 // Serials are stored as lowercase hex; every serial sorts after the empty
                 // string, so no cursor is the cursor "".
                 let after = cursor.unwrap_or("").to_ascii_lowercase();
-                // The revocations side is bounded by the cursor too: otherwise the planner's
-                // merge join reads it from the first serial on every page.
-                let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " AND r.serial > "));
-                q.push_bind(after.clone()).push(" WHERE c.serial > ").push_bind(after);
-                if let Some(d) = &filter.device {
-                    q.push(" AND c.device_id = ").push_bind(d.as_str().to_string());
+                // Signed certificates live in `certificates`, pending ones in
+                // `issuance_intents`: a page is the first limit + 1 of both, by serial.
+                let signed = filter.status != Some($crate::CertStatus::Pending);
+                let pending = matches!(filter.status, None | Some($crate::CertStatus::Pending));
+                let filters = |q: &mut sqlx::QueryBuilder<_>| {
+                    if let Some(d) = &filter.device {
+                        q.push(" AND c.device_id = ").push_bind(d.as_str().to_string());
+                    }
+                    if let Some(t) = filter.expiring_before {
+                        q.push(" AND c.not_after < ").push_bind(t.0);
+                    }
+                    if let Some(g) = &filter.group {
+                        q.push(" AND c.device_id IN (SELECT id FROM devices WHERE group_name = ")
+                            .push_bind(g.clone())
+                            .push(")");
+                    }
+                    q.push(" ORDER BY c.serial LIMIT ").push_bind(i64::from(limit) + 1);
+                };
+                let mut items: Vec<$crate::CertRecord> = Vec::new();
+                if signed {
+                    // The revocations side is bounded by the cursor too: otherwise the
+                    // planner's merge join reads it from the first serial on every page.
+                    let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " AND r.serial > "));
+                    q.push_bind(after.clone()).push(" WHERE c.serial > ").push_bind(after.clone());
+                    if let Some(st) = filter.status {
+                        q.push(" AND c.status = ").push_bind($crate::common::cert_status_text(st));
+                    }
+                    filters(&mut q);
+                    let rows: Vec<$crate::common::CertRow> =
+                        q.build_query_as().fetch_all(self.reader()).await.map_err(|e| self.db_err(e))?;
+                    items.extend($crate::common::convert::<_, $crate::CertRecord>(rows)?);
                 }
-                if let Some(st) = filter.status {
-                    q.push(" AND c.status = ").push_bind($crate::common::cert_status_text(st));
+                if pending {
+                    let mut q = sqlx::QueryBuilder::new(concat!($crate::common::intent_select!(), " WHERE c.serial > "));
+                    q.push_bind(after.clone());
+                    filters(&mut q);
+                    let rows: Vec<$crate::common::CertRow> =
+                        q.build_query_as().fetch_all(self.reader()).await.map_err(|e| self.db_err(e))?;
+                    items.extend($crate::common::convert::<_, $crate::CertRecord>(rows)?);
                 }
-                if let Some(t) = filter.expiring_before {
-                    q.push(" AND c.not_after < ").push_bind(t.0);
+                if signed && pending {
+                    items.sort_by_cached_key(|c| c.serial.to_hex());
+                    items.truncate(limit as usize + 1);
                 }
-                if let Some(g) = &filter.group {
-                    q.push(" AND c.device_id IN (SELECT id FROM devices WHERE group_name = ").push_bind(g.clone()).push(")");
-                }
-                q.push(" ORDER BY c.serial LIMIT ").push_bind(i64::from(limit) + 1);
-                let rows: Vec<$crate::common::CertRow> =
-                    q.build_query_as().fetch_all(self.reader()).await.map_err(|e| self.db_err(e))?;
-                let items = $crate::common::convert(rows)?;
                 Ok($crate::common::page(items, limit, |c: &$crate::CertRecord| c.serial.to_hex()))
             }
 
@@ -1343,12 +1486,19 @@ macro_rules! impl_store {
                     $crate::common::record_revocation!(self, tx, hex.as_str(), i16::from(reason.code()), at.0);
                     $crate::common::append_audit!(self, tx, audit);
                 }
-                let row: Option<$crate::common::CertRow> =
+                let mut row: Option<$crate::common::CertRow> =
                     sqlx::query_as(concat!($crate::common::cert_select!(), " WHERE c.serial = $1"))
                         .bind(hex.as_str())
                         .fetch_optional(&mut *tx)
                         .await
                         .map_err(|e| self.db_err(e))?;
+                if row.is_none() {
+                    row = sqlx::query_as(concat!($crate::common::intent_select!(), " WHERE c.serial = $1"))
+                        .bind(hex.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                }
                 let Some(row) = row else {
                     return Err($crate::StoreError::not_found(format!("no certificate with serial {hex}")));
                 };
@@ -1759,7 +1909,7 @@ macro_rules! impl_store {
             async fn insert_challenge(
                 &self,
                 c: &$crate::ChallengeRecord,
-                purge_before: devid_core::UnixTime,
+                purge_before: Option<devid_core::UnixTime>,
             ) -> Result<(), $crate::StoreError> {
                 self.insert_challenges(std::slice::from_ref(c), purge_before).await
             }
@@ -1767,7 +1917,7 @@ macro_rules! impl_store {
             async fn insert_challenges(
                 &self,
                 items: &[$crate::ChallengeRecord],
-                purge_before: devid_core::UnixTime,
+                purge_before: Option<devid_core::UnixTime>,
             ) -> Result<(), $crate::StoreError> {
                 if items.is_empty() {
                     return Ok(());
@@ -1780,11 +1930,13 @@ macro_rules! impl_store {
                         .await
                         .map_err(|e| self.db_err(e))?;
                 }
-                sqlx::query("DELETE FROM challenges WHERE expires_at < $1")
-                    .bind(purge_before.0)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.db_err(e))?;
+                if let Some(before) = purge_before {
+                    sqlx::query("DELETE FROM challenges WHERE expires_at < $1")
+                        .bind(before.0)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e))?;
+                }
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO challenges (nonce_hash, group_name, method, state, expires_at, redeemed_at) ",
                 );

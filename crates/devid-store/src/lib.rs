@@ -488,6 +488,10 @@ pub trait Store: Send + Sync + 'static {
     async fn device_meta(&self, id: &DeviceId) -> Result<Option<DeviceMeta>, StoreError>;
 
     // --- the issuance cycle ---
+    //
+    // An intent (step 4) is a row of its own (`issuance_intents`); step 6 deletes it and
+    // writes the certificate once, with its indexes, in the same transaction. Readers see
+    // an intent as a certificate with status `Pending` and no DER.
 
     /// Step 4: record the intent. What `redeem` names is redeemed in the same transaction:
     /// the device's token only if it was unused and the device is not quarantined; a
@@ -524,7 +528,8 @@ pub trait Store: Send + Sync + 'static {
         items: &[Completion<'_>],
         now: UnixTime,
     ) -> Result<Vec<Result<CertRecord, StoreError>>, StoreError>;
-    /// Certificates by serial, in no particular order; serials not stored are left out.
+    /// Signed certificates (issued or revoked) by serial, in no particular order; serials
+    /// not stored, and pending ones, are left out.
     async fn certificates_by_serial(&self, serials: &[Serial]) -> Result<Vec<CertRecord>, StoreError>;
     /// A certificate by serial.
     async fn get_certificate(&self, serial: &Serial) -> Result<Option<CertRecord>, StoreError>;
@@ -668,16 +673,22 @@ pub trait Store: Send + Sync + 'static {
     /// Delete a group. [`ErrorKind::NotFound`] if there is none; [`ErrorKind::Conflict`]
     /// while devices belong to it.
     async fn delete_group(&self, name: &str, audit: &AuditEvent) -> Result<(), StoreError>;
-    /// Record a challenge (and delete challenges that expired before `purge_before`).
-    async fn insert_challenge(&self, c: &ChallengeRecord, purge_before: UnixTime) -> Result<(), StoreError>;
+    /// Record a challenge (and, given `purge_before`, delete challenges that expired before it).
+    async fn insert_challenge(
+        &self,
+        c: &ChallengeRecord,
+        purge_before: Option<UnixTime>,
+    ) -> Result<(), StoreError>;
     /// Record many challenges in one transaction (all or none). On PostgreSQL the commit
     /// does not wait for the WAL flush: a challenge lost in a crash only makes its device
     /// ask for another one, and a challenge is redeemed only by a later, durable
     /// transaction, whose flush covers the challenge too (the WAL is written in order).
+    /// Given `purge_before`, challenges that expired before it are deleted first (callers
+    /// purge now and then, not on every batch: the purge is a scan of the table).
     async fn insert_challenges(
         &self,
         items: &[ChallengeRecord],
-        purge_before: UnixTime,
+        purge_before: Option<UnixTime>,
     ) -> Result<(), StoreError>;
     /// A challenge by nonce hash.
     async fn get_challenge(&self, nonce_hash: &[u8]) -> Result<Option<ChallengeRecord>, StoreError>;

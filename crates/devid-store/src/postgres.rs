@@ -21,8 +21,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/post
 /// The store on PostgreSQL: one pool of up to 16 connections.
 ///
 /// Transactions run at READ COMMITTED; the single-use and idempotency rules are conditional
-/// `UPDATE`s (`… WHERE token_used_at IS NULL`, `… WHERE status = 'pending'`), so concurrent
-/// callers serialize on the row and all but the first see no matching row.
+/// writes (`UPDATE … WHERE token_used_at IS NULL`, `DELETE FROM issuance_intents …`), so
+/// concurrent callers serialize on the row and all but the first see no matching row.
 pub struct PgStore {
     pool: PgPool,
     /// `PostgreSQL at host:port/database`: names the database in errors, without credentials.

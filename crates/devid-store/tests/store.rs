@@ -1219,7 +1219,7 @@ async fn groups_challenges_and_lineage(backend: Backend) {
         expires_at: t(300),
         redeemed_at: None,
     };
-    store.insert_challenge(&c, t(0)).await.unwrap();
+    store.insert_challenge(&c, Some(t(0))).await.unwrap();
     assert_eq!(store.get_challenge(&[7; 32]).await.unwrap().unwrap(), c);
     // Expired at the intent's time: refused.
     let late = PendingCert { created_at: t(301), ..pending(&serial(1), &issuer, &dev.id, &[1; 32], 301) };
@@ -1237,9 +1237,12 @@ async fn groups_challenges_and_lineage(backend: Backend) {
         ErrorKind::Conflict
     );
     assert!(store.get_challenge(&[7; 32]).await.unwrap().unwrap().redeemed_at.is_some());
-    // Purged once expired.
+    // Kept while no purge is asked for, even expired; purged once one is.
+    let c3 = devid_store::ChallengeRecord { nonce_hash: vec![9; 32], ..c.clone() };
+    store.insert_challenge(&c3, None).await.unwrap();
+    assert!(store.get_challenge(&[7; 32]).await.unwrap().is_some());
     let c2 = devid_store::ChallengeRecord { nonce_hash: vec![8; 32], ..c.clone() };
-    store.insert_challenge(&c2, t(400)).await.unwrap();
+    store.insert_challenge(&c2, Some(t(400))).await.unwrap();
     assert!(store.get_challenge(&[7; 32]).await.unwrap().is_none());
 
     // Lineage.
@@ -1396,7 +1399,7 @@ async fn batched_intents_answer_each_item(backend: Backend) {
         expires_at: t(expires),
         redeemed_at: None,
     };
-    store.insert_challenges(&[challenge(7, 100), challenge(8, 9)], t(0)).await.unwrap();
+    store.insert_challenges(&[challenge(7, 100), challenge(8, 9)], Some(t(0))).await.unwrap();
     let plain = device("b-6", None);
     store.insert_device(&plain, &DeviceMeta::default(), &ev()).await.unwrap();
 
