@@ -11,7 +11,10 @@
 #
 # Environment: DEVID_BIN, DEVID_AGENT_BIN (use these binaries instead of building), the
 # database variables of bench/lib.sh, SERVER_CPUS= / SIM_CPUS= (taskset -c), KEEP=1 (keep
-# the work directory), OCSP_SHARE= (a share of devices also asks OCSP).
+# the work directory), OCSP_SHARE= (a share of devices also asks OCSP), SEED=N (first fill
+# the store with N certificates by `devid seed`, 5 % revoked and 20 % expired, to compare
+# with a small store: issue #6 wants the figures within 10 %), SEED_ARGS= (more `devid seed`
+# flags).
 #
 # After each phase it prints the CPU used per operation by devid, all of PostgreSQL (WAL
 # writer included), the simulator and everything else, sampled from /proc every 0.2 s.
@@ -45,6 +48,20 @@ pin_sim=()
 # The server: limits off (one source plays the whole fleet), renewal allowed at once.
 export DEVID_LOG__LEVEL=warn DEVID_TLS__LISTEN=127.0.0.1:0 DEVID_ENROLL__RENEW_AFTER=0
 export DEVID_LIMITS__PER_SOURCE=0 DEVID_LIMITS__PER_DEVICE=0 DEVID_LIMITS__PER_CREDENTIAL=0
+if [ -n "${SEED:-}" ]; then
+  # A big store first: the CA, then N real certificates of it (binary COPY), then the server.
+  "$DEVID" ca init --json "${D[@]}" >"$W/ca.json" 2>"$W/seed.log" || { cat "$W/seed.log" >&2; die "ca init failed"; }
+  read -r -a seed_args <<<"${SEED_ARGS:-}"
+  say "seeding $SEED certificates ..."
+  t_seed=$(date +%s)
+  "$DEVID" seed --certificates "$SEED" "${seed_args[@]}" --json "${D[@]}" >"$W/seed.json" 2>>"$W/seed.log" \
+    || { cat "$W/seed.log" >&2; die "devid seed failed"; }
+  say "seeded in $(($(date +%s) - t_seed)) s: $(jq -c . "$W/seed.json")"
+  say "database: $(psql "$DB_URL" -qAtX -c 'SELECT pg_size_pretty(pg_database_size(current_database()))')"
+  # Write the seed's dirty pages out now, so that their writeback does not run (as other
+  # load) during the measured phases.
+  psql "$DB_URL" -qAtX -c CHECKPOINT >/dev/null && sync
+fi
 start_server "${pin_server[@]}" "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}"
 RENEW=$(sed -n 's/^renewal listener on \(https:[^ ]*\).*/\1/p' "$W/serve.out" | head -n1)
 [ -n "$RENEW" ] || die "devid serve printed no renewal listener"
