@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by bench/ocsp.sh and bench/crl.sh (sourced, not run).
+# Helpers shared by the bench/ scripts (sourced, not run).
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
@@ -102,6 +102,22 @@ start_server() {
     sleep 0.1
   done
   die "devid serve did not start within 60 s (log: $W/serve.log)"
+}
+
+# enroll_one ID: enroll one device by one-time token against $BASE ($DEVID with the data flags
+# in the array D): its key and CSR, the answer $W/enroll.json, and $W/leaf.pem,
+# $W/chain.pem and $W/issuer.pem. Nothing revokes it, so its certificate is "good".
+enroll_one() {
+  local token
+  token=$("$DEVID" device add --id "$1" --json "${D[@]}" 2>>"$W/cli.log" | jq -r .token)
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/key.pem" \
+    -subj "/CN=$1" -out "$W/csr.pem" 2>/dev/null
+  jq -n --arg t "$token" --rawfile c "$W/csr.pem" '{method: "token", token: $t, csr: $c}' \
+    | curl -sS --fail-with-body -H 'content-type: application/json' --data @- "$BASE/v1/enroll" >"$W/enroll.json" \
+    || { cat "$W/enroll.json" >&2; die "enrollment of device $1 failed"; }
+  jq -r .certificate "$W/enroll.json" >"$W/leaf.pem"
+  jq -r .chain "$W/enroll.json" >"$W/chain.pem"
+  awk '/-----BEGIN/ {n++} n == 1' "$W/chain.pem" >"$W/issuer.pem"
 }
 
 # --- CPU accounting ---

@@ -56,15 +56,7 @@ start_server "${pin_server[@]}" "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}"
 URL="$BASE/ocsp"
 
 # --- one enrolled device ---
-TOKEN=$("$DEVID" device add --id bench-ocsp-0001 --json "${D[@]}" 2>>"$W/cli.log" | jq -r .token)
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/key.pem" \
-  -subj /CN=bench-ocsp-0001 -out "$W/csr.pem" 2>/dev/null
-jq -n --arg t "$TOKEN" --rawfile c "$W/csr.pem" '{method: "token", token: $t, csr: $c}' \
-  | curl -sS --fail-with-body -H 'content-type: application/json' --data @- "$BASE/v1/enroll" >"$W/enroll.json" \
-  || { cat "$W/enroll.json" >&2; die "enrollment failed"; }
-jq -r .certificate "$W/enroll.json" >"$W/leaf.pem"
-jq -r .chain "$W/enroll.json" >"$W/chain.pem"
-awk '/-----BEGIN/ {n++} n == 1' "$W/chain.pem" >"$W/issuer.pem"
+enroll_one bench-ocsp-0001
 SERIAL=$(jq -r .serial "$W/enroll.json")
 
 # --- requests, checked with openssl ---

@@ -281,15 +281,7 @@ export DEVID_LOG__LEVEL=warn DEVID_TLS__LISTEN=127.0.0.1:0
 export DEVID_LIMITS__PER_SOURCE=0 DEVID_LIMITS__PER_DEVICE=0 DEVID_LIMITS__PER_CREDENTIAL=0
 start_server "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}"
 # One enrolled device (token), not revoked: its certificate is "good".
-TOKEN=$("$DEVID" device add --id bench-peers-0001 --json "${D[@]}" 2>>"$W/cli.log" | jq -r .token)
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$W/key.pem" \
-  -subj /CN=bench-peers-0001 -out "$W/csr.pem" 2>/dev/null
-jq -n --arg t "$TOKEN" --rawfile c "$W/csr.pem" '{method: "token", token: $t, csr: $c}' \
-  | curl -sS --fail-with-body -H 'content-type: application/json' --data @- "$BASE/v1/enroll" >"$W/enroll.json" \
-  || { cat "$W/enroll.json" >&2; die "enrollment of the OCSP device failed"; }
-jq -r .certificate "$W/enroll.json" >"$W/leaf.pem"
-jq -r .chain "$W/enroll.json" >"$W/chain.pem"
-awk '/-----BEGIN/ {n++} n == 1' "$W/chain.pem" >"$W/issuer.pem"
+enroll_one bench-peers-0001
 CRED=$("$DEVID" "${D[@]}" credential create --role admin --name bench-peers --json 2>>"$W/cli.log")
 export DEVID_AGENT_CLIENT_SECRET
 DEVID_AGENT_CLIENT_SECRET=$(jq -r .client_secret <<<"$CRED")

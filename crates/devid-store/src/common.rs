@@ -550,6 +550,24 @@ macro_rules! insert_group {
 }
 pub(crate) use insert_group;
 
+/// Bind a group to an [`insert_group!`] statement, in its order.
+macro_rules! bind_group {
+    ($q:expr, $g:expr) => {
+        $q.bind($g.name.as_str())
+            .bind($g.methods.join(","))
+            .bind($g.registration.as_str())
+            .bind($g.id_source.as_str())
+            .bind($g.validity_secs)
+            .bind($crate::common::pack_ders(&$g.trust_anchors))
+            .bind($crate::common::pack_ders(&$g.crls))
+            .bind($g.master_key.as_deref())
+            .bind($g.rate_per_minute)
+            .bind($g.created_at.0)
+            .bind($g.updated_at.0)
+    };
+}
+pub(crate) use bind_group;
+
 /// Record a revocation: the `revocations` row (with the certificate's issuer and notAfter
 /// copied for CRL building) and a `revoked` change event. Binds: `$1` serial, `$2` reason
 /// code, `$3` time. Two statements, run in the caller's transaction.
@@ -1268,15 +1286,13 @@ macro_rules! impl_store {
                         });
                         q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     }
-                    let enrolling: Vec<&str> = registered
-                        .into_iter()
-                        .filter(|id| issued.iter().any(|t| t.device_id == *id))
-                        .collect();
-                    if !enrolling.is_empty() {
+                    // A registered device is not quarantined: its certificates were all
+                    // issued just now, and it becomes enrolled.
+                    if !registered.is_empty() {
                         let mut q = sqlx::QueryBuilder::new("UPDATE devices SET status = 'enrolled', updated_at = ");
                         q.push_bind(now.0).push(" WHERE status = 'registered' AND id IN (");
                         let mut sep = q.separated(", ");
-                        for id in enrolling {
+                        for id in registered {
                             sep.push_bind(id.to_string());
                         }
                         q.push(")");
@@ -1843,18 +1859,7 @@ macro_rules! impl_store {
                 } else {
                     $crate::common::insert_group!()
                 };
-                sqlx::query(sql)
-                    .bind(g.name.as_str())
-                    .bind(g.methods.join(","))
-                    .bind(g.registration.as_str())
-                    .bind(g.id_source.as_str())
-                    .bind(g.validity_secs)
-                    .bind($crate::common::pack_ders(&g.trust_anchors))
-                    .bind($crate::common::pack_ders(&g.crls))
-                    .bind(g.master_key.as_deref())
-                    .bind(g.rate_per_minute)
-                    .bind(g.created_at.0)
-                    .bind(g.updated_at.0)
+                $crate::common::bind_group!(sqlx::query(sql), g)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| self.db_err(e).on_conflict(|| format!("group {} already exists", g.name)))?;

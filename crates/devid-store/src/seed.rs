@@ -316,18 +316,7 @@ impl PgStore {
         let target = target.to_string();
         let mut tx = pool.begin().await.map_err(|e| from_sqlx(e, &target))?;
         for g in groups {
-            sqlx::query(crate::common::insert_group!())
-                .bind(g.name.as_str())
-                .bind(g.methods.join(","))
-                .bind(g.registration.as_str())
-                .bind(g.id_source.as_str())
-                .bind(g.validity_secs)
-                .bind(crate::common::pack_ders(&g.trust_anchors))
-                .bind(crate::common::pack_ders(&g.crls))
-                .bind(g.master_key.as_deref())
-                .bind(g.rate_per_minute)
-                .bind(g.created_at.0)
-                .bind(g.updated_at.0)
+            crate::common::bind_group!(sqlx::query(crate::common::insert_group!()), g)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| {
