@@ -2,7 +2,8 @@
 //! [`Store`](crate::Store) implementation ([`impl_store!`]), stamped out once per backend.
 //!
 //! The SQL text is the same for both backends: SQLite accepts `$1` placeholders (and a
-//! placeholder used twice), `TRUE`/`FALSE`, partial indexes and `LIMIT $n`. Every value read
+//! placeholder used twice), `TRUE`/`FALSE`, partial indexes and `LIMIT $n`; only a list of
+//! values is bound differently per backend ([`crate::lists`]). Every value read
 //! from the database is checked on the way out; a value that does not fit (an unknown status
 //! text, a malformed serial or id, an unknown reason code) is an [`ErrorKind::Internal`]
 //! error, never a panic.
@@ -637,31 +638,73 @@ macro_rules! append_audit_batch {
                     .await
                     .map_err(|e| $self.db_err(e))?;
             let first = last - n + 1;
-            let mut rows = Vec::with_capacity(events.len());
+            let len = events.len();
+            let (
+                mut seqs,
+                mut ats,
+                mut actors,
+                mut actions,
+                mut subjects,
+                mut details,
+                mut prevs,
+                mut hashes,
+            ) = (
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+                Vec::with_capacity(len),
+            );
             for (i, ev) in events.iter().enumerate() {
                 let seq = first + i as i64;
                 let hash = $crate::audit::entry_hash(&prev, seq, ev).to_vec();
-                rows.push((seq, *ev, std::mem::replace(&mut prev, hash.clone()), hash));
+                seqs.push(seq);
+                ats.push(ev.at.0);
+                actors.push(ev.actor.clone());
+                actions.push(ev.action.clone());
+                subjects.push(ev.subject.clone());
+                details.push(ev.details.clone());
+                prevs.push(std::mem::replace(&mut prev, hash.clone()));
+                hashes.push(hash);
             }
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) ",
+            use $crate::lists::Column as C;
+            const INSERT: &str =
+                "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) ";
+            let mut q = sqlx::QueryBuilder::new("");
+            // Where the backend allows, the entries and the new head go in one statement:
+            // one round trip less while the head's row lock is held.
+            let one_statement = $crate::lists::writable_cte(&q);
+            if one_statement {
+                q.push("WITH a AS (");
+            }
+            q.push(INSERT);
+            $crate::lists::rows(
+                &mut q,
+                vec![
+                    C::Int(seqs),
+                    C::Int(ats),
+                    C::Text(actors),
+                    C::Text(actions),
+                    C::Text(subjects),
+                    C::Text(details),
+                    C::Bytes(prevs),
+                    C::Bytes(hashes),
+                ],
             );
-            q.push_values(rows, |mut b, (seq, ev, prev_hash, hash)| {
-                b.push_bind(seq)
-                    .push_bind(ev.at.0)
-                    .push_bind(ev.actor.clone())
-                    .push_bind(ev.action.clone())
-                    .push_bind(ev.subject.clone())
-                    .push_bind(ev.details.clone())
-                    .push_bind(prev_hash)
-                    .push_bind(hash);
-            });
-            q.build().execute(&mut *$tx).await.map_err(|e| $self.db_err(e))?;
-            sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-                .bind(prev.as_slice())
-                .execute(&mut *$tx)
-                .await
-                .map_err(|e| $self.db_err(e))?;
+            if one_statement {
+                q.push(") UPDATE audit_head SET hash = ").push_bind(prev).push(" WHERE id = 1");
+                q.build().execute(&mut *$tx).await.map_err(|e| $self.db_err(e))?;
+            } else {
+                q.build().execute(&mut *$tx).await.map_err(|e| $self.db_err(e))?;
+                sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+                    .bind(prev.as_slice())
+                    .execute(&mut *$tx)
+                    .await
+                    .map_err(|e| $self.db_err(e))?;
+            }
         }
     }};
 }
@@ -700,6 +743,11 @@ pub(crate) use revoke_device_rows;
 /// - `fn reader(&self) -> &sqlx::Pool<DB>`: the pool for single-statement reads;
 /// - `async fn begin(&self) -> Result<sqlx::Transaction<'static, DB>, StoreError>`: a write
 ///   transaction;
+/// - `async fn begin_relaxed(&self)`: the same, for a transaction whose loss in a crash is
+///   harmless (PostgreSQL: its commit does not wait for the WAL flush);
+/// - `async fn begin_keyed(&self)`: a write transaction for statements that look rows up
+///   by a list of keys (`crate::lists`; PostgreSQL: planned for index lookups);
+/// - `async fn begin_read(&self)`: a read transaction, for a read by a list of keys;
 /// - `fn db_err(&self, e: sqlx::Error) -> StoreError`: [`crate::error::from_sqlx`] with the
 ///   store's target description.
 macro_rules! impl_store {
@@ -850,31 +898,29 @@ macro_rules! impl_store {
                 let mut firsts = std::collections::HashSet::new();
                 let unique: Vec<&(&$crate::DeviceRecord, &$crate::DeviceMeta, &$crate::AuditEvent)> =
                     items.iter().filter(|(d, _, _)| firsts.insert(d.id.as_str())).collect();
-                let mut tx = self.begin().await?;
-                if $backend == "postgres" {
-                    // See the trait: the enrollment's own intent makes this durable.
-                    sqlx::query("SET LOCAL synchronous_commit = off")
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.db_err(e))?;
-                }
+                // See the trait: the enrollment's own intent makes this durable.
+                let mut tx = self.begin_relaxed().await?;
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO devices (id, status, token_hash, token_used_at, created_at, updated_at, \
                      labels, batch_id, group_name, method, secret) ",
                 );
-                q.push_values(unique, |mut b, (d, m, _)| {
-                    b.push_bind(d.id.as_str().to_string())
-                        .push_bind($crate::common::device_status_text(d.status))
-                        .push_bind(d.token_hash.clone())
-                        .push_bind(d.token_used_at.map(|t| t.0))
-                        .push_bind(d.created_at.0)
-                        .push_bind(d.updated_at.0)
-                        .push_bind(m.labels.clone())
-                        .push_bind(m.batch_id.clone())
-                        .push_bind(m.group.clone())
-                        .push_bind(m.method.clone())
-                        .push_bind(m.secret.clone());
-                });
+                use $crate::lists::Column as C;
+                $crate::lists::rows(
+                    &mut q,
+                    vec![
+                        C::Text(unique.iter().map(|(d, _, _)| d.id.as_str().to_string()).collect()),
+                        C::Text(unique.iter().map(|(d, _, _)| $crate::common::device_status_text(d.status).to_string()).collect()),
+                        C::OptBytes(unique.iter().map(|(d, _, _)| d.token_hash.clone()).collect()),
+                        C::OptInt(unique.iter().map(|(d, _, _)| d.token_used_at.map(|t| t.0)).collect()),
+                        C::Int(unique.iter().map(|(d, _, _)| d.created_at.0).collect()),
+                        C::Int(unique.iter().map(|(d, _, _)| d.updated_at.0).collect()),
+                        C::OptText(unique.iter().map(|(_, m, _)| m.labels.clone()).collect()),
+                        C::OptText(unique.iter().map(|(_, m, _)| m.batch_id.clone()).collect()),
+                        C::OptText(unique.iter().map(|(_, m, _)| m.group.clone()).collect()),
+                        C::OptText(unique.iter().map(|(_, m, _)| m.method.clone()).collect()),
+                        C::OptBytes(unique.iter().map(|(_, m, _)| m.secret.clone()).collect()),
+                    ],
+                );
                 q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
                 let created: Vec<(String,)> =
                     q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
@@ -1090,7 +1136,7 @@ macro_rules! impl_store {
                 // The batch's time: the latest intent's (the store has no clock of its own).
                 let at = items.iter().map(|(p, _)| p.created_at.0).max().unwrap_or_default();
                 let mut refused: Vec<Option<String>> = vec![None; items.len()];
-                let mut tx = self.begin().await?;
+                let mut tx = self.begin_keyed().await?;
                 // Nonces: one conditional UPDATE (single use: concurrent redeemers serialize
                 // on the challenge row and all but the first match no row); a nonce named
                 // twice in the batch is redeemed by its first item only.
@@ -1100,16 +1146,18 @@ macro_rules! impl_store {
                     .collect();
                 if !nonces.is_empty() {
                     let mut q = sqlx::QueryBuilder::new("UPDATE challenges SET redeemed_at = ");
-                    q.push_bind(at).push(" WHERE redeemed_at IS NULL AND expires_at > ").push_bind(at);
-                    q.push(" AND nonce_hash IN (");
-                    let mut sep = q.separated(", ");
-                    for h in &nonces {
-                        sep.push_bind(h.to_vec());
-                    }
-                    q.push(") RETURNING nonce_hash");
-                    let done: Vec<(Vec<u8>,)> =
+                    // The expiry is tested in the SET and on the rows returned, not in the
+                    // WHERE: so the primary key is the one index that can serve this
+                    // statement, whatever the plan. An expired challenge keeps its NULL
+                    // (a refused item writes nothing) and is refused below.
+                    q.push("CASE WHEN expires_at > ").push_bind(at).push(" THEN ").push_bind(at);
+                    q.push(" ELSE redeemed_at END WHERE redeemed_at IS NULL AND ");
+                    $crate::lists::any_bytes(&mut q, "nonce_hash", nonces.iter().map(|h| h.to_vec()).collect());
+                    q.push(" RETURNING nonce_hash, expires_at");
+                    let done: Vec<(Vec<u8>, i64)> =
                         q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
-                    let mut won: std::collections::HashSet<Vec<u8>> = done.into_iter().map(|(h,)| h).collect();
+                    let mut won: std::collections::HashSet<Vec<u8>> =
+                        done.into_iter().filter(|(_, expires)| *expires > at).map(|(h, _)| h).collect();
                     for (i, (_, r)) in items.iter().enumerate() {
                         if let $crate::Redeem::Nonce(h) = r
                             && !won.remove(*h)
@@ -1130,17 +1178,11 @@ macro_rules! impl_store {
                 if !tokens.is_empty() {
                     let mut q = sqlx::QueryBuilder::new("UPDATE devices SET token_used_at = ");
                     q.push_bind(at).push(", updated_at = ").push_bind(at);
-                    q.push(" WHERE token_used_at IS NULL AND status <> 'quarantined' AND id IN (");
-                    let mut sep = q.separated(", ");
-                    for (id, _) in &tokens {
-                        sep.push_bind(id.to_string());
-                    }
-                    q.push(") AND token_hash IN (");
-                    let mut sep = q.separated(", ");
-                    for (_, h) in &tokens {
-                        sep.push_bind(h.to_vec());
-                    }
-                    q.push(") RETURNING id, token_hash");
+                    q.push(" WHERE token_used_at IS NULL AND status <> 'quarantined' AND ");
+                    $crate::lists::any_text(&mut q, "id", tokens.iter().map(|(id, _)| id.to_string()).collect());
+                    q.push(" AND ");
+                    $crate::lists::any_bytes(&mut q, "token_hash", tokens.iter().map(|(_, h)| h.to_vec()).collect());
+                    q.push(" RETURNING id, token_hash");
                     let done: Vec<(String, Vec<u8>)> =
                         q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     let mut won: std::collections::HashSet<(String, Vec<u8>)> = done.into_iter().collect();
@@ -1164,12 +1206,10 @@ macro_rules! impl_store {
                     // A serial is unique across intents and certificates: the primary key
                     // covers the intents, this probe the certificates (a collision fails
                     // the batch, whose items the group commit then retries one by one).
-                    let mut q = sqlx::QueryBuilder::new("SELECT serial FROM certificates WHERE serial IN (");
-                    let mut sep = q.separated(", ");
-                    for p in &admitted {
-                        sep.push_bind(p.serial.to_hex());
-                    }
-                    q.push(") LIMIT 1");
+                    let hexes: Vec<String> = admitted.iter().map(|p| p.serial.to_hex()).collect();
+                    let mut q = sqlx::QueryBuilder::new("SELECT serial FROM certificates WHERE ");
+                    $crate::lists::any_text(&mut q, "serial", hexes.clone());
+                    q.push(" LIMIT 1");
                     let taken: Option<(String,)> =
                         q.build_query_as().fetch_optional(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     if let Some((hex,)) = taken {
@@ -1179,17 +1219,21 @@ macro_rules! impl_store {
                         "INSERT INTO issuance_intents (serial, issuer_id, device_id, not_before, not_after, \
                          csr_sha256, tbs_der, created_at, predecessor) ",
                     );
-                    q.push_values(admitted, |mut b, p| {
-                        b.push_bind(p.serial.to_hex())
-                            .push_bind(p.issuer.as_str().to_string())
-                            .push_bind(p.device.as_str().to_string())
-                            .push_bind(p.not_before.0)
-                            .push_bind(p.not_after.0)
-                            .push_bind(p.csr_sha256.clone())
-                            .push_bind(p.tbs_der.clone())
-                            .push_bind(p.created_at.0)
-                            .push_bind(p.predecessor.as_ref().map(|s| s.to_hex()));
-                    });
+                    use $crate::lists::Column as C;
+                    $crate::lists::rows(
+                        &mut q,
+                        vec![
+                            C::Text(hexes),
+                            C::Text(admitted.iter().map(|p| p.issuer.as_str().to_string()).collect()),
+                            C::Text(admitted.iter().map(|p| p.device.as_str().to_string()).collect()),
+                            C::Int(admitted.iter().map(|p| p.not_before.0).collect()),
+                            C::Int(admitted.iter().map(|p| p.not_after.0).collect()),
+                            C::Bytes(admitted.iter().map(|p| p.csr_sha256.clone()).collect()),
+                            C::Bytes(admitted.iter().map(|p| p.tbs_der.clone()).collect()),
+                            C::Int(admitted.iter().map(|p| p.created_at.0).collect()),
+                            C::OptText(admitted.iter().map(|p| p.predecessor.as_ref().map(|s| s.to_hex())).collect()),
+                        ],
+                    );
                     q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
                 }
                 tx.commit().await.map_err(|e| self.db_err(e))?;
@@ -1216,17 +1260,14 @@ macro_rules! impl_store {
                 for (c, h) in items.iter().zip(&hexes) {
                     der_of.entry(h.as_str()).or_insert(c.cert_der);
                 }
-                let mut tx = self.begin().await?;
+                let mut tx = self.begin_keyed().await?;
                 // The intents leave and their certificates arrive, once each. Deleting first
                 // makes concurrent completers of one serial serialize on its row: the later
                 // one takes nothing and answers with what the first stored.
-                let mut q = sqlx::QueryBuilder::new("DELETE FROM issuance_intents WHERE serial IN (");
-                let mut sep = q.separated(", ");
-                for h in der_of.keys() {
-                    sep.push_bind(h.to_string());
-                }
+                let mut q = sqlx::QueryBuilder::new("DELETE FROM issuance_intents WHERE ");
+                $crate::lists::any_text(&mut q, "serial", der_of.keys().map(|h| h.to_string()).collect());
                 q.push(
-                    ") RETURNING serial, issuer_id, device_id, not_before, not_after, csr_sha256, tbs_der, \
+                    " RETURNING serial, issuer_id, device_id, not_before, not_after, csr_sha256, tbs_der, \
                      created_at, predecessor",
                 );
                 let taken: Vec<$crate::common::IntentRow> =
@@ -1238,15 +1279,9 @@ macro_rules! impl_store {
                     // The devices as they are now. One quarantined between step 4 and now
                     // must not leave with a valid certificate: it is stored revoked, in
                     // this transaction, and refused. A registered one becomes enrolled.
-                    let mut q = sqlx::QueryBuilder::new("SELECT id, status FROM devices WHERE id IN (");
-                    let mut sep = q.separated(", ");
-                    let mut ids = std::collections::BTreeSet::new();
-                    for t in &taken {
-                        if ids.insert(t.device_id.as_str()) {
-                            sep.push_bind(t.device_id.clone());
-                        }
-                    }
-                    q.push(")");
+                    let ids: std::collections::BTreeSet<&str> = taken.iter().map(|t| t.device_id.as_str()).collect();
+                    let mut q = sqlx::QueryBuilder::new("SELECT id, status FROM devices WHERE ");
+                    $crate::lists::any_text(&mut q, "id", ids.into_iter().map(str::to_string).collect());
                     let devices: Vec<(String, String)> =
                         q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     let quarantined: std::collections::HashSet<&str> =
@@ -1257,21 +1292,32 @@ macro_rules! impl_store {
                         "INSERT INTO certificates (serial, issuer_id, device_id, status, not_before, not_after, \
                          csr_sha256, tbs_der, cert_der, created_at, updated_at, predecessor) ",
                     );
-                    q.push_values(&taken, |mut b, t| {
-                        let status = if quarantined.contains(t.device_id.as_str()) { "revoked" } else { "issued" };
-                        b.push_bind(t.serial.clone())
-                            .push_bind(t.issuer_id.clone())
-                            .push_bind(t.device_id.clone())
-                            .push_bind(status)
-                            .push_bind(t.not_before)
-                            .push_bind(t.not_after)
-                            .push_bind(t.csr_sha256.clone())
-                            .push_bind(t.tbs_der.clone())
-                            .push_bind(der_of.get(t.serial.as_str()).map(|d| d.to_vec()))
-                            .push_bind(t.created_at)
-                            .push_bind(now.0)
-                            .push_bind(t.predecessor.clone());
-                    });
+                    use $crate::lists::Column as C;
+                    $crate::lists::rows(
+                        &mut q,
+                        vec![
+                            C::Text(taken.iter().map(|t| t.serial.clone()).collect()),
+                            C::Text(taken.iter().map(|t| t.issuer_id.clone()).collect()),
+                            C::Text(taken.iter().map(|t| t.device_id.clone()).collect()),
+                            C::Text(
+                                taken
+                                    .iter()
+                                    .map(|t| {
+                                        if quarantined.contains(t.device_id.as_str()) { "revoked" } else { "issued" }
+                                            .to_string()
+                                    })
+                                    .collect(),
+                            ),
+                            C::Int(taken.iter().map(|t| t.not_before).collect()),
+                            C::Int(taken.iter().map(|t| t.not_after).collect()),
+                            C::Bytes(taken.iter().map(|t| t.csr_sha256.clone()).collect()),
+                            C::Bytes(taken.iter().map(|t| t.tbs_der.clone()).collect()),
+                            C::OptBytes(taken.iter().map(|t| der_of.get(t.serial.as_str()).map(|d| d.to_vec())).collect()),
+                            C::Int(taken.iter().map(|t| t.created_at).collect()),
+                            C::Int(vec![now.0; taken.len()]),
+                            C::OptText(taken.iter().map(|t| t.predecessor.clone()).collect()),
+                        ],
+                    );
                     q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     for t in taken.iter().filter(|t| quarantined.contains(t.device_id.as_str())) {
                         $crate::common::record_revocation!(self, tx, t.serial.as_str(), i16::from(devid_core::RevocationReason::PrivilegeWithdrawn.code()), now.0);
@@ -1281,21 +1327,23 @@ macro_rules! impl_store {
                         taken.iter().filter(|t| !quarantined.contains(t.device_id.as_str())).collect();
                     if !issued.is_empty() {
                         let mut q = sqlx::QueryBuilder::new("INSERT INTO cert_events (serial, issuer_id, kind, at) ");
-                        q.push_values(&issued, |mut b, t| {
-                            b.push_bind(t.serial.clone()).push_bind(t.issuer_id.clone()).push("'issued'").push_bind(now.0);
-                        });
+                        $crate::lists::rows(
+                            &mut q,
+                            vec![
+                                C::Text(issued.iter().map(|t| t.serial.clone()).collect()),
+                                C::Text(issued.iter().map(|t| t.issuer_id.clone()).collect()),
+                                C::Text(vec!["issued".to_string(); issued.len()]),
+                                C::Int(vec![now.0; issued.len()]),
+                            ],
+                        );
                         q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     }
                     // A registered device is not quarantined: its certificates were all
                     // issued just now, and it becomes enrolled.
                     if !registered.is_empty() {
                         let mut q = sqlx::QueryBuilder::new("UPDATE devices SET status = 'enrolled', updated_at = ");
-                        q.push_bind(now.0).push(" WHERE status = 'registered' AND id IN (");
-                        let mut sep = q.separated(", ");
-                        for id in registered {
-                            sep.push_bind(id.to_string());
-                        }
-                        q.push(")");
+                        q.push_bind(now.0).push(" WHERE status = 'registered' AND ");
+                        $crate::lists::any_text(&mut q, "id", registered.into_iter().map(str::to_string).collect());
                         q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     }
                     for t in taken {
@@ -1312,12 +1360,8 @@ macro_rules! impl_store {
                 let missing: Vec<&str> =
                     der_of.keys().copied().filter(|h| !stored.contains_key(*h) && !forbidden.contains(*h)).collect();
                 if !missing.is_empty() {
-                    let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " WHERE c.serial IN ("));
-                    let mut sep = q.separated(", ");
-                    for h in &missing {
-                        sep.push_bind(h.to_string());
-                    }
-                    q.push(")");
+                    let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " WHERE "));
+                    $crate::lists::any_text(&mut q, "c.serial", missing.iter().map(|h| h.to_string()).collect());
                     let rows: Vec<$crate::common::CertRow> =
                         q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     for row in rows {
@@ -1359,17 +1403,16 @@ macro_rules! impl_store {
                 serials: &[devid_core::Serial],
             ) -> Result<Vec<$crate::CertRecord>, $crate::StoreError> {
                 let mut out = Vec::with_capacity(serials.len());
+                // A read by a list of keys: in a transaction, for its planning (`begin_read`).
+                let mut tx = self.begin_read().await?;
                 for chunk in serials.chunks(1000) {
-                    let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " WHERE c.serial IN ("));
-                    let mut sep = q.separated(", ");
-                    for s in chunk {
-                        sep.push_bind(s.to_hex());
-                    }
-                    q.push(")");
+                    let mut q = sqlx::QueryBuilder::new(concat!($crate::common::cert_select!(), " WHERE "));
+                    $crate::lists::any_text(&mut q, "c.serial", chunk.iter().map(|s| s.to_hex()).collect());
                     let rows: Vec<$crate::common::CertRow> =
-                        q.build_query_as().fetch_all(self.reader()).await.map_err(|e| self.db_err(e))?;
+                        q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     out.extend($crate::common::convert(rows)?);
                 }
+                tx.commit().await.map_err(|e| self.db_err(e))?;
                 Ok(out)
             }
 
@@ -1927,14 +1970,8 @@ macro_rules! impl_store {
                 if items.is_empty() {
                     return Ok(());
                 }
-                let mut tx = self.begin().await?;
-                if $backend == "postgres" {
-                    // See the trait: losing a challenge in a crash costs the device a retry.
-                    sqlx::query("SET LOCAL synchronous_commit = off")
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| self.db_err(e))?;
-                }
+                // See the trait: losing a challenge in a crash costs the device a retry.
+                let mut tx = self.begin_relaxed().await?;
                 if let Some(before) = purge_before {
                     sqlx::query("DELETE FROM challenges WHERE expires_at < $1")
                         .bind(before.0)
@@ -1945,14 +1982,18 @@ macro_rules! impl_store {
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO challenges (nonce_hash, group_name, method, state, expires_at, redeemed_at) ",
                 );
-                q.push_values(items, |mut b, c| {
-                    b.push_bind(c.nonce_hash.to_vec())
-                        .push_bind(c.group.clone())
-                        .push_bind(c.method.clone())
-                        .push_bind(c.state.clone())
-                        .push_bind(c.expires_at.0)
-                        .push("NULL");
-                });
+                use $crate::lists::Column as C;
+                $crate::lists::rows(
+                    &mut q,
+                    vec![
+                        C::Bytes(items.iter().map(|c| c.nonce_hash.to_vec()).collect()),
+                        C::Text(items.iter().map(|c| c.group.clone()).collect()),
+                        C::Text(items.iter().map(|c| c.method.clone()).collect()),
+                        C::OptText(items.iter().map(|c| c.state.clone()).collect()),
+                        C::Int(items.iter().map(|c| c.expires_at.0).collect()),
+                        C::OptInt(vec![None; items.len()]),
+                    ],
+                );
                 q.build()
                     .execute(&mut *tx)
                     .await

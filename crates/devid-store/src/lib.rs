@@ -16,6 +16,7 @@ use devid_core::{CaId, DeviceId, ErrorKind, RevocationReason, Serial, UnixTime};
 pub mod audit;
 mod common;
 mod error;
+mod lists;
 mod postgres;
 pub mod seed;
 mod sqlite;

@@ -82,6 +82,38 @@ impl PgStore {
         self.pool.begin().await.map_err(|e| self.db_err(e))
     }
 
+    /// A write transaction for statements that look rows up by a list of keys
+    /// (`key = ANY($1)`, `crate::lists`), each of which a primary key serves.
+    ///
+    /// Sequential scans are off in it (`enable_seqscan = off`, for this transaction only).
+    /// Such a statement is prepared once per connection, and after five executions
+    /// PostgreSQL keeps a generic plan, which cannot see the array's length: planned while
+    /// a table is nearly empty (a fresh store), that plan is a sequential scan, and it stays
+    /// for the connection's life. Measured on an x509 enrollment run from an empty store:
+    /// 231 buffer reads per `devices` lookup of a batch instead of about 5 a device, and
+    /// 4 ms a call. Planning every call instead (`plan_cache_mode = force_custom_plan`)
+    /// cost about 50 µs of PostgreSQL CPU per enrollment. The setting travels with the
+    /// `BEGIN`: no extra round trip.
+    async fn begin_keyed(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.pool.begin_with("BEGIN; SET LOCAL enable_seqscan = off").await.map_err(|e| self.db_err(e))
+    }
+
+    /// A write transaction for writes that a crash may lose at no harm: the commit does
+    /// not wait for its WAL flush (`synchronous_commit = off`, for this transaction only;
+    /// the setting travels with the `BEGIN`).
+    async fn begin_relaxed(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await.map_err(|e| self.db_err(e))
+    }
+
+    /// A read-only transaction planned as [`Self::begin_keyed`] plans, for a read by a list
+    /// of keys.
+    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        self.pool
+            .begin_with("BEGIN READ ONLY; SET LOCAL enable_seqscan = off")
+            .await
+            .map_err(|e| self.db_err(e))
+    }
+
     fn db_err(&self, e: sqlx::Error) -> StoreError {
         from_sqlx(e, &self.target)
     }

@@ -123,6 +123,22 @@ impl SqliteStore {
         self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.db_err(e))
     }
 
+    /// [`Self::begin`]: SQLite's durability is the connection's (`synchronous`), not the
+    /// transaction's.
+    async fn begin_relaxed(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.begin().await
+    }
+
+    /// [`Self::begin`] (the PostgreSQL store plans these differently).
+    async fn begin_keyed(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.begin().await
+    }
+
+    /// A read transaction on the reader pool, for a read by a list of keys.
+    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.reader.begin().await.map_err(|e| self.db_err(e))
+    }
+
     fn db_err(&self, e: sqlx::Error) -> StoreError {
         from_sqlx(e, &self.target)
     }
