@@ -638,35 +638,12 @@ macro_rules! append_audit_batch {
                     .await
                     .map_err(|e| $self.db_err(e))?;
             let first = last - n + 1;
-            let len = events.len();
-            let (
-                mut seqs,
-                mut ats,
-                mut actors,
-                mut actions,
-                mut subjects,
-                mut details,
-                mut prevs,
-                mut hashes,
-            ) = (
-                Vec::with_capacity(len),
-                Vec::with_capacity(len),
-                Vec::with_capacity(len),
-                Vec::with_capacity(len),
-                Vec::with_capacity(len),
-                Vec::with_capacity(len),
-                Vec::with_capacity(len),
-                Vec::with_capacity(len),
-            );
+            // The chain: each entry's sequence number, previous hash and own hash.
+            let (mut seqs, mut prevs, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
             for (i, ev) in events.iter().enumerate() {
                 let seq = first + i as i64;
                 let hash = $crate::audit::entry_hash(&prev, seq, ev).to_vec();
                 seqs.push(seq);
-                ats.push(ev.at.0);
-                actors.push(ev.actor.clone());
-                actions.push(ev.action.clone());
-                subjects.push(ev.subject.clone());
-                details.push(ev.details.clone());
                 prevs.push(std::mem::replace(&mut prev, hash.clone()));
                 hashes.push(hash);
             }
@@ -685,11 +662,11 @@ macro_rules! append_audit_batch {
                 &mut q,
                 vec![
                     C::Int(seqs),
-                    C::Int(ats),
-                    C::Text(actors),
-                    C::Text(actions),
-                    C::Text(subjects),
-                    C::Text(details),
+                    C::Int(events.iter().map(|ev| ev.at.0).collect()),
+                    C::Text(events.iter().map(|ev| ev.actor.clone()).collect()),
+                    C::Text(events.iter().map(|ev| ev.action.clone()).collect()),
+                    C::Text(events.iter().map(|ev| ev.subject.clone()).collect()),
+                    C::Text(events.iter().map(|ev| ev.details.clone()).collect()),
                     C::Bytes(prevs),
                     C::Bytes(hashes),
                 ],
@@ -909,7 +886,12 @@ macro_rules! impl_store {
                     &mut q,
                     vec![
                         C::Text(unique.iter().map(|(d, _, _)| d.id.as_str().to_string()).collect()),
-                        C::Text(unique.iter().map(|(d, _, _)| $crate::common::device_status_text(d.status).to_string()).collect()),
+                        C::Text(
+                            unique
+                                .iter()
+                                .map(|(d, _, _)| $crate::common::device_status_text(d.status).to_string())
+                                .collect(),
+                        ),
                         C::OptBytes(unique.iter().map(|(d, _, _)| d.token_hash.clone()).collect()),
                         C::OptInt(unique.iter().map(|(d, _, _)| d.token_used_at.map(|t| t.0)).collect()),
                         C::Int(unique.iter().map(|(d, _, _)| d.created_at.0).collect()),
@@ -1312,7 +1294,9 @@ macro_rules! impl_store {
                             C::Int(taken.iter().map(|t| t.not_after).collect()),
                             C::Bytes(taken.iter().map(|t| t.csr_sha256.clone()).collect()),
                             C::Bytes(taken.iter().map(|t| t.tbs_der.clone()).collect()),
-                            C::OptBytes(taken.iter().map(|t| der_of.get(t.serial.as_str()).map(|d| d.to_vec())).collect()),
+                            C::OptBytes(
+                                taken.iter().map(|t| der_of.get(t.serial.as_str()).map(|d| d.to_vec())).collect(),
+                            ),
                             C::Int(taken.iter().map(|t| t.created_at).collect()),
                             C::Int(vec![now.0; taken.len()]),
                             C::OptText(taken.iter().map(|t| t.predecessor.clone()).collect()),
