@@ -98,27 +98,16 @@ impl Lists for sqlx::Sqlite {
     const WRITABLE_CTE: bool = false;
 
     fn push_any_text(q: &mut QueryBuilder<Self>, column: &str, values: Vec<String>) {
-        q.push(column).push(" IN (");
-        let mut sep = q.separated(", ");
-        for v in values {
-            sep.push_bind(v);
-        }
-        q.push(")");
+        sqlite_in(q, column, values);
     }
 
     fn push_any_bytes(q: &mut QueryBuilder<Self>, column: &str, values: Vec<Vec<u8>>) {
-        q.push(column).push(" IN (");
-        let mut sep = q.separated(", ");
-        for v in values {
-            sep.push_bind(v);
-        }
-        q.push(")");
+        sqlite_in(q, column, values);
     }
 
-    fn push_rows(q: &mut QueryBuilder<Self>, columns: Vec<Column>) {
+    fn push_rows(q: &mut QueryBuilder<Self>, mut columns: Vec<Column>) {
         debug_assert!(columns.windows(2).all(|w| w[0].len() == w[1].len()));
         let rows = columns.first().map_or(0, Column::len);
-        let mut cells: Vec<Cells> = columns.into_iter().map(Cells::from).collect();
         q.push("VALUES ");
         for row in 0..rows {
             if row > 0 {
@@ -126,14 +115,17 @@ impl Lists for sqlx::Sqlite {
             }
             q.push("(");
             let mut sep = q.separated(", ");
-            for c in &mut cells {
+            // Each value is moved out of its column (left empty behind), not copied. A
+            // column shorter than the first (a caller's bug, asserted above) binds NULL,
+            // which the NOT NULL columns refuse, rather than panicking.
+            for c in &mut columns {
                 match c {
-                    Cells::Text(it) => sep.push_bind(it.next()),
-                    Cells::OptText(it) => sep.push_bind(it.next().flatten()),
-                    Cells::Int(it) => sep.push_bind(it.next()),
-                    Cells::OptInt(it) => sep.push_bind(it.next().flatten()),
-                    Cells::Bytes(it) => sep.push_bind(it.next()),
-                    Cells::OptBytes(it) => sep.push_bind(it.next().flatten()),
+                    Column::Text(v) => sep.push_bind(v.get_mut(row).map(std::mem::take)),
+                    Column::OptText(v) => sep.push_bind(v.get_mut(row).and_then(Option::take)),
+                    Column::Int(v) => sep.push_bind(v.get(row).copied()),
+                    Column::OptInt(v) => sep.push_bind(v.get(row).copied().flatten()),
+                    Column::Bytes(v) => sep.push_bind(v.get_mut(row).map(std::mem::take)),
+                    Column::OptBytes(v) => sep.push_bind(v.get_mut(row).and_then(Option::take)),
                 };
             }
             q.push(")");
@@ -141,27 +133,17 @@ impl Lists for sqlx::Sqlite {
     }
 }
 
-/// The values of a [`Column`], taken row by row.
-enum Cells {
-    Text(std::vec::IntoIter<String>),
-    OptText(std::vec::IntoIter<Option<String>>),
-    Int(std::vec::IntoIter<i64>),
-    OptInt(std::vec::IntoIter<Option<i64>>),
-    Bytes(std::vec::IntoIter<Vec<u8>>),
-    OptBytes(std::vec::IntoIter<Option<Vec<u8>>>),
-}
-
-impl From<Column> for Cells {
-    fn from(c: Column) -> Cells {
-        match c {
-            Column::Text(v) => Cells::Text(v.into_iter()),
-            Column::OptText(v) => Cells::OptText(v.into_iter()),
-            Column::Int(v) => Cells::Int(v.into_iter()),
-            Column::OptInt(v) => Cells::OptInt(v.into_iter()),
-            Column::Bytes(v) => Cells::Bytes(v.into_iter()),
-            Column::OptBytes(v) => Cells::OptBytes(v.into_iter()),
-        }
+/// `column IN (?, ?, …)`, one placeholder per value.
+fn sqlite_in<T>(q: &mut QueryBuilder<sqlx::Sqlite>, column: &str, values: Vec<T>)
+where
+    T: for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    q.push(column).push(" IN (");
+    let mut sep = q.separated(", ");
+    for v in values {
+        sep.push_bind(v);
     }
+    q.push(")");
 }
 
 /// Append `column` matching any of `values`, as the backend `DB` binds a list.
