@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
@@ -16,6 +16,20 @@ use devid_testkit::hsm::{self, HsmToken};
 use zeroize::Zeroizing;
 
 const P256: KeyAlgorithm = KeyAlgorithm::EcdsaP256;
+
+/// The wrong-PIN test runs alone; the others share the token among themselves. A login with
+/// a wrong PIN on the shared token made SoftHSM2 answer CKR_GENERAL_ERROR to a
+/// C_GenerateKeyPair running at the same time in another test (2 runs in 15; none with the
+/// wrong-PIN test skipped). One process uses one PIN per token, so only tests do this.
+static TOKEN_USE: RwLock<()> = RwLock::new(());
+
+fn shared() -> RwLockReadGuard<'static, ()> {
+    TOKEN_USE.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn alone() -> RwLockWriteGuard<'static, ()> {
+    TOKEN_USE.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 fn manager(t: &HsmToken) -> Pkcs11KeyManager {
     Pkcs11KeyManager::new(&t.module, Zeroizing::new(t.pin.clone())).expect("load the module")
@@ -59,6 +73,7 @@ fn openssl_verifies(spki_der: &[u8], msg: &[u8], sig_der: &[u8]) -> bool {
 
 #[test]
 fn create_sign_verify_with_aws_lc_and_openssl() {
+    let _token = shared();
     let t = hsm::token();
     let m = manager(&t);
     let k = key(&t, &t.unique_label("ca"));
@@ -89,6 +104,7 @@ fn create_sign_verify_with_aws_lc_and_openssl() {
 /// The key template: what the token actually stored, read back with raw cryptoki.
 #[test]
 fn private_key_is_sensitive_and_not_extractable() {
+    let _token = shared();
     let t = hsm::token();
     let m = manager(&t);
     let label = t.unique_label("attrs");
@@ -153,6 +169,7 @@ fn private_key_is_sensitive_and_not_extractable() {
 
 #[test]
 fn create_twice_is_exists_and_replace_replaces() {
+    let _token = shared();
     let t = hsm::token();
     let m = manager(&t);
     let k = key(&t, &t.unique_label("twice"));
@@ -177,6 +194,7 @@ fn create_twice_is_exists_and_replace_replaces() {
 
 #[test]
 fn unknown_object_and_unknown_token() {
+    let _token = shared();
     let t = hsm::token();
     let m = manager(&t);
     let k = key(&t, &t.unique_label("absent"));
@@ -200,6 +218,7 @@ fn unknown_object_and_unknown_token() {
 /// by tests/pkcs11_wrong_pin.rs.)
 #[test]
 fn wrong_pin_when_the_token_is_already_logged_in() {
+    let _token = alone();
     let t = hsm::token();
     let good = manager(&t);
     good.check_login(&t.token).expect("correct PIN");
@@ -223,6 +242,7 @@ fn wrong_pin_when_the_token_is_already_logged_in() {
 
 #[test]
 fn concurrent_signing() {
+    let _token = shared();
     let t = hsm::token();
     let kms = Kms::new().with_pkcs11(manager(&t));
     let k = key(&t, &t.unique_label("threads"));
@@ -246,6 +266,7 @@ fn concurrent_signing() {
 
 #[test]
 fn soft_references_are_not_configured() {
+    let _token = shared();
     let t = hsm::token();
     let m = manager(&t);
     let soft = KeyRef::soft("x").expect("ref");
