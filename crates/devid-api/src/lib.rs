@@ -41,15 +41,33 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The header carrying the request id, set on every response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// Shared state of every handler.
+/// Shared state of every handler: one reference count for the whole state, since axum
+/// clones it for every request (and the middleware once more).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+/// What the handlers use, behind [`AppState`].
+pub struct Services {
     /// The use cases.
     pub authority: Arc<Authority>,
     /// OCSP answers and CRLs.
     pub publisher: Arc<Publisher>,
     /// Access tokens.
     pub tokens: Arc<devid_authority::auth::TokenService>,
+}
+
+impl AppState {
+    /// The state of a router over these services.
+    pub fn new(services: Services) -> AppState {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
 }
 
 #[derive(OpenApi)]

@@ -2,6 +2,8 @@
 //! the issuance cycle for the x509, tpm and symmetric methods; steps 3 to 6 are
 //! [`Authority::issue`], shared with every method.
 
+use std::sync::Arc;
+
 use devid_attest::{AttestError, Attested};
 use devid_core::{DeviceId, ErrorKind, UnixTime};
 use devid_store::{ChallengeRecord, DeviceMeta, DeviceStatus, GroupRecord, Redeem};
@@ -228,8 +230,12 @@ impl Authority {
     }
 
     /// The group, which must exist and allow `method`.
-    async fn group_for(&self, group: &str, method: Method) -> Result<GroupRecord, AuthorityError> {
-        let g = self.store.get_group(group).await?.ok_or(AuthorityError::NotFound("group"))?;
+    async fn group_for(&self, group: &str, method: Method) -> Result<Arc<GroupRecord>, AuthorityError> {
+        let g = self
+            .groups
+            .get(self.store.as_ref(), self.clock.as_ref(), group)
+            .await?
+            .ok_or(AuthorityError::NotFound("group"))?;
         if !methods_of(&g).contains(&method) {
             return Err(AuthorityError::MethodNotAllowed(method.as_str().into()));
         }

@@ -11,6 +11,7 @@ pub mod bulk;
 mod ca_init;
 mod enroll;
 mod error;
+mod group_cache;
 mod group_commit;
 pub mod groups;
 mod issuer;
@@ -61,6 +62,10 @@ pub struct AuthorityConfig {
     pub renew_grace_secs: i64,
     /// Rate limits.
     pub limits: ratelimit::Limits,
+    /// How long an enrollment group read from the store serves the enrollment and renewal
+    /// paths, in milliseconds (0: every request reads the store). A change made through
+    /// this node applies at once; one made elsewhere within this time.
+    pub group_cache_ms: i64,
 }
 
 /// The authority: owns the store, the key manager and the active issuing CA, and runs the
@@ -74,6 +79,7 @@ pub struct Authority {
     issuer: RwLock<Arc<ActiveIssuer>>,
     limiter: ratelimit::RateLimiter,
     commits: group_commit::GroupCommit,
+    groups: group_cache::GroupCache,
 }
 
 impl std::fmt::Debug for Authority {
@@ -95,6 +101,7 @@ impl Authority {
         let issuer = ActiveIssuer::load(store.as_ref(), kms.as_ref(), &config).await?;
         let limiter = ratelimit::RateLimiter::new(config.limits);
         let commits = group_commit::GroupCommit::new(store.clone());
+        let groups = group_cache::GroupCache::new(config.group_cache_ms);
         Ok(Authority {
             store,
             kms,
@@ -104,6 +111,7 @@ impl Authority {
             issuer: RwLock::new(Arc::new(issuer)),
             limiter,
             commits,
+            groups,
         })
     }
 

@@ -189,7 +189,8 @@ impl Authority {
         replace: bool,
         actor: &Actor,
     ) -> Result<(crate::groups::GroupView, Option<zeroize::Zeroizing<Vec<u8>>>), AuthorityError> {
-        crate::groups::put_group(
+        let name = spec.name.clone();
+        let put = crate::groups::put_group(
             self.store.as_ref(),
             self.kms.as_ref(),
             self.clock.as_ref(),
@@ -198,7 +199,9 @@ impl Authority {
             replace,
             actor,
         )
-        .await
+        .await;
+        self.groups.forget(&name);
+        put
     }
 
     /// A group (to a credential limited to groups, only one of its own).
@@ -217,7 +220,10 @@ impl Authority {
 
     /// Delete a group no device belongs to.
     pub async fn delete_group(&self, name: &str, actor: &Actor) -> Result<(), AuthorityError> {
-        crate::groups::delete_group(self.store.as_ref(), self.clock.as_ref(), name, actor).await
+        let deleted =
+            crate::groups::delete_group(self.store.as_ref(), self.clock.as_ref(), name, actor).await;
+        self.groups.forget(name);
+        deleted
     }
 }
 

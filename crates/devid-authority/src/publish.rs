@@ -360,8 +360,8 @@ impl Publisher {
             .map(|(c, s)| SingleStatus { cert_id_der: &c.der, status: *s, this_update: now, next_update })
             .collect();
         if let Some(nonce) = req.nonce.as_deref() {
-            // Signed for this request only: see `Responder::sign_response_unchecked`.
-            let der = responder.sign_response_unchecked(now, &singles, Some(nonce)).map_err(|e| {
+            // Signed for this request only, never cached.
+            let der = responder.sign_response(now, &singles, Some(nonce)).map_err(|e| {
                 tracing::error!(error = %e, "OCSP signing failed");
                 ErrorStatus::InternalError
             })?;

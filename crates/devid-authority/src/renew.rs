@@ -62,7 +62,11 @@ impl Authority {
             return self.issued(prior).await;
         }
         let validity_secs = match &meta.group {
-            Some(g) => self.store.get_group(g).await?.and_then(|g| g.validity_secs),
+            Some(g) => self
+                .groups
+                .get(self.store.as_ref(), self.clock.as_ref(), g)
+                .await?
+                .and_then(|g| g.validity_secs),
             None => None,
         };
         let ctx = IssueContext {

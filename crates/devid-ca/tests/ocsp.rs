@@ -665,7 +665,7 @@ fn responder_refuses_a_wrong_key_a_non_responder_certificate_and_a_bad_signature
     let (ok, out) = p.openssl_verify(&resp, &["-issuer", "issuing.pem", "-cert", "leaf1.pem", "-no_nonce"]);
     assert!(ok, "{out}");
     assert_verified(&out, &["leaf1.pem: good"]);
-    // A KMS returning a bad signature never yields a response.
+    // A KMS outside the process (an HSM) returning a bad signature never yields a response.
     let bad = Responder::new(&p.responder_der, Arc::new(BadSigner(p.responder_signer.clone()))).expect("new");
     let hashes = IssuerHashes::from_cert_der(&p.issuing_der).expect("hashes");
     let id = hashes.cert_id_der(HashAlgorithm::Sha1, &p.leaves[0].0).expect("id");

@@ -724,6 +724,7 @@ pub(crate) use revoke_device_rows;
 ///   harmless (PostgreSQL: its commit does not wait for the WAL flush);
 /// - `async fn begin_keyed(&self)`: a write transaction for statements that look rows up
 ///   by a list of keys (`crate::lists`; PostgreSQL: planned for index lookups);
+/// - `async fn begin_keyed_relaxed(&self)`: both of the above;
 /// - `async fn begin_read(&self)`: a read transaction, for a read by a list of keys;
 /// - `fn db_err(&self, e: sqlx::Error) -> StoreError`: [`crate::error::from_sqlx`] with the
 ///   store's target description.
@@ -1118,7 +1119,8 @@ macro_rules! impl_store {
                 // The batch's time: the latest intent's (the store has no clock of its own).
                 let at = items.iter().map(|(p, _)| p.created_at.0).max().unwrap_or_default();
                 let mut refused: Vec<Option<String>> = vec![None; items.len()];
-                let mut tx = self.begin_keyed().await?;
+                // See the trait: the completion's commit makes the intent durable.
+                let mut tx = self.begin_keyed_relaxed().await?;
                 // Nonces: one conditional UPDATE (single use: concurrent redeemers serialize
                 // on the challenge row and all but the first match no row); a nonce named
                 // twice in the batch is redeemed by its first item only.

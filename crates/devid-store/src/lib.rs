@@ -448,8 +448,9 @@ pub trait Store: Send + Sync + 'static {
     /// this call created it (and appended its audit entry; entries in item order). An id
     /// named twice is created by its first item. On PostgreSQL the commit does not wait for
     /// the WAL flush: a registration is acted on only by a later durable transaction of the
-    /// same enrollment (its intent), whose flush covers it (the WAL is written in order), so
-    /// a crash loses a registration only together with an enrollment that never answered.
+    /// same enrollment (its completion, see [`Store::record_intents`]), whose flush covers
+    /// it (the WAL is written in order), so a crash loses a registration only together with
+    /// an enrollment that never answered.
     async fn ensure_devices(
         &self,
         items: &[(&DeviceRecord, &DeviceMeta, &AuditEvent)],
@@ -517,6 +518,13 @@ pub trait Store: Send + Sync + 'static {
     /// (token or nonce already used, device quarantined) writes nothing and does not stop the
     /// others. The outer error means the transaction as a whole failed (nothing was
     /// written); the caller may then retry the items one by one.
+    ///
+    /// On PostgreSQL the commit does not wait for the WAL flush: the intent is recorded
+    /// (committed, seen by every node) before the certificate is signed, and it is made
+    /// durable by the completion of step 6, whose commit waits for the flush of all WAL
+    /// written before it (the WAL is written in order). A certificate leaves only after
+    /// that commit, so a database crash loses an intent only together with a certificate
+    /// that never left, and its token or nonce is unredeemed again (the device retries).
     async fn record_intents(
         &self,
         items: &[(&PendingCert, Redeem<'_>)],

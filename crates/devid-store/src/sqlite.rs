@@ -134,6 +134,11 @@ impl SqliteStore {
         self.begin().await
     }
 
+    /// [`Self::begin`] (see [`Self::begin_keyed`] and [`Self::begin_relaxed`]).
+    async fn begin_keyed_relaxed(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.begin().await
+    }
+
     /// A read transaction on the reader pool, for a read by a list of keys.
     async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         self.reader.begin().await.map_err(|e| self.db_err(e))

@@ -47,8 +47,9 @@ impl Signer for MemSigner {
     }
 }
 
-/// A signer whose signatures are corrupted (last byte flipped): whatever is built with it
-/// must be refused, never handed out.
+/// A signer whose signatures are corrupted (last byte flipped), as a faulty HSM's might be:
+/// whatever is built with it must be refused, never handed out. It says it may block, as
+/// a key outside the process does.
 pub struct BadSigner(pub std::sync::Arc<dyn Signer>);
 
 impl Signer for BadSigner {
@@ -67,5 +68,8 @@ impl Signer for BadSigner {
             *last ^= 1;
         }
         Ok(s)
+    }
+    fn may_block(&self) -> bool {
+        true
     }
 }

@@ -118,6 +118,10 @@ pub struct EnrollRaw {
     /// Renewal is still allowed this long after expiry, e.g. `1h`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renew_grace: Option<String>,
+    /// How long an enrollment group read from the store serves enrollments and renewals,
+    /// e.g. `1s` (`0s`: read it every time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_cache: Option<String>,
 }
 
 /// `[auth]`.
@@ -287,6 +291,8 @@ pub struct Config {
     pub renew_after: f64,
     /// Renewal grace period after expiry.
     pub renew_grace: Duration,
+    /// How long a group read from the store serves enrollments and renewals.
+    pub group_cache: Duration,
     /// Rate limits, per minute (0: unlimited): per source, device, credential, group.
     pub limits: [u64; 4],
 }
@@ -617,6 +623,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Duration::ZERO,
         Duration::from_secs(30 * 86400),
     )?;
+    let group_cache = duration(
+        "enroll.group_cache",
+        raw.enroll.group_cache.as_deref(),
+        Duration::from_secs(1),
+        Duration::ZERO,
+        Duration::from_secs(60),
+    )?;
     let limits = [
         number("limits.per_source", raw.limits.per_source.as_deref(), 6000, 0, 100_000_000)? as u64,
         number("limits.per_device", raw.limits.per_device.as_deref(), 10, 0, 100_000_000)? as u64,
@@ -631,6 +644,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         challenge_ttl,
         renew_after,
         renew_grace,
+        group_cache,
         ocsp_validity,
         ocsp_responder_validity,
         ocsp_cache_capacity,

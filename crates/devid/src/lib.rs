@@ -678,7 +678,8 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
             t
         },
     ));
-    let app = devid_api::router(devid_api::AppState { authority, publisher, tokens });
+    let app =
+        devid_api::router(devid_api::AppState::new(devid_api::Services { authority, publisher, tokens }));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -1483,6 +1484,7 @@ fn authority_config(cfg: &Config, public_url: url::Url) -> AuthorityConfig {
         challenge_ttl_secs: cfg.challenge_ttl.as_secs() as i64,
         renew_after_fraction: cfg.renew_after,
         renew_grace_secs: cfg.renew_grace.as_secs() as i64,
+        group_cache_ms: cfg.group_cache.as_millis() as i64,
         limits: Limits {
             per_source: rate(cfg.limits[0]),
             per_device: rate(cfg.limits[1]),
