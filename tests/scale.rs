@@ -583,6 +583,7 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
     check!("certificates of a device", 20, store.list_certificates(Some(&i.device), None, page));
     check!("certificate by serial", 10, store.get_certificate(&i.serial));
     check!("certificate for (device, CSR)", 20, store.certificate_for_csr(&i.device, &i.csr));
+    check!("device with its certificate for a CSR", 25, store.device_for_csr(&i.device, &i.csr));
     // Revocation publishing: the CRL's streamed read, the change log.
     let mut sink = CountingSink(0);
     check!("CRL entries (rebuild_crl)", 2500, store.rebuild_crl(&i.issuer, 0, UnixTime(now()), &mut sink));

@@ -207,8 +207,13 @@ impl Authority {
         })?;
         // Step 2.
         self.limiter.device(device.as_str(), self.clock.as_ref())?;
-        self.admit(&g, method, &device).await?;
-        if let Some(prior) = self.store.certificate_for_csr(&device, &csr.sha256).await?
+        // The device and the certificate already issued for this CSR (a retry), in one read.
+        let (existing, prior) = match self.store.device_for_csr(&device, &csr.sha256).await? {
+            Some((d, meta, prior)) => (Some((d, meta)), prior),
+            None => (None, None),
+        };
+        self.admit(&g, method, &device, existing).await?;
+        if let Some(prior) = prior
             && prior.status == devid_store::CertStatus::Issued
             && prior.not_after > now
             && prior.predecessor.is_none()
@@ -306,9 +311,15 @@ impl Authority {
         a.map_err(AuthorityError::Attestation)
     }
 
-    /// Step 2: may this device enroll in this group with this method?
-    async fn admit(&self, g: &GroupRecord, method: Method, device: &DeviceId) -> Result<(), AuthorityError> {
-        let existing = self.store.device_with_meta(device).await?;
+    /// Step 2: may this device (`existing`: its record as read, if it exists) enroll in this
+    /// group with this method?
+    async fn admit(
+        &self,
+        g: &GroupRecord,
+        method: Method,
+        device: &DeviceId,
+        existing: Option<(devid_store::DeviceRecord, DeviceMeta)>,
+    ) -> Result<(), AuthorityError> {
         match existing {
             Some((d, meta)) => {
                 if d.status == DeviceStatus::Quarantined {

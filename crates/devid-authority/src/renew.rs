@@ -31,8 +31,12 @@ impl Authority {
         }
         let device = current.device.clone();
         self.limiter.device(device.as_str(), self.clock.as_ref())?;
-        let (record, meta) =
-            self.store.device_with_meta(&device).await?.ok_or(AuthorityError::NotFound("device"))?;
+        // The device and the certificate already issued for this CSR (a retry), in one read.
+        let (record, meta, prior) = self
+            .store
+            .device_for_csr(&device, &csr.sha256)
+            .await?
+            .ok_or(AuthorityError::NotFound("device"))?;
         // Quarantine first: it revoked the certificate too, and is the reason to tell.
         if record.status == DeviceStatus::Quarantined {
             return Err(AuthorityError::DeviceQuarantined);
@@ -55,7 +59,7 @@ impl Authority {
             return refuse("the certificate expired longer ago than the grace period; enroll again");
         }
         // A retry of this renewal: the certificate already issued for this CSR.
-        if let Some(prior) = self.store.certificate_for_csr(&device, &csr.sha256).await?
+        if let Some(prior) = prior
             && prior.predecessor.as_ref() == Some(&serial)
             && prior.status == CertStatus::Issued
         {

@@ -12,7 +12,9 @@
 
 use devid_core::{CaId, DeviceId, RevocationReason, Serial, UnixTime};
 
-use crate::{CaKind, CaRecord, CertRecord, CertStatus, DeviceRecord, DeviceStatus, Page, StoreError};
+use crate::{
+    CaKind, CaRecord, CertRecord, CertStatus, DeviceMeta, DeviceRecord, DeviceStatus, Page, StoreError,
+};
 
 /// The largest page a list returns; smaller and larger requests are clamped to `1..=MAX_PAGE`.
 pub(crate) const MAX_PAGE: u32 = 1000;
@@ -317,6 +319,66 @@ impl TryFrom<CertRow> for CertRecord {
     }
 }
 
+/// A `devices` row with its metadata, left-joined with the row of [`for_csr_select!`]
+/// (the `p_` columns: all NULL when there is none).
+#[derive(sqlx::FromRow)]
+pub(crate) struct DeviceCsrRow {
+    #[sqlx(flatten)]
+    device: DeviceRow,
+    labels: Option<String>,
+    batch_id: Option<String>,
+    group_name: Option<String>,
+    method: Option<String>,
+    secret: Option<Vec<u8>>,
+    p_serial: Option<String>,
+    p_issuer_id: Option<String>,
+    p_device_id: Option<String>,
+    p_status: Option<String>,
+    p_not_before: Option<i64>,
+    p_not_after: Option<i64>,
+    p_csr_sha256: Option<Vec<u8>>,
+    p_tbs_der: Option<Vec<u8>>,
+    p_cert_der: Option<Vec<u8>>,
+    p_created_at: Option<i64>,
+    p_reason: Option<i16>,
+    p_revoked_at: Option<i64>,
+    p_predecessor: Option<String>,
+}
+
+impl DeviceCsrRow {
+    pub(crate) fn split(self) -> Result<(DeviceRecord, DeviceMeta, Option<CertRecord>), StoreError> {
+        fn need<T>(v: Option<T>, column: &str, serial: &str) -> Result<T, StoreError> {
+            v.ok_or_else(|| StoreError::internal(format!("certificate {serial} without {column}")))
+        }
+        let prior = match self.p_serial {
+            None => None,
+            Some(serial) => Some(CertRecord::try_from(CertRow {
+                issuer_id: need(self.p_issuer_id, "issuer_id", &serial)?,
+                device_id: need(self.p_device_id, "device_id", &serial)?,
+                status: need(self.p_status, "status", &serial)?,
+                not_before: need(self.p_not_before, "not_before", &serial)?,
+                not_after: need(self.p_not_after, "not_after", &serial)?,
+                csr_sha256: need(self.p_csr_sha256, "csr_sha256", &serial)?,
+                tbs_der: need(self.p_tbs_der, "tbs_der", &serial)?,
+                cert_der: self.p_cert_der,
+                created_at: need(self.p_created_at, "created_at", &serial)?,
+                reason: self.p_reason,
+                revoked_at: self.p_revoked_at,
+                predecessor: self.p_predecessor,
+                serial,
+            })?),
+        };
+        let meta = DeviceMeta {
+            labels: self.labels,
+            batch_id: self.batch_id,
+            group: self.group_name,
+            method: self.method,
+            secret: self.secret,
+        };
+        Ok((DeviceRecord::try_from(self.device)?, meta, prior))
+    }
+}
+
 /// An `issuance_intents` row, as step 6 takes it (`DELETE … RETURNING`).
 #[derive(sqlx::FromRow)]
 pub(crate) struct IntentRow {
@@ -493,6 +555,23 @@ macro_rules! cert_select {
     };
 }
 pub(crate) use cert_select;
+
+/// The newest of the certificates and the intents of device `$1` for the CSR hash `$2`, as
+/// a [`CertRow`] (at most one row).
+macro_rules! for_csr_select {
+    () => {
+        concat!(
+            "SELECT * FROM (",
+            $crate::common::cert_select!(),
+            " WHERE c.device_id = $1 AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS a \
+             UNION ALL SELECT * FROM (",
+            $crate::common::intent_select!(),
+            " WHERE c.device_id = $1 AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS b \
+             ORDER BY created_at DESC, serial DESC LIMIT 1"
+        )
+    };
+}
+pub(crate) use for_csr_select;
 
 /// An issuance intent (step 4) as a [`CertRow`]: a pending certificate, never revoked, with
 /// no DER yet. Aliased `c` like [`cert_select!`], so the same filters apply to both.
@@ -1022,44 +1101,34 @@ macro_rules! impl_store {
                 Ok(created)
             }
 
-            async fn device_with_meta(
+            async fn device_for_csr(
                 &self,
                 id: &devid_core::DeviceId,
-            ) -> Result<Option<($crate::DeviceRecord, $crate::DeviceMeta)>, $crate::StoreError> {
-                type Row = (
-                    String,
-                    String,
-                    Option<Vec<u8>>,
-                    Option<i64>,
-                    i64,
-                    i64,
-                    Option<String>,
-                    Option<String>,
-                    Option<String>,
-                    Option<String>,
-                    Option<Vec<u8>>,
-                );
-                let row: Option<Row> = sqlx::query_as(
-                    "SELECT id, status, token_hash, token_used_at, created_at, updated_at, \
-                     labels, batch_id, group_name, method, secret FROM devices WHERE id = $1",
-                )
+                csr_sha256: &[u8],
+            ) -> Result<
+                Option<($crate::DeviceRecord, $crate::DeviceMeta, Option<$crate::CertRecord>)>,
+                $crate::StoreError,
+            > {
+                // The device left-joined with the answer of `certificate_for_csr` (a subquery
+                // that does not depend on the device row: it is evaluated once).
+                let row: Option<$crate::common::DeviceCsrRow> = sqlx::query_as(concat!(
+                    "SELECT d.id AS id, d.status AS status, d.token_hash AS token_hash, \
+                     d.token_used_at AS token_used_at, d.created_at AS created_at, d.updated_at AS updated_at, \
+                     d.labels AS labels, d.batch_id AS batch_id, d.group_name AS group_name, d.method AS method, \
+                     d.secret AS secret, p.serial AS p_serial, p.issuer_id AS p_issuer_id, \
+                     p.device_id AS p_device_id, p.status AS p_status, p.not_before AS p_not_before, \
+                     p.not_after AS p_not_after, p.csr_sha256 AS p_csr_sha256, p.tbs_der AS p_tbs_der, \
+                     p.cert_der AS p_cert_der, p.created_at AS p_created_at, p.reason AS p_reason, \
+                     p.revoked_at AS p_revoked_at, p.predecessor AS p_predecessor FROM devices d LEFT JOIN (",
+                    $crate::common::for_csr_select!(),
+                    ") AS p ON 1 = 1 WHERE d.id = $1"
+                ))
                 .bind(id.as_str())
+                .bind(csr_sha256)
                 .fetch_optional(self.reader())
                 .await
                 .map_err(|e| self.db_err(e))?;
-                let Some((id, status, token_hash, token_used_at, created_at, updated_at, labels, batch_id, group, method, secret)) = row
-                else {
-                    return Ok(None);
-                };
-                let device = $crate::DeviceRecord::try_from($crate::common::DeviceRow {
-                    id,
-                    status,
-                    token_hash,
-                    token_used_at,
-                    created_at,
-                    updated_at,
-                })?;
-                Ok(Some((device, $crate::DeviceMeta { labels, batch_id, group, method, secret })))
+                row.map($crate::common::DeviceCsrRow::split).transpose()
             }
 
             async fn device_meta(
@@ -1431,15 +1500,7 @@ macro_rules! impl_store {
             ) -> Result<Option<$crate::CertRecord>, $crate::StoreError> {
                 // The newest of the certificates and the intents for this (device, CSR), in
                 // one round trip.
-                let row: Option<$crate::common::CertRow> = sqlx::query_as(concat!(
-                    "SELECT * FROM (",
-                    $crate::common::cert_select!(),
-                    " WHERE c.device_id = $1 AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS a \
-                     UNION ALL SELECT * FROM (",
-                    $crate::common::intent_select!(),
-                    " WHERE c.device_id = $1 AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS b \
-                     ORDER BY created_at DESC, serial DESC LIMIT 1"
-                ))
+                let row: Option<$crate::common::CertRow> = sqlx::query_as($crate::common::for_csr_select!())
                 .bind(device.as_str())
                 .bind(csr_sha256)
                 .fetch_optional(self.reader())

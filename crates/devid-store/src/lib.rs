@@ -483,9 +483,14 @@ pub trait Store: Send + Sync + 'static {
         at: UnixTime,
         audit: &AuditEvent,
     ) -> Result<Vec<DeviceId>, StoreError>;
-    /// A device and its metadata in one read (`None`: no such device).
-    async fn device_with_meta(&self, id: &DeviceId)
-    -> Result<Option<(DeviceRecord, DeviceMeta)>, StoreError>;
+    /// A device, its metadata and what [`Store::certificate_for_csr`] answers for it and
+    /// `csr_sha256`, in one read (`None`: no such device): what enrollment and renewal check
+    /// before they issue.
+    async fn device_for_csr(
+        &self,
+        id: &DeviceId,
+        csr_sha256: &[u8],
+    ) -> Result<Option<(DeviceRecord, DeviceMeta, Option<CertRecord>)>, StoreError>;
     /// A device's labels, batch id, group, method and sealed secret (`None`: no such device).
     async fn device_meta(&self, id: &DeviceId) -> Result<Option<DeviceMeta>, StoreError>;
 

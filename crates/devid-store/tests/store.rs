@@ -365,10 +365,23 @@ async fn certificate_for_csr_is_newest(backend: Backend) {
     let issuer = with_ca(&*store).await;
     let a = device("dev-a", None);
     let b = device("dev-b", None);
+    let b_meta = DeviceMeta {
+        labels: Some(r#"{"line":"7"}"#.into()),
+        method: Some("x509".into()),
+        secret: Some(vec![0, 1, 0xff]),
+        ..DeviceMeta::default()
+    };
     store.insert_device(&a, &DeviceMeta::default(), &ev()).await.unwrap();
-    store.insert_device(&b, &DeviceMeta::default(), &ev()).await.unwrap();
+    store.insert_device(&b, &b_meta, &ev()).await.unwrap();
     let csr = [0xab; 32];
     assert_eq!(store.certificate_for_csr(&a.id, &csr).await.unwrap(), None);
+    // The joined read: the device and its metadata, and no certificate yet.
+    assert_eq!(
+        store.device_for_csr(&a.id, &csr).await.unwrap(),
+        Some((a.clone(), DeviceMeta::default(), None))
+    );
+    assert_eq!(store.device_for_csr(&b.id, &csr).await.unwrap(), Some((b.clone(), b_meta.clone(), None)));
+    assert_eq!(store.device_for_csr(&DeviceId::new("nobody").unwrap(), &csr).await.unwrap(), None);
 
     // Older with a higher serial, newer with a lower serial: newest by time wins.
     store.record_intent(&pending(&serial(9), &issuer, &a.id, &csr, 10), Redeem::Nothing).await.unwrap();
@@ -394,6 +407,23 @@ async fn certificate_for_csr_is_newest(backend: Backend) {
     let c = store.certificate_for_csr(&b.id, &csr).await.unwrap().unwrap();
     assert_eq!(c.serial, serial(7));
     assert_eq!(store.certificate_for_csr(&b.id, &[0x01; 32]).await.unwrap(), None);
+    // The joined read answers what certificate_for_csr answers (issued, pending, none),
+    // beside the device as stored.
+    for (d, meta, h) in [
+        (&a, &DeviceMeta::default(), &csr),
+        (&a, &DeviceMeta::default(), &[0x01; 32]),
+        (&b, &b_meta, &csr),
+        (&b, &b_meta, &[0x01; 32]),
+    ] {
+        let (record, m, prior) = store.device_for_csr(&d.id, h).await.unwrap().expect("the device");
+        assert_eq!(record, store.get_device(&d.id).await.unwrap().unwrap());
+        assert_eq!(&m, meta);
+        assert_eq!(prior, store.certificate_for_csr(&d.id, h).await.unwrap());
+    }
+    let (_, _, prior) = store.device_for_csr(&a.id, &csr).await.unwrap().unwrap();
+    assert_eq!(prior.map(|c| (c.serial, c.status)), Some((serial(5), CertStatus::Issued)));
+    let (_, _, prior) = store.device_for_csr(&b.id, &csr).await.unwrap().unwrap();
+    assert_eq!(prior.map(|c| (c.serial, c.status, c.cert_der)), Some((serial(7), CertStatus::Pending, None)));
 
     drop(store);
     db.cleanup().await;
