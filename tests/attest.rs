@@ -1355,6 +1355,13 @@ async fn renewal_listener_tls(backend: Backend) {
         assert!(ok, "{flag} with a client certificate: {text}");
         assert!(text.contains(&format!("Protocol version: {name}")), "{flag}: {text}");
     }
+    // The server's suite preference (AES-128-GCM with SHA-256) wins over the client's
+    // (AES-256-GCM with SHA-384 first).
+    let mut args = vec!["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"];
+    args.extend_from_slice(&with_cert);
+    let (ok, text) = s_client(&args);
+    assert!(ok, "TLS 1.3 offering AES-256 first: {text}");
+    assert!(text.contains("Ciphersuite: TLS_AES_128_GCM_SHA256"), "{text}");
     // No client certificate: refused in the handshake. TLS 1.2: the server's alert ends
     // it. TLS 1.3: the server checks the client's (empty) Certificate after the client
     // has sent its Finished, so the alert arrives right after: -ign_eof waits for it.
