@@ -209,13 +209,15 @@ impl Authority {
             created_at: now,
             predecessor: ctx.predecessor.clone(),
         };
-        self.commits.intents.submit((pending, crate::group_commit::RedeemKey::of(redeem))).await.map_err(
-            |e| match (e.kind(), redeem) {
-                (devid_core::ErrorKind::Conflict, Redeem::Token(_)) => AuthorityError::TokenUsed,
-                (devid_core::ErrorKind::Conflict, Redeem::Nonce(_)) => AuthorityError::NonceUsed,
-                _ => AuthorityError::Store(e),
-            },
-        )?;
+        // The commit waits for its WAL flush only when the key is outside the process (an
+        // HSM keeps its own record of each signature): see `Store::record_intents`.
+        let wait_for_flush = issuer.signer.may_block();
+        let item = (pending, crate::group_commit::RedeemKey::of(redeem), wait_for_flush);
+        self.commits.intents.submit(item).await.map_err(|e| match (e.kind(), redeem) {
+            (devid_core::ErrorKind::Conflict, Redeem::Token(_)) => AuthorityError::TokenUsed,
+            (devid_core::ErrorKind::Conflict, Redeem::Nonce(_)) => AuthorityError::NonceUsed,
+            _ => AuthorityError::Store(e),
+        })?;
         let audit = ctx.audit(now, device, &serial, validity.not_after);
         self.sign_and_store(&issuer, serial, tbs_der, audit).await
     }

@@ -14,7 +14,7 @@
 //! next batch while the first waited for its flush, but the batches were half the size: one
 //! writer cut PostgreSQL's CPU per token enrollment by about a quarter (issue #6 note).
 //! Completions append to the audit chain on the head row's lock, so their batches went one
-//! after the other anyway, and intents no longer wait for a flush
+//! after the other anyway, and intents signed in-process no longer wait for a flush
 //! ([`Store::record_intents`]).
 //!
 //! If a batch's transaction fails as a whole (a serial collision, the database going away),
@@ -192,7 +192,9 @@ pub(crate) struct Registration {
 
 /// The batched writes of enrollment.
 pub(crate) struct GroupCommit {
-    pub intents: Batcher<(PendingCert, RedeemKey), ()>,
+    /// Intents, each with whether its commit must wait for the WAL flush (see
+    /// [`Store::record_intents`]); a batch waits if any of its intents must.
+    pub intents: Batcher<(PendingCert, RedeemKey, bool), ()>,
     pub completions: Batcher<Signed, CertRecord>,
     pub challenges: Batcher<(ChallengeRecord, UnixTime), ()>,
     pub registrations: Batcher<Registration, bool>,
@@ -205,12 +207,13 @@ impl GroupCommit {
     /// One drainer per queue (see the module's documentation).
     pub(crate) fn new(store: Arc<dyn Store>) -> GroupCommit {
         let s = store.clone();
-        let intents = Batcher::new(Box::new(move |items: &[(PendingCert, RedeemKey)]| {
+        let intents = Batcher::new(Box::new(move |items: &[(PendingCert, RedeemKey, bool)]| {
             let store = s.clone();
             Box::pin(async move {
                 let refs: Vec<(&PendingCert, Redeem<'_>)> =
-                    items.iter().map(|(p, r)| (p, r.as_redeem())).collect();
-                store.record_intents(&refs).await
+                    items.iter().map(|(p, r, _)| (p, r.as_redeem())).collect();
+                let wait_for_flush = items.iter().any(|(_, _, w)| *w);
+                store.record_intents(&refs, wait_for_flush).await
             }) as BoxFuture<'_, _>
         }));
         let s = store.clone();

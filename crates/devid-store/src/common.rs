@@ -1160,7 +1160,7 @@ macro_rules! impl_store {
                 redeem: $crate::Redeem<'_>,
             ) -> Result<(), $crate::StoreError> {
                 let mut answers = self
-                    .record_intents(&[(pending, redeem)])
+                    .record_intents(&[(pending, redeem)], true)
                     .await
                     .map_err(|e| e.on_conflict(|| format!("serial {} already exists", pending.serial)))?;
                 answers.pop().unwrap_or_else(|| Err($crate::StoreError::internal("no answer for the intent")))
@@ -1181,6 +1181,7 @@ macro_rules! impl_store {
             async fn record_intents(
                 &self,
                 items: &[(&$crate::PendingCert, $crate::Redeem<'_>)],
+                wait_for_flush: bool,
             ) -> Result<Vec<Result<(), $crate::StoreError>>, $crate::StoreError> {
                 if items.is_empty() {
                     return Ok(Vec::new());
@@ -1188,8 +1189,10 @@ macro_rules! impl_store {
                 // The batch's time: the latest intent's (the store has no clock of its own).
                 let at = items.iter().map(|(p, _)| p.created_at.0).max().unwrap_or_default();
                 let mut refused: Vec<Option<String>> = vec![None; items.len()];
-                // See the trait: the completion's commit makes the intent durable.
-                let mut tx = self.begin_keyed_relaxed().await?;
+                // See the trait: unless asked to wait, the completion's commit makes the
+                // intent durable.
+                let mut tx =
+                    if wait_for_flush { self.begin_keyed().await? } else { self.begin_keyed_relaxed().await? };
                 // Nonces: one conditional UPDATE (single use: concurrent redeemers serialize
                 // on the challenge row and all but the first match no row); a nonce named
                 // twice in the batch is redeemed by its first item only.

@@ -524,15 +524,19 @@ pub trait Store: Send + Sync + 'static {
     /// others. The outer error means the transaction as a whole failed (nothing was
     /// written); the caller may then retry the items one by one.
     ///
-    /// On PostgreSQL the commit does not wait for the WAL flush: the intent is recorded
-    /// (committed, seen by every node) before the certificate is signed, and it is made
-    /// durable by the completion of step 6, whose commit waits for the flush of all WAL
-    /// written before it (the WAL is written in order). A certificate leaves only after
-    /// that commit, so a database crash loses an intent only together with a certificate
-    /// that never left, and its token or nonce is unredeemed again (the device retries).
+    /// Unless `wait_for_flush`, the commit does not wait for the WAL flush on PostgreSQL:
+    /// the intent is recorded (committed, seen by every node) before the certificate is
+    /// signed, and it is made durable by the completion of step 6, whose commit waits for
+    /// the flush of all WAL written before it (the WAL is written in order). A certificate
+    /// leaves only after that commit, so a database crash loses an intent only together
+    /// with a certificate that never left, and its token or nonce is unredeemed again (the
+    /// device retries). Callers that sign with a key outside the process (an HSM, whose own
+    /// log records each signature) ask for the flush, so that every signature it makes has
+    /// a durable record. ([`Store::record_intent`] always waits.)
     async fn record_intents(
         &self,
         items: &[(&PendingCert, Redeem<'_>)],
+        wait_for_flush: bool,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
     /// Step 6 for many certificates in one transaction, with one audit-chain append for
     /// all. Each item gets what [`Store::complete_issuance`] would have answered; the outer

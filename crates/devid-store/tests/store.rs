@@ -1461,7 +1461,7 @@ async fn batched_intents_answer_each_item(backend: Backend) {
             (p, r)
         })
         .collect();
-    let results = store.record_intents(&items).await.unwrap();
+    let results = store.record_intents(&items, false).await.unwrap();
     let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
     assert_eq!(ok, [true, false, false, false, false, true, false, false, true]);
     for r in results.iter().filter(|r| r.is_err()) {
@@ -1474,7 +1474,7 @@ async fn batched_intents_answer_each_item(backend: Backend) {
     assert_eq!(store.get_device(&dev_id("b-2")).await.unwrap().unwrap().token_used_at, None);
     // A serial collision fails the batch as a whole: nothing of it is written.
     let dup = [(&ps[0], Redeem::Nothing), (&ps[1], Redeem::Token(&[2; 32]))];
-    assert_eq!(kind(store.record_intents(&dup).await), ErrorKind::Conflict);
+    assert_eq!(kind(store.record_intents(&dup, true).await), ErrorKind::Conflict);
     assert_eq!(store.get_device(&dev_id("b-2")).await.unwrap().unwrap().token_used_at, None);
     db.cleanup().await;
 }
