@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::process::Command;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
@@ -17,18 +17,16 @@ use zeroize::Zeroizing;
 
 const P256: KeyAlgorithm = KeyAlgorithm::EcdsaP256;
 
-/// The wrong-PIN test runs alone; the others share the token among themselves. A login with
-/// a wrong PIN on the shared token made SoftHSM2 answer CKR_GENERAL_ERROR to a
-/// C_GenerateKeyPair running at the same time in another test (2 runs in 15; none with the
-/// wrong-PIN test skipped). One process uses one PIN per token, so only tests do this.
-static TOKEN_USE: RwLock<()> = RwLock::new(());
+/// The tests take the shared token one at a time. SoftHSM2's file object store is not safe
+/// for one test's C_GenerateKeyPair beside another's work on the same token in the same
+/// process: a wrong-PIN login next to it gave CKR_GENERAL_ERROR (2 runs in 15), and so did
+/// the other tests' creating, replacing and looking up keys (CKR_TEMPLATE_INCONSISTENT or
+/// CKR_GENERAL_ERROR, 1 run in 30). Concurrency within one manager is still tested, by
+/// `concurrent_signing`'s threads. The whole file takes well under a second.
+static TOKEN_USE: Mutex<()> = Mutex::new(());
 
-fn shared() -> RwLockReadGuard<'static, ()> {
-    TOKEN_USE.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn alone() -> RwLockWriteGuard<'static, ()> {
-    TOKEN_USE.write().unwrap_or_else(PoisonError::into_inner)
+fn alone() -> MutexGuard<'static, ()> {
+    TOKEN_USE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn manager(t: &HsmToken) -> Pkcs11KeyManager {
@@ -73,7 +71,7 @@ fn openssl_verifies(spki_der: &[u8], msg: &[u8], sig_der: &[u8]) -> bool {
 
 #[test]
 fn create_sign_verify_with_aws_lc_and_openssl() {
-    let _token = shared();
+    let _token = alone();
     let t = hsm::token();
     let m = manager(&t);
     let k = key(&t, &t.unique_label("ca"));
@@ -104,7 +102,7 @@ fn create_sign_verify_with_aws_lc_and_openssl() {
 /// The key template: what the token actually stored, read back with raw cryptoki.
 #[test]
 fn private_key_is_sensitive_and_not_extractable() {
-    let _token = shared();
+    let _token = alone();
     let t = hsm::token();
     let m = manager(&t);
     let label = t.unique_label("attrs");
@@ -169,7 +167,7 @@ fn private_key_is_sensitive_and_not_extractable() {
 
 #[test]
 fn create_twice_is_exists_and_replace_replaces() {
-    let _token = shared();
+    let _token = alone();
     let t = hsm::token();
     let m = manager(&t);
     let k = key(&t, &t.unique_label("twice"));
@@ -194,7 +192,7 @@ fn create_twice_is_exists_and_replace_replaces() {
 
 #[test]
 fn unknown_object_and_unknown_token() {
-    let _token = shared();
+    let _token = alone();
     let t = hsm::token();
     let m = manager(&t);
     let k = key(&t, &t.unique_label("absent"));
@@ -242,7 +240,7 @@ fn wrong_pin_when_the_token_is_already_logged_in() {
 
 #[test]
 fn concurrent_signing() {
-    let _token = shared();
+    let _token = alone();
     let t = hsm::token();
     let kms = Kms::new().with_pkcs11(manager(&t));
     let k = key(&t, &t.unique_label("threads"));
@@ -266,7 +264,7 @@ fn concurrent_signing() {
 
 #[test]
 fn soft_references_are_not_configured() {
-    let _token = shared();
+    let _token = alone();
     let t = hsm::token();
     let m = manager(&t);
     let soft = KeyRef::soft("x").expect("ref");
