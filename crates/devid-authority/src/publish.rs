@@ -380,7 +380,9 @@ impl Publisher {
             && *status != Status::Unknown
             && self.evictions.load(std::sync::atomic::Ordering::Acquire) == epoch
         {
-            self.insert_cached(serial, &one.der, answer.clone(), *status, now);
+            // Another request or the pre-signer may have cached an answer meanwhile: every
+            // client gets that one.
+            return Ok(self.insert_cached(serial, &one.der, answer, *status, now));
         }
         Ok(answer)
     }
@@ -406,6 +408,9 @@ impl Publisher {
         self.cache.read().ok()?.get(serial)?.first().map(|c| c.status)
     }
 
+    /// Cache an answer and return the one now cached: an answer already cached for this
+    /// CertID and not yet due for refresh is kept (it states the current status, since
+    /// entries are evicted on every change), so that concurrent signers agree.
     fn insert_cached(
         &self,
         serial: &Serial,
@@ -413,13 +418,13 @@ impl Publisher {
         answer: OcspAnswer,
         status: Status,
         now: UnixTime,
-    ) {
-        let Some(c) = &answer.caching else { return };
+    ) -> OcspAnswer {
+        let Some(c) = &answer.caching else { return answer };
         // Re-sign when half the validity has passed (RFC 5019 §2.2.4: responders pre-produce
         // responses and refresh them before nextUpdate).
         let refresh_at = UnixTime(now.0 + (c.next_update.0 - now.0) / 2);
-        let entry = Arc::new(Cached { cert_id: cert_id.into(), answer, refresh_at, status });
-        let Ok(mut cache) = self.cache.write() else { return };
+        let entry = Arc::new(Cached { cert_id: cert_id.into(), answer: answer.clone(), refresh_at, status });
+        let Ok(mut cache) = self.cache.write() else { return answer };
         use std::sync::atomic::Ordering;
         if self.cache_len.load(Ordering::Relaxed) >= self.config.ocsp_cache_capacity
             && !cache.contains_key(serial)
@@ -430,11 +435,15 @@ impl Publisher {
         }
         let slot = cache.entry(serial.clone()).or_default();
         if let Some(pos) = slot.iter().position(|c| c.cert_id == entry.cert_id) {
+            if now < slot[pos].refresh_at {
+                return slot[pos].answer.clone();
+            }
             slot[pos] = entry;
         } else {
             slot.push(entry);
             self.cache_len.fetch_add(1, Ordering::Relaxed);
         }
+        answer
     }
 
     fn evict(&self, serial: &Serial) {
@@ -462,6 +471,12 @@ impl Publisher {
         }
         let cert_id = ctx.hashes.cert_id_der(HashAlgorithm::Sha1, serial)?;
         let now = self.clock.now();
+        // A request may have been answered and cached since the change (entries are
+        // evicted on every change, so a cached answer states the current status): keep
+        // it, so that clients see one answer and the key signs once.
+        if self.cached(serial, &cert_id, now).is_some() {
+            return Ok(());
+        }
         let next_update = now.plus(self.config.ocsp_validity_secs);
         let der: bytes::Bytes = responder
             .sign_response(
