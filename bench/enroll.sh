@@ -71,6 +71,9 @@ DEVID_AGENT_CLIENT_SECRET=$(jq -r .client_secret <<<"$CRED")
 CLIENT_ID=$(jq -r .client_id <<<"$CRED")
 say "server $BASE (renewal $RENEW), database $DB_URL; $DEVICES devices, concurrency $CONCURRENCY"
 say "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+# The PostgreSQL settings that move these figures most (a big store is slower when its hot
+# index pages do not fit in shared_buffers).
+say "PostgreSQL $(psql "$DB_URL" -qAtX -c "SELECT string_agg(name || '=' || current_setting(name), ' ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'max_wal_size')")"
 
 IFS=, read -r -a methods <<<"$METHODS"
 for m in "${methods[@]}"; do

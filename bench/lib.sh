@@ -192,20 +192,28 @@ cpu_sampler_stop() {
   fi
 }
 
-# cpu_per_op START_EPOCH SECONDS OPS: from $W/cpu.samples, the CPU each side used per
+# cpu_per_op START_EPOCH SECONDS OPS [json]: from $W/cpu.samples, the CPU each side used per
 # operation over that window (the last sample before it to the first after it): one line
-# "cpu/op: devid=… pg=… agent=… other=… us (cores: …)".
+# "cpu/op: devid=… pg=… agent=… other=… us (cores: …)", or with "json" one JSON object
+# {devid_us, pg_us, agent_us, other_us} (null when no samples cover the window).
 cpu_per_op() {
-  awk -v t0="$1" -v dt="$2" -v n="$3" -v hz="$HZ" '
+  awk -v t0="$1" -v dt="$2" -v n="$3" -v hz="$HZ" -v json="${4:-}" '
     { t = $1 }
     t <= t0 { a0 = $0 }
     t >= t0 + dt && b0 == "" { b0 = $0 }
     END {
-      if (a0 == "" || b0 == "" || n <= 0) { print "cpu/op: no samples cover the phase"; exit }
+      if (a0 == "" || b0 == "" || n <= 0) {
+        print (json ? "null" : "cpu/op: no samples cover the phase"); exit
+      }
       split(a0, a); split(b0, b)
       w = b[1] - a[1]
       d = b[2] - a[2]; p = b[3] - a[3]; g = b[4] - a[4]; m = b[5] - a[5]
       o = m - d - p - g
+      if (json) {
+        printf "{\"devid_us\": %.0f, \"pg_us\": %.0f, \"agent_us\": %.0f, \"other_us\": %.0f}\n",
+          d / hz * 1e6 / n, p / hz * 1e6 / n, g / hz * 1e6 / n, o / hz * 1e6 / n
+        exit
+      }
       printf "cpu/op: devid=%.0f pg=%.0f agent=%.0f other=%.0f us (cores: devid %.2f, pg %.2f, agent %.2f, other %.2f)\n",
         d / hz * 1e6 / n, p / hz * 1e6 / n, g / hz * 1e6 / n, o / hz * 1e6 / n,
         d / hz / w, p / hz / w, g / hz / w, o / hz / w

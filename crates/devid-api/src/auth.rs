@@ -8,12 +8,12 @@
 //! Tokens come from `POST /v1/auth/token`, the OAuth 2.0 client-credentials grant
 //! (RFC 6749 §4.4) with HTTP Basic client authentication (RFC 6749 §2.3.1).
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use devid_authority::AuthorityError;
@@ -86,60 +86,120 @@ pub fn openapi_path(route: &str) -> String {
     route.replace("{*", "{")
 }
 
-/// The middleware that enforces [`ACCESS`] (installed with `route_layer`, so the matched
-/// route is known).
-pub(crate) async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
-    let Some(route) = route else { return next.run(req).await };
-    let access = access(req.method(), &route);
-    // Per-source limit of the routes devices call without credentials.
-    if matches!(access, Some(Access::Public | Access::ClientCertificate))
-        && (route.starts_with("/v1/enroll") || route == "/v1/renew")
-    {
-        let source = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
-        if let Err(e) = state.authority.admit_source(source.as_deref().unwrap_or("unknown")) {
-            devid_authority::metrics::ENROLLMENT_FAILURES.inc("rate-limited");
-            return ApiError::from(e).into_response();
-        }
+/// The layer that enforces [`ACCESS`] (installed with `route_layer`, so the matched route
+/// is known). A plain tower service rather than `axum::middleware::from_fn`, so that a
+/// public route (enrollment, OCSP, CRLs) costs no boxed future and no clone of the route:
+/// only a request that must show a bearer token goes through an async check.
+#[derive(Clone)]
+pub(crate) struct AuthorizeLayer {
+    state: AppState,
+}
+
+impl AuthorizeLayer {
+    pub(crate) fn new(state: AppState) -> AuthorizeLayer {
+        AuthorizeLayer { state }
     }
-    match access {
-        Some(Access::Public | Access::ClientCertificate) => next.run(req).await,
-        Some(Access::Roles(roles)) => {
-            let Some(token) = bearer(req.headers()) else {
-                return unauthenticated("a bearer token is required", false);
-            };
-            match state.tokens.verify(token).await {
-                Ok(p) if roles.contains(&p.role) => {
-                    if let Err(e) = state.authority.admit_credential(&p.client_id) {
-                        return ApiError::from(e).into_response();
-                    }
-                    req.extensions_mut().insert(p);
-                    next.run(req).await
-                }
-                Ok(p) => {
-                    tracing::info!(client_id = %p.client_id, role = %p.role, route, "forbidden");
-                    ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "forbidden",
-                        format!("role {} may not call this route", p.role),
-                    )
-                    .into_response()
-                }
-                Err(AuthorityError::Unauthenticated(why)) => unauthenticated(&why, true),
-                Err(e) => ApiError::from(e).into_response(),
+}
+
+impl<S> tower::Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+
+    fn layer(&self, inner: S) -> Authorize<S> {
+        Authorize { inner, state: self.state.clone() }
+    }
+}
+
+/// See [`AuthorizeLayer`].
+#[derive(Clone)]
+pub(crate) struct Authorize<S> {
+    inner: S,
+    state: AppState,
+}
+
+type BoxedResponse =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<S> tower::Service<Request> for Authorize<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<S::Future, BoxedResponse>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use futures_util::future::Either;
+        let refuse = |r: Response| -> Self::Future { Either::Right(Box::pin(std::future::ready(Ok(r)))) };
+        // A clone of the matched path is a reference count, not a copy of the string.
+        let Some(matched) = req.extensions().get::<MatchedPath>().cloned() else {
+            return Either::Left(self.inner.call(req));
+        };
+        let route = matched.as_str();
+        let access = access(req.method(), route);
+        // Per-source limit of the routes devices call without credentials.
+        if matches!(access, Some(Access::Public | Access::ClientCertificate))
+            && (route.starts_with("/v1/enroll") || route == "/v1/renew")
+        {
+            let source = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
+            if let Err(e) = self.state.authority.admit_source(source.as_deref().unwrap_or("unknown")) {
+                devid_authority::metrics::ENROLLMENT_FAILURES.inc("rate-limited");
+                return refuse(ApiError::from(e).into_response());
             }
         }
-        None => {
-            // Default deny: a route without an entry is a bug, never an open door.
-            tracing::error!(method = %req.method(), route, "route has no access entry; refusing");
-            ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this route is not open to anyone")
-                .into_response()
+        match access {
+            Some(Access::Public | Access::ClientCertificate) => Either::Left(self.inner.call(req)),
+            Some(Access::Roles(roles)) => {
+                let Some(token) = bearer(req.headers()).map(str::to_owned) else {
+                    return refuse(unauthenticated("a bearer token is required", false));
+                };
+                // The service that was polled ready goes into the future; a clone stays.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let state = self.state.clone();
+                Either::Right(Box::pin(async move {
+                    let mut req = req;
+                    Ok(match state.tokens.verify(&token).await {
+                        Ok(p) if roles.contains(&p.role) => {
+                            if let Err(e) = state.authority.admit_credential(&p.client_id) {
+                                return Ok(ApiError::from(e).into_response());
+                            }
+                            req.extensions_mut().insert(p);
+                            return inner.call(req).await;
+                        }
+                        Ok(p) => {
+                            let route = matched.as_str();
+                            tracing::info!(client_id = %p.client_id, role = %p.role, route, "forbidden");
+                            ApiError::new(
+                                StatusCode::FORBIDDEN,
+                                "forbidden",
+                                format!("role {} may not call this route", p.role),
+                            )
+                            .into_response()
+                        }
+                        Err(AuthorityError::Unauthenticated(why)) => unauthenticated(&why, true),
+                        Err(e) => ApiError::from(e).into_response(),
+                    })
+                }))
+            }
+            None => {
+                // Default deny: a route without an entry is a bug, never an open door.
+                tracing::error!(method = %req.method(), route, "route has no access entry; refusing");
+                refuse(
+                    ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this route is not open to anyone")
+                        .into_response(),
+                )
+            }
         }
     }
 }
 
 /// The authenticated caller of a role-protected route, as the audit log names it. The
-/// [`authorize`] middleware put its token's principal in the request.
+/// [`AuthorizeLayer`] put its token's principal in the request.
 pub(crate) struct Caller(pub devid_authority::Actor);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {

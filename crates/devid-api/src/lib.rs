@@ -133,16 +133,16 @@ impl RequestIds {
 impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _req: &Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        axum::http::HeaderValue::from_str(&format!("{:016x}-{n:x}", self.prefix)).ok().map(RequestId::new)
+        // The formatted string becomes the header's bytes without another copy.
+        let id = axum::body::Bytes::from(format!("{:016x}-{n:x}", self.prefix));
+        axum::http::HeaderValue::from_maybe_shared(id).ok().map(RequestId::new)
     }
 }
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
-    let router = router
-        .merge(pki::wildcard_routes())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize));
+    let router = router.merge(pki::wildcard_routes()).route_layer(auth::AuthorizeLayer::new(state.clone()));
     let x_request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     router
         .fallback(problem::not_found)

@@ -56,7 +56,7 @@ async fn ocsp_get(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCSP_RESPONSE));
     if let Some(c) = &answer.caching {
         cache_headers(&mut h, c, now);
-        if not_modified(&headers, &c.etag) {
+        if not_modified(&headers, c.etag()) {
             return (StatusCode::NOT_MODIFIED, h).into_response();
         }
     } else {
@@ -79,18 +79,17 @@ fn decode_b64(s: &str) -> Option<Vec<u8>> {
 
 fn cache_headers(h: &mut HeaderMap, c: &Caching, now: UnixTime) {
     let max_age = (c.next_update.0 - now.0).max(0);
-    if let Ok(v) = HeaderValue::from_str(&format!("max-age={max_age}, public, no-transform, must-revalidate"))
-    {
-        h.insert(header::CACHE_CONTROL, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(c.this_update.to_system_time())) {
-        h.insert(header::LAST_MODIFIED, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(c.next_update.to_system_time())) {
-        h.insert(header::EXPIRES, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", c.etag)) {
-        h.insert(header::ETAG, v);
+    let cache_control = Bytes::from(format!("max-age={max_age}, public, no-transform, must-revalidate"));
+    // The other values were formatted when the answer was made; these are reference counts.
+    for (name, value) in [
+        (header::CACHE_CONTROL, cache_control),
+        (header::LAST_MODIFIED, c.last_modified_value()),
+        (header::EXPIRES, c.expires_value()),
+        (header::ETAG, c.etag_value()),
+    ] {
+        if let Ok(v) = HeaderValue::from_maybe_shared(value) {
+            h.insert(name, v);
+        }
     }
 }
 
@@ -132,15 +131,15 @@ async fn crl(
     };
     let crl = state.publisher.crl(issuer, shard).ok_or_else(missing)?;
     let now = state.authority.now();
-    let caching = Caching {
-        this_update: crl.this_update,
-        next_update: crl.next_update,
-        etag: format!("{}-{}-{}", crl.issuer, crl.shard, crl.crl_number).into(),
-    };
+    let caching = Caching::new(
+        crl.this_update,
+        crl.next_update,
+        &format!("{}-{}-{}", crl.issuer, crl.shard, crl.crl_number),
+    );
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/pkix-crl"));
     cache_headers(&mut h, &caching, now);
-    if not_modified(&headers, &caching.etag) {
+    if not_modified(&headers, caching.etag()) {
         return Ok((StatusCode::NOT_MODIFIED, h).into_response());
     }
     Ok((h, crl.der.clone()).into_response())

@@ -80,15 +80,58 @@ pub struct OcspAnswer {
     pub caching: Option<Caching>,
 }
 
-/// HTTP caching facts of a response (RFC 5019 §6).
+/// HTTP caching facts of a response (RFC 5019 §6), with the header values that do not
+/// change while it is served, formatted once (a cached answer serves many requests) into one
+/// buffer: `Last-Modified` and `Expires` (IMF-fixdate, RFC 9110 §5.6.7, always 29 bytes),
+/// then the quoted entity tag (RFC 9110 §8.8.3).
 #[derive(Debug, Clone)]
 pub struct Caching {
     /// When the response was produced (Last-Modified).
     pub this_update: UnixTime,
     /// When it stops being valid (bounds max-age; Expires).
     pub next_update: UnixTime,
-    /// A strong entity tag (hex of a hash of the response).
-    pub etag: Arc<str>,
+    values: bytes::Bytes,
+}
+
+/// Length of an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+const HTTP_DATE_LEN: usize = 29;
+
+impl Caching {
+    /// The caching facts of an answer valid from `this_update` to `next_update`, with a
+    /// strong entity tag (characters allowed in an entity tag, without the quotes).
+    pub fn new(this_update: UnixTime, next_update: UnixTime, etag: &str) -> Caching {
+        let mut v = String::with_capacity(2 * HTTP_DATE_LEN + etag.len() + 2);
+        v.push_str(&httpdate::fmt_http_date(this_update.to_system_time()));
+        v.push_str(&httpdate::fmt_http_date(next_update.to_system_time()));
+        debug_assert_eq!(v.len(), 2 * HTTP_DATE_LEN);
+        v.push('"');
+        v.push_str(etag);
+        v.push('"');
+        Caching { this_update, next_update, values: bytes::Bytes::from(v) }
+    }
+
+    /// The entity tag, without the quotes.
+    pub fn etag(&self) -> &str {
+        self.values
+            .get(2 * HTTP_DATE_LEN + 1..self.values.len().saturating_sub(1))
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+
+    /// The `Last-Modified` value (a shared slice, not a copy).
+    pub fn last_modified_value(&self) -> bytes::Bytes {
+        self.values.slice(..HTTP_DATE_LEN)
+    }
+
+    /// The `Expires` value.
+    pub fn expires_value(&self) -> bytes::Bytes {
+        self.values.slice(HTTP_DATE_LEN..2 * HTTP_DATE_LEN)
+    }
+
+    /// The `ETag` value, with its quotes.
+    pub fn etag_value(&self) -> bytes::Bytes {
+        self.values.slice(2 * HTTP_DATE_LEN..)
+    }
 }
 
 struct Cached {
@@ -673,7 +716,7 @@ impl Publisher {
 
 fn caching(der: &[u8], this_update: UnixTime, next_update: UnixTime) -> Caching {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
-    Caching { this_update, next_update, etag: hex::encode(&d.as_ref()[..16]).into() }
+    Caching::new(this_update, next_update, &hex::encode(&d.as_ref()[..16]))
 }
 
 /// Streams a CRL's entries into the encoder and signs it with the issuer's key.
@@ -801,6 +844,20 @@ mod tests {
             kind: CertEventKind::Revoked,
             at: UnixTime(0),
         }
+    }
+
+    #[test]
+    fn caching_header_values_are_formatted_once_and_sliced() {
+        // 1994-11-06 08:49:37 UTC, RFC 9110 §5.6.7's example, and 4 hours later.
+        let c = Caching::new(UnixTime(784_111_777), UnixTime(784_126_177), "abc-1");
+        assert_eq!(&c.last_modified_value()[..], b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(&c.expires_value()[..], b"Sun, 06 Nov 1994 12:49:37 GMT");
+        assert_eq!(&c.etag_value()[..], b"\"abc-1\"");
+        assert_eq!(c.etag(), "abc-1");
+        // Far dates keep the fixed width.
+        let c = Caching::new(UnixTime(0), UnixTime(253_402_300_799), "");
+        assert_eq!(&c.expires_value()[..], b"Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(c.etag(), "");
     }
 
     #[test]
