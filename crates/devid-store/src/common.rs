@@ -1397,10 +1397,19 @@ macro_rules! impl_store {
                         q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     }
                     // A registered device is not quarantined: its certificates were all
-                    // issued just now, and it becomes enrolled.
+                    // issued just now, and it becomes enrolled. The status is tested in the
+                    // SET, not the WHERE, so that the primary key is the one index that can
+                    // serve the statement: with `status = 'registered'` in the WHERE, a big
+                    // store whose statistics say few devices are registered (5,000,000
+                    // enrolled, then a new batch of 20,000) was planned on the status index
+                    // and scanned every registered device per batch (6.3 ms a call). A
+                    // device that changed meanwhile keeps its status.
                     if !registered.is_empty() {
-                        let mut q = sqlx::QueryBuilder::new("UPDATE devices SET status = 'enrolled', updated_at = ");
-                        q.push_bind(now.0).push(" WHERE status = 'registered' AND ");
+                        let mut q = sqlx::QueryBuilder::new(
+                            "UPDATE devices SET status = CASE WHEN status = 'registered' THEN 'enrolled' ELSE status END, \
+                             updated_at = CASE WHEN status = 'registered' THEN ",
+                        );
+                        q.push_bind(now.0).push(" ELSE updated_at END WHERE ");
                         $crate::lists::any_text(&mut q, "id", registered.into_iter().map(str::to_string).collect());
                         q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     }
