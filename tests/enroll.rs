@@ -157,9 +157,19 @@ async fn bad_requests_are_problems(backend: Backend) {
         assert_eq!(ct, "application/problem+json", "{body}");
         assert_eq!(b["status"], s);
     }
-    // Oversized body.
+    // Oversized body. On a client of its own: the server answers 413 before it has read the
+    // body and then closes that connection, and a later request that reused it from the pool
+    // could meet the close (reqwest's IncompleteMessage, seen once in CI).
     let big = serde_json::json!({"method": "token", "token": token, "csr": "A".repeat(200 * 1024)});
-    let (s, b, ct) = send(serde_json::to_vec(&big).unwrap(), "application/json").await;
+    let r = http()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&big).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let (s, ct) = (r.status().as_u16(), r.headers()["content-type"].to_str().unwrap().to_string());
+    let b: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
     assert_problem(s, &b, &ct, 413, "body-too-large");
     // A CSR that is not one, and one whose signature was tampered with.
     let (s, b, ct) = enroll(

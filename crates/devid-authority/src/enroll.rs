@@ -248,6 +248,7 @@ impl Authority {
         };
         // Step 6: store the certificate; if a concurrent retry stored one first, theirs wins
         // and this signature is discarded, so a serial is handed out once.
+        let epoch = self.publisher.get().map(|p| p.epoch());
         let stored = self
             .commits
             .completions
@@ -262,6 +263,9 @@ impl Authority {
                 _ => AuthorityError::Store(e),
             })?;
         tracing::info!(serial = %stored.serial, device = %stored.device, "certificate issued");
+        if let (Some(p), Some(epoch)) = (self.publisher.get(), epoch) {
+            p.presign_issued(&stored, epoch);
+        }
         self.issued(stored).await
     }
 

@@ -80,6 +80,8 @@ pub struct Authority {
     limiter: ratelimit::RateLimiter,
     commits: group_commit::GroupCommit,
     groups: group_cache::GroupCache,
+    /// This node's OCSP publisher, once started: it pre-signs what this node issues.
+    publisher: std::sync::OnceLock<Arc<publish::Publisher>>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -112,7 +114,15 @@ impl Authority {
             limiter,
             commits,
             groups,
+            publisher: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hand the certificates this node issues to its OCSP publisher as they are stored, so
+    /// their answers are pre-signed at once from what the store returned (without it, the
+    /// publisher's change-log poll reads each one back). Set once; later calls are ignored.
+    pub fn publish_to(&self, publisher: Arc<publish::Publisher>) {
+        let _ = self.publisher.set(publisher);
     }
 
     /// The active issuing CA.

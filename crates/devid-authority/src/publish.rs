@@ -421,11 +421,10 @@ impl Publisher {
         if let ([one], [status]) = (req.cert_ids.as_slice(), statuses.as_slice())
             && let Some(serial) = &one.serial
             && *status != Status::Unknown
-            && self.evictions.load(std::sync::atomic::Ordering::Acquire) == epoch
         {
             // Another request or the pre-signer may have cached an answer meanwhile: every
             // client gets that one.
-            return Ok(self.insert_cached(serial, &one.der, answer, *status, now));
+            return Ok(self.insert_cached(serial, &one.der, answer, *status, now, Some(epoch)));
         }
         Ok(answer)
     }
@@ -454,6 +453,11 @@ impl Publisher {
     /// Cache an answer and return the one now cached: an answer already cached for this
     /// CertID and not yet due for refresh is kept (it states the current status, since
     /// entries are evicted on every change), so that concurrent signers agree.
+    ///
+    /// With `epoch`, the answer is cached only if no entry was evicted since that reading
+    /// of [`Self::epoch`] (its status may predate the change that caused the eviction).
+    /// The test runs under the cache's write lock, which an eviction also takes after
+    /// counting itself, so no eviction slips between the test and the insert.
     fn insert_cached(
         &self,
         serial: &Serial,
@@ -461,6 +465,7 @@ impl Publisher {
         answer: OcspAnswer,
         status: Status,
         now: UnixTime,
+        epoch: Option<u64>,
     ) -> OcspAnswer {
         let Some(c) = &answer.caching else { return answer };
         // Re-sign when half the validity has passed (RFC 5019 §2.2.4: responders pre-produce
@@ -469,6 +474,9 @@ impl Publisher {
         let entry = Arc::new(Cached { cert_id: cert_id.into(), answer: answer.clone(), refresh_at, status });
         let Ok(mut cache) = self.cache.write() else { return answer };
         use std::sync::atomic::Ordering;
+        if epoch.is_some_and(|e| self.evictions.load(Ordering::Acquire) != e) {
+            return answer;
+        }
         if self.cache_len.load(Ordering::Relaxed) >= self.config.ocsp_cache_capacity
             && !cache.contains_key(serial)
             && let Some(victim) = cache.keys().next().cloned()
@@ -502,11 +510,18 @@ impl Publisher {
     /// as RFC 5019 §2.1.1 requires of clients and as openssl does).
     async fn presign(&self, issuer: &CaId, serial: &Serial) -> Result<(), AuthorityError> {
         let status = self.status_of(issuer, serial).await?;
-        self.presign_status(issuer, serial, status)
+        self.presign_status(issuer, serial, status, None)
     }
 
-    /// [`Self::presign`] with the status already read from the store.
-    fn presign_status(&self, issuer: &CaId, serial: &Serial, status: Status) -> Result<(), AuthorityError> {
+    /// [`Self::presign`] with the status already read from the store (after `epoch` was
+    /// read, when given).
+    fn presign_status(
+        &self,
+        issuer: &CaId,
+        serial: &Serial,
+        status: Status,
+        epoch: Option<u64>,
+    ) -> Result<(), AuthorityError> {
         let Some(ctx) = self.issuer(issuer) else { return Ok(()) };
         let Some(responder) = self.responder(&ctx) else { return Ok(()) };
         if status == Status::Unknown {
@@ -529,8 +544,33 @@ impl Publisher {
             )?
             .into();
         let answer = OcspAnswer { der: der.clone(), caching: Some(caching(&der, now, next_update)) };
-        self.insert_cached(serial, &cert_id, answer, status, now);
+        self.insert_cached(serial, &cert_id, answer, status, now, epoch);
         Ok(())
+    }
+
+    /// The eviction count: read it before the status of a certificate is read or
+    /// committed, and hand it to [`Self::presign_issued`].
+    pub fn epoch(&self) -> u64 {
+        self.evictions.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Pre-sign the answer of a certificate this node has just stored, from the record the
+    /// store returned, so that neither a first request nor the change-log poll has to read
+    /// it back. `epoch` is [`Self::epoch`] read before the store's transaction began: if a
+    /// status change was applied since, nothing is cached (the poll signs it from the store).
+    pub fn presign_issued(&self, c: &CertRecord, epoch: u64) {
+        let status = record_status(&c.issuer, c);
+        if let Err(err) = self.presign_status(&c.issuer, &c.serial, status, Some(epoch)) {
+            tracing::warn!(serial = %c.serial, error = %err, "pre-signing failed");
+        }
+    }
+
+    /// Whether the answer for a certificate's SHA-1 CertID (the form pre-signed) is cached
+    /// and current.
+    fn presigned(&self, issuer: &CaId, serial: &Serial, now: UnixTime) -> bool {
+        self.issuer(issuer)
+            .and_then(|ctx| ctx.hashes.cert_id_der(HashAlgorithm::Sha1, serial).ok())
+            .is_some_and(|cert_id| self.cached(serial, &cert_id, now).is_some())
     }
 
     /// Number of cached OCSP responses.
@@ -666,8 +706,12 @@ impl Publisher {
         let events = self.store.events_after(follower.low(now), 1000).await?;
         let fresh = follower.accept(events, now);
         // The statuses of the newly issued certificates, in one query (not one per event).
-        let issued: Vec<Serial> =
-            fresh.iter().filter(|e| e.kind == CertEventKind::Issued).map(|e| e.serial.clone()).collect();
+        // Those this node issued were pre-signed when it stored them: not read back.
+        let issued: Vec<Serial> = fresh
+            .iter()
+            .filter(|e| e.kind == CertEventKind::Issued && !self.presigned(&e.issuer, &e.serial, now))
+            .map(|e| e.serial.clone())
+            .collect();
         let mut records: HashMap<Serial, CertRecord> = HashMap::new();
         if !issued.is_empty() {
             match self.store.certificates_by_serial(&issued).await {
@@ -680,7 +724,8 @@ impl Publisher {
                 CertEventKind::Issued => {
                     // Taken out of the map: a serial issued twice in one poll is signed once.
                     let Some(c) = records.remove(&e.serial) else { continue };
-                    if let Err(err) = self.presign_status(&e.issuer, &e.serial, record_status(&e.issuer, &c))
+                    if let Err(err) =
+                        self.presign_status(&e.issuer, &e.serial, record_status(&e.issuer, &c), None)
                     {
                         tracing::warn!(serial = %e.serial, error = %err, "pre-signing failed");
                     }

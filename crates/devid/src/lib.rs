@@ -651,6 +651,7 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     )
     .await?;
     publisher.run();
+    authority.publish_to(publisher.clone());
     let issuer = authority.issuer().await;
     let base = public_url.as_str().trim_end_matches('/');
     println!("devid {}", env!("CARGO_PKG_VERSION"));
