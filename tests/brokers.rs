@@ -417,11 +417,7 @@ async fn mosquitto_refuses_a_revoked_client_certificate_via_the_crl(backend: Bac
         let (ok, out) = mqtt_pub(port, d, Some(dev));
         assert!(ok, "{out}\n{}", log1());
     }
-    assert!(
-        eventually_logged(&log1, &["u'sensor-a'", "u'sensor-b'"]).await,
-        "{}",
-        log1()
-    );
+    assert!(eventually_logged(&log1, &["u'sensor-a'", "u'sensor-b'"]).await, "{}", log1());
     // Without a certificate: refused.
     let (ok, out) = mqtt_pub(port, d, None);
     assert!(!ok, "{out}");

@@ -12,7 +12,8 @@
 //! 3. **OCSP** (`--ocsp-share`, timed): a share of the enrolled devices asks
 //!    `GET /ocsp/{request}` (RFC 5019) about its certificate.
 //! 4. **Renew** (`--renew`, timed): each enrolled device opens its own mutual-TLS connection
-//!    (a full handshake) and renews with its CSR.
+//!    (a full handshake) and renews with its CSR. The devices share one validation of the
+//!    server's chain ([`SharedVerifier`]); each handshake verifies the server's signature.
 //!
 //! Latencies are of successful operations, in microseconds in an HDR histogram; failures
 //! are counted by kind: the problem code of the server's `application/problem+json` answer
@@ -34,7 +35,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::client::{endpoint, http_client, mtls_client, read_pem_certificates};
+use crate::client::{client_with_tls, endpoint, http_client, read_pem_certificates};
 use crate::enroll::{check_issued, nonce_bytes};
 use crate::error::{AgentError, ErrorKind, Problem};
 use crate::keys::{Csr, DeviceKey, FactoryKey, pem_certificates, read_key_material};
@@ -52,16 +53,18 @@ pub(crate) const SIMULATE_AFTER_HELP: &str = "\
 Set-up is not timed: the access token, the devices (token: pre-registered in batches of
 100,000; x509: a manufacturer CA made in memory, an enrollment group that trusts it, and an
 IDevID per device whose subject serialNumber is the device id; symmetric: an enrollment
-group and its generated master key), and every device's P-256 key and CSR. Keys and CSRs
-are made before the timed phases, so that the load generator's CPU goes to requests while
-it measures. Device ids are sim-<run id>-<n>, unique per run; without --group the group is
+group and its generated master key), and every device's P-256 key and CSR (with --renew,
+the key also loaded for TLS). Keys and CSRs are made before the timed phases, so that the
+load generator's CPU goes to requests while it measures. Device ids are sim-<run id>-<n>, unique per run; without --group the group is
 named sim-<run id>.
 
 Timed phases, in order: enroll (every device once, challenge included); ocsp (with
 --ocsp-share: GET /ocsp/{request} about the device's certificate); renew (with --renew: a
 new TLS connection per device, a full handshake with its certificate, POST /v1/renew with
-its CSR; the server's enroll.renew_after must allow renewing a fresh certificate, and its
-per-source and per-device rate limits must allow the load).
+its CSR; the devices share one path validation of the server's certificate chain, redone
+when the chain changes and at least every minute, and every handshake verifies the
+server's signature; the server's enroll.renew_after must allow renewing a fresh
+certificate, and its per-source and per-device rate limits must allow the load).
 
 Latencies (p50, p90, p99, max) are of successful operations. Errors are counted by kind:
 the server's problem code (token-used, rate-limited, ...), http-<status>, timeout,
@@ -425,8 +428,8 @@ enum Credential {
 
 /// A device's key material, made before the timed phases.
 struct Keys {
-    /// PKCS#8 DER of the P-256 key (the mutual-TLS identity).
-    key_der: Zeroizing<Vec<u8>>,
+    /// The P-256 key, loaded for rustls (the mutual-TLS identity); only with `--renew`.
+    tls_key: Option<Arc<dyn rustls::sign::SigningKey>>,
     /// Its SubjectPublicKeyInfo, DER.
     spki: Vec<u8>,
     /// A CSR for it, CN = the device id.
@@ -450,16 +453,30 @@ fn device_id(run_id: &str, i: usize) -> String {
     format!("sim-{run_id}-{i:06}")
 }
 
-fn make_keys(id: &str) -> Result<Keys, AgentError> {
+/// A device's key and CSR; with `tls`, the key also loaded for rustls, so that the timed
+/// renewal phase does not parse it (rustls' key provider tries RSA first: 5 % of the
+/// simulator's CPU per renewal went to loading keys).
+fn make_keys(id: &str, tls: bool) -> Result<Keys, AgentError> {
     let key = DeviceKey::generate()?;
     let csr = key.csr(Some(id))?;
-    let pem_text = key.pkcs8_pem();
-    let key_der = Zeroizing::new(
-        pem::parse(pem_text.as_bytes())
-            .map_err(|e| AgentError::crypto(format!("the device key is not PEM: {e}")))?
-            .into_contents(),
-    );
-    Ok(Keys { key_der, spki: key.spki_der(), csr })
+    let tls_key = if tls {
+        let pem_text = key.pkcs8_pem();
+        let der = Zeroizing::new(
+            pem::parse(pem_text.as_bytes())
+                .map_err(|e| AgentError::crypto(format!("the device key is not PEM: {e}")))?
+                .into_contents(),
+        );
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
+            der.as_slice(),
+        ));
+        Some(
+            rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der)
+                .map_err(|e| AgentError::crypto(format!("the device key is not usable for TLS: {e}")))?,
+        )
+    } else {
+        None
+    };
+    Ok(Keys { tls_key, spki: key.spki_der(), csr })
 }
 
 /// A manufacturer CA made in memory (P-256) for the x509 method.
@@ -714,24 +731,201 @@ async fn challenge(ctx: &Ctx, d: &Device) -> Result<(String, String, [u8; 32]), 
     Ok((group, resp.nonce, binding))
 }
 
-async fn renew_one(
-    d: &Device,
-    e: &Enrolled,
-    url: &str,
-    roots: Option<&[Vec<u8>]>,
-) -> Result<Enrolled, Failure> {
-    let roots = match roots {
-        Some(r) => r.to_vec(),
-        None => vec![e.chain.last().cloned().ok_or_else(|| Failure::protocol("the chain is empty"))?],
-    };
+async fn renew_one(d: &Device, e: &Enrolled, url: &str, tls: &RenewTls) -> Result<Enrolled, Failure> {
+    let verifier = tls.verifier(e)?;
+    let key = d
+        .keys
+        .tls_key
+        .clone()
+        .ok_or_else(|| Failure::new("local", "the device key is not loaded for TLS"))?;
     // The certificate and the intermediates (not the root: the server has it).
-    let mut presented = vec![e.cert_der.clone()];
-    presented.extend(e.chain.iter().take(e.chain.len().saturating_sub(1)).cloned());
-    // A new client per device: a new TLS session, a full handshake.
-    let http = mtls_client(&roots, presented, d.keys.key_der.to_vec()).map_err(Failure::local)?;
+    let mut presented = vec![rustls::pki_types::CertificateDer::from(e.cert_der.clone())];
+    presented.extend(e.chain.iter().take(e.chain.len().saturating_sub(1)).cloned().map(Into::into));
+    let identity = Arc::new(Identity(Arc::new(rustls::sign::CertifiedKey::new(presented, key))));
+    let mut cfg = rustls::ClientConfig::builder_with_provider(tls.provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Failure::local(AgentError::crypto(format!("TLS set-up: {e}"))))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(identity);
+    // A new client per device: a new TLS session, a full handshake, and nothing to resume.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    let http = client_with_tls(cfg).map_err(Failure::local)?;
     let resp: EnrollResponse =
         fetch_json(http.post(url).json(&RenewRequest { csr: d.keys.csr.pem.clone() })).await?;
     issued(&resp, &d.keys.spki)
+}
+
+/// The client side of the renewal phase that the simulated devices share: the crypto
+/// provider and, per set of trust anchors, one [`SharedVerifier`] of the server.
+struct RenewTls {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// `--ca`: these anchors for every device.
+    fixed: Option<Arc<SharedVerifier>>,
+    /// Otherwise the root of each device's enrollment chain, by its DER.
+    by_root: HashMap<Vec<u8>, Arc<SharedVerifier>>,
+}
+
+impl RenewTls {
+    /// Verifiers for `roots` (`--ca`), or for the roots of the `enrolled` chains.
+    fn new(roots: Option<&[Vec<u8>]>, enrolled: &[(usize, Enrolled)]) -> Result<RenewTls, AgentError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = |roots: &[Vec<u8>]| -> Result<Arc<SharedVerifier>, AgentError> {
+            let mut store = rustls::RootCertStore::empty();
+            for r in roots {
+                store
+                    .add(rustls::pki_types::CertificateDer::from(r.clone()))
+                    .map_err(|e| AgentError::crypto(format!("a trust anchor is not usable: {e}")))?;
+            }
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(store),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| AgentError::crypto(format!("TLS set-up: {e}")))?;
+            Ok(Arc::new(SharedVerifier { inner, verified: std::sync::Mutex::new(None) }))
+        };
+        let mut tls = RenewTls { provider: provider.clone(), fixed: None, by_root: HashMap::new() };
+        match roots {
+            Some(r) => tls.fixed = Some(verifier(r)?),
+            None => {
+                for (_, e) in enrolled {
+                    if let Some(root) = e.chain.last()
+                        && !tls.by_root.contains_key(root)
+                    {
+                        tls.by_root.insert(root.clone(), verifier(std::slice::from_ref(root))?);
+                    }
+                }
+            }
+        }
+        Ok(tls)
+    }
+
+    fn verifier(&self, e: &Enrolled) -> Result<Arc<SharedVerifier>, Failure> {
+        if let Some(v) = &self.fixed {
+            return Ok(v.clone());
+        }
+        let root = e.chain.last().ok_or_else(|| Failure::protocol("the chain is empty"))?;
+        self.by_root.get(root).cloned().ok_or_else(|| Failure::new("local", "no verifier for this root"))
+    }
+}
+
+/// The device's certificate and key, for every handshake.
+#[derive(Debug)]
+struct Identity(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Identity {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// How long a verified server chain is taken as verified again without a new path
+/// validation (never past the chain's own notAfter).
+const SERVER_CHAIN_REUSE: Duration = Duration::from_secs(60);
+
+/// rustls-webpki's verification of the server (RFC 5280 §6 path validation and the name,
+/// RFC 6125), shared by the simulated devices: the chain last found valid, byte for byte
+/// and for the same name, is not validated again for [`SERVER_CHAIN_REUSE`] (nor past the
+/// chain's notAfter). Every handshake still verifies the server's signature over its own
+/// transcript (RFC 8446 §4.4.3). One validation per device was a third of the simulator's
+/// CPU per renewal, the same work with the same answer each time; real devices each do it
+/// on their own CPU, which the server does not see.
+#[derive(Debug)]
+struct SharedVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    verified: std::sync::Mutex<Option<Verified>>,
+}
+
+/// A server chain found valid.
+#[derive(Debug)]
+struct Verified {
+    /// The end entity, then the intermediates, DER.
+    chain: Vec<Vec<u8>>,
+    name: String,
+    /// Unix seconds.
+    until: u64,
+}
+
+impl SharedVerifier {
+    fn chain(
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+    ) -> Vec<Vec<u8>> {
+        std::iter::once(end_entity).chain(intermediates).map(|c| c.to_vec()).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Verified>> {
+        self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for SharedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let name = server_name.to_str();
+        let same = |chain: &[Vec<u8>]| {
+            chain.len() == intermediates.len() + 1
+                && std::iter::once(end_entity)
+                    .chain(intermediates)
+                    .zip(chain)
+                    .all(|(c, v)| c.as_ref() == v.as_slice())
+        };
+        if let Some(v) = self.lock().as_ref()
+            && now.as_secs() < v.until
+            && v.name == name
+            && same(&v.chain)
+        {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        let ok = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        let chain = SharedVerifier::chain(end_entity, intermediates);
+        let not_after = chain
+            .iter()
+            .filter_map(|der| x509_cert::Certificate::from_der(der).ok())
+            .map(|c| c.tbs_certificate.validity.not_after.to_unix_duration().as_secs())
+            .min()
+            .unwrap_or(0);
+        let until = now.as_secs().saturating_add(SERVER_CHAIN_REUSE.as_secs()).min(not_after);
+        *self.lock() = Some(Verified { chain, name: name.into_owned(), until });
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The certificate status an OCSP answer gave.
@@ -1104,9 +1298,10 @@ pub async fn simulate(args: &SimulateArgs, show_progress: bool) -> Result<Report
     let pb = progress(args.devices, "keys", show_progress);
     let shared_ids = Arc::new(ids);
     let (ids2, manufacturer2, master2) = (shared_ids.clone(), manufacturer.clone(), master.clone());
+    let with_tls = renew_url.is_some();
     let made = par_map(n, pb, move |i| {
         let id = ids2.get(i).ok_or_else(|| AgentError::usage("no such device"))?;
-        let keys = make_keys(id)?;
+        let keys = make_keys(id, with_tls)?;
         let extra = match (&manufacturer2, &master2) {
             (Some(m), _) => {
                 let (chain, key) = m.idevid(id)?;
@@ -1194,13 +1389,14 @@ pub async fn simulate(args: &SimulateArgs, show_progress: bool) -> Result<Report
     let renew = match renew_url {
         Some(url) => {
             let pb = progress(enrolled.len() as u64, "renew", show_progress);
-            let (c, e, url, roots) = (ctx.clone(), enrolled.clone(), Arc::new(url), Arc::new(roots));
+            let tls = Arc::new(RenewTls::new(roots.as_deref(), &enrolled)?);
+            let (c, e, url) = (ctx.clone(), enrolled.clone(), Arc::new(url));
             let (report, _) = drive(enrolled.len(), concurrency, pb, "renew", move |j| {
-                let (c, e, url, roots) = (c.clone(), e.clone(), url.clone(), roots.clone());
+                let (c, e, url, tls) = (c.clone(), e.clone(), url.clone(), tls.clone());
                 async move {
                     let (i, en) = e.get(j).ok_or_else(|| Failure::new("local", "no such device"))?;
                     let d = c.devices.get(*i).ok_or_else(|| Failure::new("local", "no such device"))?;
-                    renew_one(d, en, &url, (*roots).as_deref()).await
+                    renew_one(d, en, &url, &tls).await
                 }
             })
             .await?;
@@ -1236,6 +1432,71 @@ pub async fn run(args: SimulateArgs) -> Result<(), AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+    /// A root CA and a server certificate for `localhost` it signed, valid for an hour.
+    fn server_chain(cn: &str) -> (Vec<u8>, CertificateDer<'static>, u64) {
+        let now = time::OffsetDateTime::now_utc();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + time::Duration::days(1);
+        let root = p.self_signed(&key).unwrap().der().to_vec();
+        let issuer = rcgen::Issuer::new(p, key);
+        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + time::Duration::hours(1);
+        let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let leaf = p.signed_by(&leaf_key, &issuer).unwrap().der().clone();
+        (root, leaf, (now + time::Duration::hours(1)).unix_timestamp() as u64)
+    }
+
+    fn at(secs: u64) -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn the_shared_server_verifier_reuses_only_the_same_valid_chain() {
+        let (root, leaf, not_after) = server_chain("sim root");
+        let (_, stranger, _) = server_chain("another root");
+        let tls = RenewTls::new(Some(&[root]), &[]).unwrap();
+        let v = tls.fixed.clone().unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let now = not_after - 1800;
+        assert!(v.verify_server_cert(&leaf, &[], &name, &[], at(now)).is_ok());
+        // Again within the minute: the same answer.
+        assert!(v.verify_server_cert(&leaf, &[], &name, &[], at(now + 30)).is_ok());
+        // Another name, another chain: validated on their own, and refused.
+        let other = ServerName::try_from("example.org").unwrap();
+        assert!(v.verify_server_cert(&leaf, &[], &other, &[], at(now + 31)).is_err());
+        assert!(v.verify_server_cert(&stranger, &[], &name, &[], at(now + 32)).is_err());
+        assert!(
+            v.verify_server_cert(&leaf, std::slice::from_ref(&stranger), &name, &[], at(now + 33)).is_ok()
+        );
+        // Past the chain's notAfter the reuse ends: the expired chain is refused.
+        assert!(v.verify_server_cert(&leaf, &[], &name, &[], at(not_after - 10)).is_ok());
+        assert!(v.verify_server_cert(&leaf, &[], &name, &[], at(not_after + 5)).is_err());
+        // A refusal does not replace what was verified; that is reused until its time.
+        assert!(v.verify_server_cert(&leaf, &[], &name, &[], at(not_after - 5)).is_ok());
+    }
+
+    #[test]
+    fn renewal_verifiers_follow_each_devices_root() {
+        let (root_a, _, _) = server_chain("root a");
+        let (root_b, _, _) = server_chain("root b");
+        let device = |root: &[u8]| Enrolled { cert_der: vec![1], chain: vec![vec![2], root.to_vec()] };
+        let enrolled = vec![(0, device(&root_a)), (1, device(&root_b)), (2, device(&root_a))];
+        let tls = RenewTls::new(None, &enrolled).unwrap();
+        assert_eq!(tls.by_root.len(), 2);
+        let (a, b) = (tls.verifier(&enrolled[0].1).unwrap(), tls.verifier(&enrolled[1].1).unwrap());
+        assert!(Arc::ptr_eq(&a, &tls.verifier(&enrolled[2].1).unwrap()));
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(tls.verifier(&Enrolled { cert_der: vec![1], chain: vec![] }).is_err());
+    }
 
     #[test]
     fn choice_is_seeded_sorted_and_distinct() {
