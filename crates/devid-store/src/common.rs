@@ -258,6 +258,44 @@ impl TryFrom<DeviceRow> for DeviceRecord {
     }
 }
 
+/// The TBSCertificate inside a DER certificate, byte for byte: the first element of the
+/// Certificate SEQUENCE (RFC 5280 §4.1.1.1). `None` if `cert_der` does not start that way.
+pub(crate) fn tbs_of(cert_der: &[u8]) -> Option<&[u8]> {
+    /// The header length and content length of a SEQUENCE at the start of `b` (X.690 §8.1:
+    /// definite lengths, as DER requires).
+    fn sequence(b: &[u8]) -> Option<(usize, usize)> {
+        let (&tag, rest) = b.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        if tag != 0x30 {
+            return None;
+        }
+        if first < 0x80 {
+            return Some((2, usize::from(first)));
+        }
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let len = rest.get(..n)?.iter().fold(0usize, |a, &x| (a << 8) | usize::from(x));
+        Some((2 + n, len))
+    }
+    let (h, len) = sequence(cert_der)?;
+    let inner = cert_der.get(h..h.checked_add(len)?)?;
+    let (h, len) = sequence(inner)?;
+    inner.get(..h.checked_add(len)?)
+}
+
+/// What a certificate row stores as `tbs_der` next to `cert_der`: nothing when the TBS can
+/// be read back from the certificate itself (every certificate devid signs), so that a
+/// certificate's bytes are written once: about a third of the row, of its WAL and of a
+/// 10M-certificate store. [`CertRecord`]s read from the store carry the TBS either way.
+pub(crate) fn stored_tbs(tbs_der: &[u8], cert_der: Option<&[u8]>) -> Vec<u8> {
+    match cert_der.and_then(tbs_of) {
+        Some(t) if t == tbs_der => Vec::new(),
+        _ => tbs_der.to_vec(),
+    }
+}
+
 /// A `certificates` row left-joined with its `revocations` row.
 #[derive(sqlx::FromRow)]
 pub(crate) struct CertRow {
@@ -302,6 +340,13 @@ impl TryFrom<CertRow> for CertRecord {
                 if revocation.is_some() { "a" } else { "no" }
             )));
         }
+        // Stored empty when the certificate holds it (see `stored_tbs`).
+        let tbs_der = match &r.cert_der {
+            Some(der) if r.tbs_der.is_empty() => tbs_of(der)
+                .ok_or_else(|| StoreError::internal(format!("certificate {} does not parse", r.serial)))?
+                .to_vec(),
+            _ => r.tbs_der,
+        };
         Ok(CertRecord {
             serial: serial(&r.serial)?,
             issuer: ca_id(r.issuer_id)?,
@@ -310,7 +355,7 @@ impl TryFrom<CertRow> for CertRecord {
             not_before: UnixTime(r.not_before),
             not_after: UnixTime(r.not_after),
             csr_sha256: r.csr_sha256,
-            tbs_der: r.tbs_der,
+            tbs_der,
             cert_der: r.cert_der,
             created_at: UnixTime(r.created_at),
             revocation,
@@ -1367,7 +1412,12 @@ macro_rules! impl_store {
                             C::Int(taken.iter().map(|t| t.not_before).collect()),
                             C::Int(taken.iter().map(|t| t.not_after).collect()),
                             C::Bytes(taken.iter().map(|t| t.csr_sha256.clone()).collect()),
-                            C::Bytes(taken.iter().map(|t| t.tbs_der.clone()).collect()),
+                            C::Bytes(
+                                taken
+                                    .iter()
+                                    .map(|t| $crate::common::stored_tbs(&t.tbs_der, der_of.get(t.serial.as_str()).copied()))
+                                    .collect(),
+                            ),
                             C::OptBytes(
                                 taken.iter().map(|t| der_of.get(t.serial.as_str()).map(|d| d.to_vec())).collect(),
                             ),
@@ -2246,6 +2296,32 @@ mod tests {
         assert_eq!(p.next.as_deref(), Some("2"));
         let p = page(vec![1, 2], 2, |x| x.to_string());
         assert_eq!(p.next, None);
+    }
+
+    #[test]
+    fn tbs_is_the_first_element_of_the_certificate() {
+        let cert = [0x30, 0x08, 0x30, 0x03, 0x02, 0x01, 0x05, 0x03, 0x01, 0x00];
+        assert_eq!(tbs_of(&cert), Some(&cert[2..7]));
+        // Long-form lengths (0x81 nn).
+        let mut long = vec![0x30, 0x81, 0x86, 0x30, 0x81, 0x80];
+        long.extend([0u8; 0x80]);
+        long.extend([0x03, 0x01, 0x00]);
+        assert_eq!(tbs_of(&long).map(<[u8]>::len), Some(0x83));
+        // Not a SEQUENCE, indefinite or overlong lengths, truncated: none.
+        for bad in [
+            &[0x31, 0x03, 0x30, 0x01, 0x00][..],
+            &[0x30, 0x80, 0x30, 0x01, 0x00, 0x00, 0x00],
+            &[0x30, 0x85, 1, 0, 0, 0, 0],
+            &[0x30, 0x05, 0x30, 0x09, 0x00],
+            &cert[..6],
+            &[0x30],
+            &[],
+        ] {
+            assert_eq!(tbs_of(bad), None, "{bad:02x?}");
+        }
+        assert!(stored_tbs(&cert[2..7], Some(&cert)).is_empty());
+        assert_eq!(stored_tbs(&[0x30, 0x00], Some(&cert)), vec![0x30, 0x00]);
+        assert_eq!(stored_tbs(&cert[2..7], None), cert[2..7].to_vec());
     }
 
     fn cert_row() -> CertRow {

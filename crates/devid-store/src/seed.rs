@@ -243,7 +243,7 @@ impl CopyChunk {
         b.int8(c.not_before.0);
         b.int8(c.not_after.0);
         b.bytes(c.csr_sha256);
-        b.bytes(c.tbs_der);
+        b.bytes(&crate::common::stored_tbs(c.tbs_der, Some(c.cert_der)));
         b.bytes(c.cert_der);
         b.int8(c.created_at.0);
         b.int8(updated_at.0);

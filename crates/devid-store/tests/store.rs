@@ -60,6 +60,7 @@ both_backends!(
     list_filters,
     batched_intents_answer_each_item,
     batched_completions_answer_each_item,
+    certificate_bytes_are_stored_once,
 );
 
 // --- fixtures ---
@@ -784,6 +785,69 @@ async fn serial_collision(backend: Backend) {
     // The original is untouched.
     let c = store.get_certificate(&serial(1)).await.unwrap().unwrap();
     assert_eq!((c.device, c.csr_sha256), (a.id, vec![1; 32]));
+
+    drop(store);
+    db.cleanup().await;
+}
+
+/// A DER SEQUENCE of `content`, with a long-form length when it needs one.
+fn der_sequence(content: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x30];
+    match content.len() {
+        n if n < 0x80 => out.push(n as u8),
+        n if n < 0x100 => out.extend([0x81, n as u8]),
+        n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The `tbs_der` column of certificate `s`, as stored.
+async fn stored_tbs_column(db: &TestDb, s: &Serial) -> Vec<u8> {
+    use sqlx::Connection;
+    let q = "SELECT tbs_der FROM certificates WHERE serial = $1";
+    match db.backend() {
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(q).bind(s.to_hex()).fetch_one(&mut conn).await.unwrap()
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(q).bind(s.to_hex()).fetch_one(&mut conn).await.unwrap()
+        }
+    }
+}
+
+/// A certificate whose TBSCertificate is its first element is stored without a second copy
+/// of it, and read back whole; other bytes are kept as given.
+async fn certificate_bytes_are_stored_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let dev = device("sensor-1", None);
+    store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
+    for (n, tbs_len) in [(1u64, 60usize), (2, 200), (3, 700)] {
+        let s = serial(n);
+        let mut p = pending(&s, &issuer, &dev.id, &[n as u8; 32], 100);
+        p.tbs_der = der_sequence(&(0..tbs_len).map(|i| i as u8).collect::<Vec<_>>());
+        let cert =
+            der_sequence(&[p.tbs_der.clone(), der_sequence(&[6, 1, 42]), vec![3, 2, 0, 0xee]].concat());
+        store.record_intent(&p, Redeem::Nothing).await.unwrap();
+        let issued = store.complete_issuance(&s, &cert, t(101), &ev()).await.unwrap();
+        assert_eq!(issued.tbs_der, p.tbs_der);
+        let read = store.get_certificate(&s).await.unwrap().unwrap();
+        assert_eq!((read.tbs_der, read.cert_der), (p.tbs_der.clone(), Some(cert)));
+        assert!(stored_tbs_column(&db, &s).await.is_empty(), "TBS of {tbs_len} bytes stored twice");
+        let listed = store.list_certificates(Some(&dev.id), None, 10).await.unwrap();
+        assert!(listed.items.iter().any(|c| c.serial == s && c.tbs_der == p.tbs_der));
+    }
+    // A DER that does not hold the TBS (not a certificate): both kept as given.
+    let s = serial(4);
+    let p = pending(&s, &issuer, &dev.id, &[4; 32], 100);
+    store.record_intent(&p, Redeem::Nothing).await.unwrap();
+    store.complete_issuance(&s, &der_sequence(&der_sequence(b"other")), t(101), &ev()).await.unwrap();
+    assert_eq!(stored_tbs_column(&db, &s).await, p.tbs_der);
+    assert_eq!(store.get_certificate(&s).await.unwrap().unwrap().tbs_der, p.tbs_der);
 
     drop(store);
     db.cleanup().await;
