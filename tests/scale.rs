@@ -584,6 +584,11 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
     check!("certificate by serial", 10, store.get_certificate(&i.serial));
     check!("certificate for (device, CSR)", 20, store.certificate_for_csr(&i.device, &i.csr));
     check!("device with its certificate for a CSR", 25, store.device_for_csr(&i.device, &i.csr));
+    check!(
+        "renewal: certificate, device, certificate for a CSR",
+        30,
+        store.renewal_context(&i.serial, &i.csr)
+    );
     // Revocation publishing: the CRL's streamed read, the change log.
     let mut sink = CountingSink(0);
     check!("CRL entries (rebuild_crl)", 2500, store.rebuild_crl(&i.issuer, 0, UnixTime(now()), &mut sink));

@@ -23,7 +23,11 @@ impl Authority {
         let csr = devid_ca::csr::parse_and_verify(csr)?;
         let serial = devid_ca::certificate_serial(presented)
             .map_err(|_| AuthorityError::RenewalRefused("the client certificate does not parse".into()))?;
-        let Some(current) = self.store.get_certificate(&serial).await? else {
+        // The certificate, its device and the certificate already issued for this CSR (a
+        // retry), in one read.
+        let Some(devid_store::RenewalContext { current, device: record, meta, prior }) =
+            self.store.renewal_context(&serial, &csr.sha256).await?
+        else {
             return refuse("the client certificate was not issued by this CA");
         };
         if current.cert_der.as_deref() != Some(presented) {
@@ -31,12 +35,6 @@ impl Authority {
         }
         let device = current.device.clone();
         self.limiter.device(device.as_str(), self.clock.as_ref())?;
-        // The device and the certificate already issued for this CSR (a retry), in one read.
-        let (record, meta, prior) = self
-            .store
-            .device_for_csr(&device, &csr.sha256)
-            .await?
-            .ok_or(AuthorityError::NotFound("device"))?;
         // Quarantine first: it revoked the certificate too, and is the reason to tell.
         if record.status == DeviceStatus::Quarantined {
             return Err(AuthorityError::DeviceQuarantined);

@@ -390,6 +390,48 @@ pub(crate) struct DeviceCsrRow {
     p_predecessor: Option<String>,
 }
 
+/// A [`DeviceCsrRow`] with the certificate a device presented to renew (the `c_` columns).
+#[derive(sqlx::FromRow)]
+pub(crate) struct RenewalRow {
+    #[sqlx(flatten)]
+    device: DeviceCsrRow,
+    c_serial: String,
+    c_issuer_id: String,
+    c_device_id: String,
+    c_status: String,
+    c_not_before: i64,
+    c_not_after: i64,
+    c_csr_sha256: Vec<u8>,
+    c_tbs_der: Vec<u8>,
+    c_cert_der: Option<Vec<u8>>,
+    c_created_at: i64,
+    c_reason: Option<i16>,
+    c_revoked_at: Option<i64>,
+    c_predecessor: Option<String>,
+}
+
+impl RenewalRow {
+    pub(crate) fn split(self) -> Result<crate::RenewalContext, StoreError> {
+        let current = CertRecord::try_from(CertRow {
+            serial: self.c_serial,
+            issuer_id: self.c_issuer_id,
+            device_id: self.c_device_id,
+            status: self.c_status,
+            not_before: self.c_not_before,
+            not_after: self.c_not_after,
+            csr_sha256: self.c_csr_sha256,
+            tbs_der: self.c_tbs_der,
+            cert_der: self.c_cert_der,
+            created_at: self.c_created_at,
+            reason: self.c_reason,
+            revoked_at: self.c_revoked_at,
+            predecessor: self.c_predecessor,
+        })?;
+        let (device, meta, prior) = self.device.split()?;
+        Ok(crate::RenewalContext { current, device, meta, prior })
+    }
+}
+
 impl DeviceCsrRow {
     pub(crate) fn split(self) -> Result<(DeviceRecord, DeviceMeta, Option<CertRecord>), StoreError> {
         fn need<T>(v: Option<T>, column: &str, serial: &str) -> Result<T, StoreError> {
@@ -602,16 +644,24 @@ macro_rules! cert_select {
 pub(crate) use cert_select;
 
 /// The newest of the certificates and the intents of device `$1` for the CSR hash `$2`, as
-/// a [`CertRow`] (at most one row).
+/// a [`CertRow`] (at most one row). With an argument, the device is that SQL expression
+/// instead of `$1`.
 macro_rules! for_csr_select {
     () => {
+        $crate::common::for_csr_select!("$1")
+    };
+    ($device:literal) => {
         concat!(
             "SELECT * FROM (",
             $crate::common::cert_select!(),
-            " WHERE c.device_id = $1 AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS a \
+            " WHERE c.device_id = ",
+            $device,
+            " AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS a \
              UNION ALL SELECT * FROM (",
             $crate::common::intent_select!(),
-            " WHERE c.device_id = $1 AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS b \
+            " WHERE c.device_id = ",
+            $device,
+            " AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS b \
              ORDER BY created_at DESC, serial DESC LIMIT 1"
         )
     };
@@ -1174,6 +1224,41 @@ macro_rules! impl_store {
                 .await
                 .map_err(|e| self.db_err(e))?;
                 row.map($crate::common::DeviceCsrRow::split).transpose()
+            }
+
+            async fn renewal_context(
+                &self,
+                serial: &devid_core::Serial,
+                csr_sha256: &[u8],
+            ) -> Result<Option<$crate::RenewalContext>, $crate::StoreError> {
+                // The certificate by its primary key, its device by the device's, and the
+                // answer of `certificate_for_csr` for that device (its id taken from the
+                // certificate row by a scalar subquery, evaluated once).
+                let row: Option<$crate::common::RenewalRow> = sqlx::query_as(concat!(
+                    "SELECT d.id AS id, d.status AS status, d.token_hash AS token_hash, \
+                     d.token_used_at AS token_used_at, d.created_at AS created_at, d.updated_at AS updated_at, \
+                     d.labels AS labels, d.batch_id AS batch_id, d.group_name AS group_name, d.method AS method, \
+                     d.secret AS secret, p.serial AS p_serial, p.issuer_id AS p_issuer_id, \
+                     p.device_id AS p_device_id, p.status AS p_status, p.not_before AS p_not_before, \
+                     p.not_after AS p_not_after, p.csr_sha256 AS p_csr_sha256, p.tbs_der AS p_tbs_der, \
+                     p.cert_der AS p_cert_der, p.created_at AS p_created_at, p.reason AS p_reason, \
+                     p.revoked_at AS p_revoked_at, p.predecessor AS p_predecessor, \
+                     cur.serial AS c_serial, cur.issuer_id AS c_issuer_id, cur.device_id AS c_device_id, \
+                     cur.status AS c_status, cur.not_before AS c_not_before, cur.not_after AS c_not_after, \
+                     cur.csr_sha256 AS c_csr_sha256, cur.tbs_der AS c_tbs_der, cur.cert_der AS c_cert_der, \
+                     cur.created_at AS c_created_at, cur.reason AS c_reason, cur.revoked_at AS c_revoked_at, \
+                     cur.predecessor AS c_predecessor FROM (",
+                    $crate::common::cert_select!(),
+                    " WHERE c.serial = $1) AS cur JOIN devices d ON d.id = cur.device_id LEFT JOIN (",
+                    $crate::common::for_csr_select!("(SELECT device_id FROM certificates WHERE serial = $1)"),
+                    ") AS p ON 1 = 1"
+                ))
+                .bind(serial.to_hex())
+                .bind(csr_sha256)
+                .fetch_optional(self.reader())
+                .await
+                .map_err(|e| self.db_err(e))?;
+                row.map($crate::common::RenewalRow::split).transpose()
             }
 
             async fn device_meta(

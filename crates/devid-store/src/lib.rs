@@ -255,6 +255,19 @@ pub struct CertRecord {
     pub predecessor: Option<Serial>,
 }
 
+/// What [`Store::renewal_context`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalContext {
+    /// The certificate presented.
+    pub current: CertRecord,
+    /// Its device.
+    pub device: DeviceRecord,
+    /// The device's metadata.
+    pub meta: DeviceMeta,
+    /// The newest certificate or intent of that device for the CSR.
+    pub prior: Option<CertRecord>,
+}
+
 /// What step 4 of the issuance cycle records: a certificate that is about to be signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingCert {
@@ -491,6 +504,15 @@ pub trait Store: Send + Sync + 'static {
         id: &DeviceId,
         csr_sha256: &[u8],
     ) -> Result<Option<(DeviceRecord, DeviceMeta, Option<CertRecord>)>, StoreError>;
+    /// What renewal checks before it issues, in one read: the certificate `serial` (the one
+    /// the device presented), its device and metadata, and what
+    /// [`Store::certificate_for_csr`] answers for that device and `csr_sha256` (`None`: no
+    /// such certificate).
+    async fn renewal_context(
+        &self,
+        serial: &Serial,
+        csr_sha256: &[u8],
+    ) -> Result<Option<RenewalContext>, StoreError>;
     /// A device's labels, batch id, group, method and sealed secret (`None`: no such device).
     async fn device_meta(&self, id: &DeviceId) -> Result<Option<DeviceMeta>, StoreError>;
 

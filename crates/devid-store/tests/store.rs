@@ -426,6 +426,43 @@ async fn certificate_for_csr_is_newest(backend: Backend) {
     let (_, _, prior) = store.device_for_csr(&b.id, &csr).await.unwrap().unwrap();
     assert_eq!(prior.map(|c| (c.serial, c.status, c.cert_der)), Some((serial(7), CertStatus::Pending, None)));
 
+    // Renewal's read: the presented certificate, its device and what the two reads above
+    // answer for that device, never another device's certificate for the same CSR.
+    store
+        .record_intent(&pending(&serial(8), &issuer, &b.id, &[0x02; 32], 41), Redeem::Nothing)
+        .await
+        .unwrap();
+    store.complete_issuance(&serial(8), b"eight", t(42), &ev()).await.unwrap();
+    store.revoke(&serial(5), RevocationReason::Superseded, t(43), &ev()).await.unwrap();
+    for (presented, d, meta) in [(serial(5), &a, &DeviceMeta::default()), (serial(8), &b, &b_meta)] {
+        for h in [&csr, &[0x01; 32], &[0x02; 32], &[0x03; 32]] {
+            let got = store.renewal_context(&presented, h).await.unwrap().expect("the certificate");
+            let (record, m, prior) = store.device_for_csr(&d.id, h).await.unwrap().unwrap();
+            let want = devid_store::RenewalContext {
+                current: store.get_certificate(&presented).await.unwrap().unwrap(),
+                device: record,
+                meta: m,
+                prior,
+            };
+            assert_eq!(got, want);
+            assert_eq!(&got.meta, meta);
+        }
+    }
+    let got = store.renewal_context(&serial(5), &csr).await.unwrap().unwrap();
+    assert_eq!(
+        (got.current.status, got.current.revocation.map(|r| r.1)),
+        (CertStatus::Revoked, Some(RevocationReason::Superseded))
+    );
+    assert_eq!(got.prior.map(|c| c.serial), Some(serial(5)));
+    assert_eq!(
+        store.renewal_context(&serial(8), &csr).await.unwrap().unwrap().prior.map(|c| c.serial),
+        Some(serial(7))
+    );
+    assert_eq!(store.renewal_context(&serial(8), &[0x01; 32]).await.unwrap().unwrap().prior, None);
+    // Unknown serials, and an intent (not a certificate yet): nothing.
+    assert_eq!(store.renewal_context(&serial(99), &csr).await.unwrap(), None);
+    assert_eq!(store.renewal_context(&serial(7), &csr).await.unwrap(), None);
+
     drop(store);
     db.cleanup().await;
 }
