@@ -98,8 +98,15 @@ pub struct MethodArgs {
     /// The device id: the CSR's common name; symmetric: the id the key is derived for.
     #[arg(long, value_name = "ID")]
     pub device_id: Option<String>,
-    /// symmetric: the device's own key: a file (raw or base64) or base64 text.
-    #[arg(long, env = "DEVID_AGENT_DEVICE_KEY", hide_env_values = true, value_name = "FILE|B64")]
+    /// symmetric: the device's own key: a file (raw or base64) or base64 text. URL-safe
+    /// base64 may begin with '-': the value is taken as given.
+    #[arg(
+        long,
+        env = "DEVID_AGENT_DEVICE_KEY",
+        hide_env_values = true,
+        value_name = "FILE|B64",
+        allow_hyphen_values = true
+    )]
     pub device_key: Option<String>,
     /// symmetric: the group master key file (raw or base64); the device key is derived
     /// from it and --device-id (HMAC-SHA256).
@@ -379,5 +386,33 @@ pub fn main() -> ExitCode {
             eprintln!("devid-agent: {e}");
             ExitCode::from(e.kind.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn a_device_key_may_begin_with_a_hyphen() {
+        let cli = Cli::try_parse_from([
+            "devid-agent",
+            "enroll",
+            "--server",
+            "http://ca:8080",
+            "--out",
+            "/tmp/d",
+            "--method",
+            "symmetric",
+            "--device-key",
+            "-qb4lKtAMsYlhUCxAx9-TTBQmC1LJlS-WiVeYl8vz8c",
+            "--device-id",
+            "d-2",
+        ])
+        .expect("parses");
+        let Command::Enroll(a) = cli.command else { panic!("not enroll") };
+        assert_eq!(a.method.device_key.as_deref(), Some("-qb4lKtAMsYlhUCxAx9-TTBQmC1LJlS-WiVeYl8vz8c"));
+        assert_eq!(a.method.device_id.as_deref(), Some("d-2"));
     }
 }
