@@ -668,6 +668,21 @@ macro_rules! for_csr_select {
 }
 pub(crate) use for_csr_select;
 
+/// The columns of a [`DeviceCsrRow`]: device `d` and the [`for_csr_select!`] row `p`.
+macro_rules! device_csr_columns {
+    () => {
+        "d.id AS id, d.status AS status, d.token_hash AS token_hash, \
+         d.token_used_at AS token_used_at, d.created_at AS created_at, d.updated_at AS updated_at, \
+         d.labels AS labels, d.batch_id AS batch_id, d.group_name AS group_name, d.method AS method, \
+         d.secret AS secret, p.serial AS p_serial, p.issuer_id AS p_issuer_id, \
+         p.device_id AS p_device_id, p.status AS p_status, p.not_before AS p_not_before, \
+         p.not_after AS p_not_after, p.csr_sha256 AS p_csr_sha256, p.tbs_der AS p_tbs_der, \
+         p.cert_der AS p_cert_der, p.created_at AS p_created_at, p.reason AS p_reason, \
+         p.revoked_at AS p_revoked_at, p.predecessor AS p_predecessor"
+    };
+}
+pub(crate) use device_csr_columns;
+
 /// An issuance intent (step 4) as a [`CertRow`]: a pending certificate, never revoked, with
 /// no DER yet. Aliased `c` like [`cert_select!`], so the same filters apply to both.
 macro_rules! intent_select {
@@ -1207,14 +1222,9 @@ macro_rules! impl_store {
                 // The device left-joined with the answer of `certificate_for_csr` (a subquery
                 // that does not depend on the device row: it is evaluated once).
                 let row: Option<$crate::common::DeviceCsrRow> = sqlx::query_as(concat!(
-                    "SELECT d.id AS id, d.status AS status, d.token_hash AS token_hash, \
-                     d.token_used_at AS token_used_at, d.created_at AS created_at, d.updated_at AS updated_at, \
-                     d.labels AS labels, d.batch_id AS batch_id, d.group_name AS group_name, d.method AS method, \
-                     d.secret AS secret, p.serial AS p_serial, p.issuer_id AS p_issuer_id, \
-                     p.device_id AS p_device_id, p.status AS p_status, p.not_before AS p_not_before, \
-                     p.not_after AS p_not_after, p.csr_sha256 AS p_csr_sha256, p.tbs_der AS p_tbs_der, \
-                     p.cert_der AS p_cert_der, p.created_at AS p_created_at, p.reason AS p_reason, \
-                     p.revoked_at AS p_revoked_at, p.predecessor AS p_predecessor FROM devices d LEFT JOIN (",
+                    "SELECT ",
+                    $crate::common::device_csr_columns!(),
+                    " FROM devices d LEFT JOIN (",
                     $crate::common::for_csr_select!(),
                     ") AS p ON 1 = 1 WHERE d.id = $1"
                 ))
@@ -1235,15 +1245,9 @@ macro_rules! impl_store {
                 // answer of `certificate_for_csr` for that device (its id taken from the
                 // certificate row by a scalar subquery, evaluated once).
                 let row: Option<$crate::common::RenewalRow> = sqlx::query_as(concat!(
-                    "SELECT d.id AS id, d.status AS status, d.token_hash AS token_hash, \
-                     d.token_used_at AS token_used_at, d.created_at AS created_at, d.updated_at AS updated_at, \
-                     d.labels AS labels, d.batch_id AS batch_id, d.group_name AS group_name, d.method AS method, \
-                     d.secret AS secret, p.serial AS p_serial, p.issuer_id AS p_issuer_id, \
-                     p.device_id AS p_device_id, p.status AS p_status, p.not_before AS p_not_before, \
-                     p.not_after AS p_not_after, p.csr_sha256 AS p_csr_sha256, p.tbs_der AS p_tbs_der, \
-                     p.cert_der AS p_cert_der, p.created_at AS p_created_at, p.reason AS p_reason, \
-                     p.revoked_at AS p_revoked_at, p.predecessor AS p_predecessor, \
-                     cur.serial AS c_serial, cur.issuer_id AS c_issuer_id, cur.device_id AS c_device_id, \
+                    "SELECT ",
+                    $crate::common::device_csr_columns!(),
+                    ", cur.serial AS c_serial, cur.issuer_id AS c_issuer_id, cur.device_id AS c_device_id, \
                      cur.status AS c_status, cur.not_before AS c_not_before, cur.not_after AS c_not_after, \
                      cur.csr_sha256 AS c_csr_sha256, cur.tbs_der AS c_tbs_der, cur.cert_der AS c_cert_der, \
                      cur.created_at AS c_created_at, cur.reason AS c_reason, cur.revoked_at AS c_revoked_at, \
