@@ -55,8 +55,8 @@ Set-up is not timed: the access token, the devices (token: pre-registered in bat
 IDevID per device whose subject serialNumber is the device id; symmetric: an enrollment
 group and its generated master key), and every device's P-256 key and CSR (with --renew,
 the key also loaded for TLS). Keys and CSRs are made before the timed phases, so that the
-load generator's CPU goes to requests while it measures. Device ids are sim-<run id>-<n>, unique per run; without --group the group is
-named sim-<run id>.
+load generator's CPU goes to requests while it measures. Device ids are sim-<run id>-<n>,
+unique per run; without --group the group is named sim-<run id>.
 
 Timed phases, in order: enroll (every device once, challenge included); ocsp (with
 --ocsp-share: GET /ocsp/{request} about the device's certificate); renew (with --renew: a
