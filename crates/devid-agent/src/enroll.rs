@@ -327,11 +327,22 @@ pub(crate) fn check_issued(
     resp: &EnrollResponse,
     spki_der: &[u8],
 ) -> Result<(CertInfo, Vec<u8>), AgentError> {
+    let (der, _) = issued_der(resp, spki_der)?;
+    Ok((files::cert_info(&der)?, der))
+}
+
+/// The issued certificate and the CA chain (DER, in order), checked as [`check_issued`]
+/// checks them.
+pub(crate) fn issued_der(
+    resp: &EnrollResponse,
+    spki_der: &[u8],
+) -> Result<(Vec<u8>, Vec<Vec<u8>>), AgentError> {
     let der = pem_certificates(&resp.certificate)?
         .into_iter()
         .next()
         .ok_or_else(|| AgentError::new(ErrorKind::Protocol, "the answer holds no certificate"))?;
-    if pem_certificates(&resp.chain)?.is_empty() {
+    let chain = pem_certificates(&resp.chain)?;
+    if chain.is_empty() {
         return Err(AgentError::new(ErrorKind::Protocol, "the answer holds no CA chain"));
     }
     if files::cert_spki_der(&der)? != spki_der {
@@ -340,7 +351,7 @@ pub(crate) fn check_issued(
             "the issued certificate is not for the key in the CSR",
         ));
     }
-    Ok((files::cert_info(&der)?, der))
+    Ok((der, chain))
 }
 
 /// Write the certificate, the chain and (when given) the key, atomically each.

@@ -36,9 +36,9 @@ use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::client::{client_with_tls, endpoint, http_client, read_pem_certificates};
-use crate::enroll::{check_issued, nonce_bytes};
+use crate::enroll::{issued_der, nonce_bytes};
 use crate::error::{AgentError, ErrorKind, Problem};
-use crate::keys::{Csr, DeviceKey, FactoryKey, pem_certificates, read_key_material};
+use crate::keys::{Csr, DeviceKey, FactoryKey, read_key_material};
 use crate::protocol::{
     ChallengeRequest, ChallengeResponse, EnrollRequest, EnrollResponse, RenewRequest, b64, unb64,
 };
@@ -716,8 +716,8 @@ async fn enroll_one(ctx: &Ctx, i: usize) -> Result<Enrolled, Failure> {
 }
 
 fn issued(resp: &EnrollResponse, spki: &[u8]) -> Result<Enrolled, Failure> {
-    let (_, cert_der) = check_issued(resp, spki).map_err(|e| Failure::protocol(e.to_string()))?;
-    let chain = pem_certificates(&resp.chain).map_err(|e| Failure::protocol(e.to_string()))?;
+    // The same checks as `devid-agent enroll`, each certificate parsed once.
+    let (cert_der, chain) = issued_der(resp, spki).map_err(|e| Failure::protocol(e.to_string()))?;
     Ok(Enrolled { cert_der, chain })
 }
 
