@@ -14,7 +14,7 @@
 #   WORKLOADS="post get nonce"
 #   WARMUP=2s                 an unreported wrk run before each workload ("0" to skip)
 #   SERVER_CPUS=, WRK_CPUS=   pin the server / wrk with `taskset -c` (e.g. 0 and 1)
-#   TOKIO_WORKER_THREADS=     passed to the server (tokio's default: one per usable core)
+#   DEVID_WORKERS=            the server's runtime threads (devid's default: twice the usable cores)
 #   DEVID_BIN=                the devid binary (default: cargo build --release -p devid)
 #   DEVID_BENCH_DATABASE_URL= an existing PostgreSQL database to use (kept). Default: a fresh
 #                             devid_bench_<random> on $DEVID_BENCH_PG_ADMIN_URL
@@ -192,7 +192,7 @@ run_workload() {
 }
 
 say "devid: $DEVID ($("$DEVID" --version))"
-say "server: $BASE pid $SERVER_PID${SERVER_CPUS:+ cpus $SERVER_CPUS}${TOKIO_WORKER_THREADS:+ tokio workers $TOKIO_WORKER_THREADS}; leaf serial $SERIAL"
+say "server: $BASE pid $SERVER_PID${SERVER_CPUS:+ cpus $SERVER_CPUS}${DEVID_WORKERS:+ runtime threads $DEVID_WORKERS}; leaf serial $SERIAL"
 say "wrk: -t$THREADS -c$CONNS -d$DUR${WRK_CPUS:+ cpus $WRK_CPUS}; warm-up $WARMUP; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 for t in ${THREADS//,/ }; do
   for c in ${CONNS//,/ }; do

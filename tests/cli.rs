@@ -33,6 +33,8 @@ fn bad_configuration_fails_at_start_naming_the_key() {
         (vec!["serve".into(), "--database-url".into(), "mysql://x".into()], vec![], "database_url"),
         (vec!["serve".into()], vec![("DEVID_ISSUANCE__VALIDITY", "forever")], "issuance.validity"),
         (vec!["serve".into()], vec![("DEVID_LOG__FORMAT", "xml")], "log.format"),
+        (vec!["serve".into()], vec![("DEVID_WORKERS", "0")], "workers"),
+        (vec!["serve".into()], vec![("DEVID_WORKERS", "two")], "workers"),
         (vec!["serve".into(), "--config".into(), cfg.display().to_string()], vec![], "validty"),
         (vec!["serve".into(), "--config".into(), "/does/not/exist.toml".into()], vec![], "does not exist"),
     ];

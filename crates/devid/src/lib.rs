@@ -440,14 +440,23 @@ impl<E: std::fmt::Display> From<E> for CliError {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+    // The configuration first: it sizes the runtime (`workers`).
+    let cfg = match load_config(&cli) {
+        Ok(cfg) => cfg,
+        Err(CliError(msg)) => {
+            eprintln!("error: {msg}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(cfg.workers).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    match rt.block_on(run(cli, cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError(msg)) => {
             eprintln!("error: {msg}");
@@ -456,7 +465,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
+/// The configuration: the file, then `DEVID_*` variables, then the command's flags.
+fn load_config(cli: &Cli) -> Result<Config, CliError> {
     let mut overrides = RawConfig {
         data_dir: cli.data_dir.clone(),
         database_url: cli.database_url.clone(),
@@ -467,7 +477,10 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         overrides.public_url = a.public_url.clone();
         overrides.tls.listen = a.tls_listen.clone();
     }
-    let cfg = config::load(cli.config.as_deref(), &overrides)?;
+    Ok(config::load(cli.config.as_deref(), &overrides)?)
+}
+
+async fn run(cli: Cli, cfg: Config) -> Result<(), CliError> {
     init_tracing(&cfg);
     match cli.command {
         Command::Serve(_) => serve(cfg).await,
@@ -582,6 +595,7 @@ fn subject(org: &str, cn: &str) -> CaSubject {
 async fn serve(cfg: Config) -> Result<(), CliError> {
     // Metrics are recorded by this process only (GET /metrics); other commands leave them off.
     devid_authority::metrics::install();
+    tracing::info!(workers = cfg.workers, "runtime threads");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let rng: Arc<dyn Entropy> = Arc::new(OsEntropy);
     let store = open_store(&cfg).await?;
