@@ -61,6 +61,7 @@ both_backends!(
     batched_intents_answer_each_item,
     batched_completions_answer_each_item,
     certificate_bytes_are_stored_once,
+    certificates_name_devices_that_exist,
 );
 
 // --- fixtures ---
@@ -885,6 +886,44 @@ async fn certificate_bytes_are_stored_once(backend: Backend) {
     store.complete_issuance(&s, &der_sequence(&der_sequence(b"other")), t(101), &ev()).await.unwrap();
     assert_eq!(stored_tbs_column(&db, &s).await, p.tbs_der);
     assert_eq!(store.get_certificate(&s).await.unwrap().unwrap().tbs_der, p.tbs_der);
+
+    drop(store);
+    db.cleanup().await;
+}
+
+/// Every certificate names a device that exists. The authority records an intent only for
+/// a device it has just read, and devices are never deleted; should an intent for an
+/// unknown device come anyway, its certificate is refused. PostgreSQL checks it when the
+/// certificate is stored (step 6: its intents have no foreign keys since migration 0011),
+/// SQLite already when the intent is recorded.
+async fn certificates_name_devices_that_exist(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let ghost = DeviceId::new("ghost").unwrap();
+    let s = serial(1);
+    let p = pending(&s, &issuer, &ghost, &[1; 32], 100);
+    match (backend, store.record_intent(&p, Redeem::Nothing).await) {
+        (Backend::Sqlite, Err(_)) => {}
+        (Backend::Postgres, Ok(())) => {
+            let cert =
+                der_sequence(&[p.tbs_der.clone(), der_sequence(&[6, 1, 42]), vec![3, 2, 0, 0xee]].concat());
+            let done = store.complete_issuance(&s, &cert, t(101), &ev()).await;
+            assert!(done.is_err(), "a certificate for an unknown device was stored");
+            let left = store.get_certificate(&s).await.unwrap().unwrap();
+            assert_eq!((left.status, left.cert_der), (CertStatus::Pending, None));
+        }
+        (b, r) => panic!("{b:?}: recording an intent for an unknown device gave {r:?}"),
+    }
+    assert!(
+        store
+            .list_certificates(Some(&ghost), None, 10)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .all(|c| c.cert_der.is_none())
+    );
 
     drop(store);
     db.cleanup().await;
