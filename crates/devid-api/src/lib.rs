@@ -144,22 +144,30 @@ pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
     let router = router.merge(pki::wildcard_routes()).route_layer(auth::AuthorizeLayer::new(state.clone()));
     let x_request_id = HeaderName::from_static(REQUEST_ID_HEADER);
-    router
-        .fallback(problem::not_found)
-        .method_not_allowed_fallback(problem::method_not_allowed)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
-        ))
-        .layer(CatchPanicLayer::custom(problem::panic_response))
-        // Outside the panic and timeout layers, so that their 500 and 408 are counted too.
-        .layer(metrics::HttpMetricsLayer)
-        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+    // One `Router::layer` with the whole stack: axum wraps every route once in it, so a
+    // request clones one boxed service and boxes one future and one body. Seven `layer`
+    // calls wrapped each route seven times over, each with its own box: a cached OCSP
+    // answer took 12.3 µs of CPU then and takes 10.8 µs now (bench/README.md). The order is
+    // unchanged; the first listed is the outermost.
+    let layers = tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(x_request_id.clone(), RequestIds::new()))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
-        .layer(SetRequestIdLayer::new(x_request_id, RequestIds::new()))
+        .layer(PropagateRequestIdLayer::new(x_request_id))
+        // Outside the panic and timeout layers, so that their 500 and 408 are counted too;
+        // inside the router (a per-route layer), so that it knows the matched route.
+        .layer(metrics::HttpMetricsLayer)
+        .layer(CatchPanicLayer::custom(problem::panic_response))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    router
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .with_state(state)
+        .layer(layers)
 }
