@@ -27,7 +27,15 @@ const OCSP_RESPONSE: &str = "application/ocsp-response";
 async fn ocsp_post(State(state): State<AppState>, body: Bytes) -> Response {
     let answer = state.publisher.ocsp(&body).await;
     // POST responses are not cacheable by HTTP caches (RFC 5019 §5: use GET for that).
-    ([(header::CONTENT_TYPE, OCSP_RESPONSE)], answer.der).into_response()
+    ocsp_response(answer.der)
+}
+
+/// A 200 with a DER OCSPResponse, its headers put straight into the response (a header
+/// map of their own would be merged into it header by header).
+fn ocsp_response(der: Bytes) -> Response {
+    let mut r = Response::new(axum::body::Body::from(der));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(OCSP_RESPONSE));
+    r
 }
 
 /// OCSP over GET (RFC 6960 A.1.1: `{url}/{url-encoding of base-64 encoding of the DER
@@ -42,7 +50,8 @@ async fn ocsp_post(State(state): State<AppState>, body: Bytes) -> Response {
 async fn ocsp_get(
     State(state): State<AppState>,
     Path(request): Path<String>,
-    headers: HeaderMap,
+    // The request itself, not a `HeaderMap` (that extractor clones every header).
+    req: axum::extract::Request,
 ) -> Response {
     let answer = match decode_b64(&request) {
         Some(der) => state.publisher.ocsp(&der).await,
@@ -52,17 +61,18 @@ async fn ocsp_get(
         }
     };
     let now = state.authority.now();
-    let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(OCSP_RESPONSE));
-    if let Some(c) = &answer.caching {
-        cache_headers(&mut h, c, now);
-        if not_modified(&headers, c.etag()) {
-            return (StatusCode::NOT_MODIFIED, h).into_response();
-        }
-    } else {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    let matched = answer.caching.as_ref().is_some_and(|c| not_modified(req.headers(), c.etag()));
+    let mut r = ocsp_response(if matched { Bytes::new() } else { answer.der });
+    if matched {
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
     }
-    (h, answer.der).into_response()
+    match &answer.caching {
+        Some(c) => cache_headers(r.headers_mut(), c, now),
+        None => {
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+        }
+    }
+    r
 }
 
 fn devid_ca_error(status: devid_ca::ocsp::ErrorStatus) -> axum::body::Bytes {
