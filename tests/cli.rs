@@ -35,6 +35,8 @@ fn bad_configuration_fails_at_start_naming_the_key() {
         (vec!["serve".into()], vec![("DEVID_LOG__FORMAT", "xml")], "log.format"),
         (vec!["serve".into()], vec![("DEVID_WORKERS", "0")], "workers"),
         (vec!["serve".into()], vec![("DEVID_WORKERS", "two")], "workers"),
+        (vec!["serve".into()], vec![("DEVID_DATABASE_POOL_SIZE", "0")], "database_pool_size"),
+        (vec!["serve".into()], vec![("DEVID_DATABASE_POOL_SIZE", "few")], "database_pool_size"),
         (vec!["serve".into(), "--config".into(), cfg.display().to_string()], vec![], "validty"),
         (vec!["serve".into(), "--config".into(), "/does/not/exist.toml".into()], vec![], "does not exist"),
     ];
@@ -202,4 +204,51 @@ async fn sharded_crl_build_needs_the_public_url() {
         serde_json::from_str(install.run_ok(&["crl", "build", "--json"]).trim()).unwrap();
     assert_eq!(built.as_array().unwrap().len(), 4, "one CRL per shard: {built}");
     install.cleanup().await;
+}
+
+/// `database_pool_size` bounds the server's connections to PostgreSQL: with 2, a burst of 32
+/// concurrent enrollments all succeed over at most 2 connections; with the default, the
+/// same burst opens more than 2 (so the bound is the setting's doing, not the burst's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_size_bounds_postgresql_connections() {
+    async fn peak_connections(pool_size: Option<&str>) -> i64 {
+        let mut install = Install::new(Backend::Postgres).await;
+        if let Some(n) = pool_size {
+            install.env.push(("DEVID_DATABASE_POOL_SIZE".into(), n.into()));
+        }
+        install.env.push(("DEVID_LIMITS__PER_SOURCE".into(), "0".into()));
+        let tokens: Vec<String> = (0..32).map(|i| install.add_device(&format!("pool-{i}"))).collect();
+        let server = install.serve();
+        let mut burst = tokio::task::JoinSet::new();
+        for (i, token) in tokens.into_iter().enumerate() {
+            let url = server.url("/v1/enroll");
+            burst.spawn(async move {
+                let (_key, csr) = pki::csr_p256(&format!("pool-{i}"));
+                let body = serde_json::json!({ "method": "token", "token": token, "csr": csr });
+                let resp = common::http().post(url).json(&body).send().await.unwrap();
+                (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+            });
+        }
+        while let Some(done) = burst.join_next().await {
+            let (status, body) = done.unwrap();
+            assert_eq!(status, 200, "{body}");
+        }
+        // The pool keeps its connections open while idle: what is open now is what the
+        // burst needed, up to the pool's bound.
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&install.db.url).await.unwrap();
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        drop(admin);
+        drop(server);
+        install.cleanup().await;
+        open
+    }
+    let bounded = peak_connections(Some("2")).await;
+    assert!((1..=2).contains(&bounded), "pool size 2 opened {bounded} connections");
+    let default = peak_connections(None).await;
+    assert!(default > 2, "the default pool opened only {default} connections for 32 concurrent enrollments");
 }

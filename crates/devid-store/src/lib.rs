@@ -756,13 +756,24 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_head(&self) -> Result<(i64, Vec<u8>), StoreError>;
 }
 
+/// How many connections a store's pool may open: on PostgreSQL all of them (default 16), on
+/// SQLite the read connections of a file database (default 4; SQLite always has exactly one
+/// write connection, and an in-memory database only that one). `None`: the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolSize(pub Option<std::num::NonZeroU32>);
+
 /// Open the store named by a database URL (`sqlite:PATH`, `sqlite::memory:`,
 /// `postgres://…`), run its migrations, and return it.
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    connect_with(url, PoolSize::default()).await
+}
+
+/// [`connect`] with a pool size of its own (see [`PoolSize`]).
+pub async fn connect_with(url: &str, pool: PoolSize) -> Result<Arc<dyn Store>, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(url).await?))
+        Ok(Arc::new(PgStore::connect_with(url, pool).await?))
     } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url).await?))
+        Ok(Arc::new(SqliteStore::connect_with(url, pool).await?))
     } else {
         Err(StoreError::new(
             ErrorKind::InvalidInput,

@@ -10,8 +10,8 @@ use crate::StoreError;
 use crate::common::impl_store;
 use crate::error::from_sqlx;
 
-/// How many connections the pool opens at most.
-const MAX_CONNECTIONS: u32 = 16;
+/// How many connections the pool opens at most, unless [`PoolSize`](crate::PoolSize) says.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 16;
 /// How long a caller waits for a connection (including the first connect) before the
 /// database counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,7 +26,8 @@ const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
-/// The store on PostgreSQL: one pool of up to 16 connections.
+/// The store on PostgreSQL: one pool of up to 16 connections (or the configured
+/// [`PoolSize`](crate::PoolSize)).
 ///
 /// Transactions run at READ COMMITTED; the single-use and idempotency rules are conditional
 /// writes (`UPDATE … WHERE token_used_at IS NULL`, `DELETE FROM issuance_intents …`), so
@@ -51,6 +52,11 @@ impl PgStore {
     /// server cannot be reached within 5 seconds, and
     /// [`ErrorKind::InvalidInput`](devid_core::ErrorKind::InvalidInput) for a malformed URL.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, crate::PoolSize::default()).await
+    }
+
+    /// [`Self::connect`] with a pool of at most `pool` connections (16 when unset).
+    pub async fn connect_with(url: &str, pool: crate::PoolSize) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url).map_err(|e| {
             StoreError::new(devid_core::ErrorKind::InvalidInput, format!("invalid PostgreSQL URL: {e}"))
         })?;
@@ -61,7 +67,7 @@ impl PgStore {
             options.get_database().unwrap_or_else(|| options.get_username())
         );
         let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
+            .max_connections(pool.0.map_or(DEFAULT_MAX_CONNECTIONS, std::num::NonZeroU32::get))
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {

@@ -17,8 +17,8 @@ use crate::error::from_sqlx;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a caller waits for a pooled connection before the store counts as unavailable.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read connections on a file database.
-const READERS: u32 = 4;
+/// Read connections on a file database, unless [`PoolSize`](crate::PoolSize) says.
+pub(crate) const DEFAULT_READERS: u32 = 4;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
@@ -67,6 +67,12 @@ impl SqliteStore {
     /// creating the file if it is missing, run the migrations in `migrations/sqlite`, and
     /// return the store.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, crate::PoolSize::default()).await
+    }
+
+    /// [`Self::connect`] with at most `pool` read connections (4 when unset). There is
+    /// always exactly one write connection, and an in-memory database has only that one.
+    pub async fn connect_with(url: &str, pool: crate::PoolSize) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| {
                 StoreError::new(devid_core::ErrorKind::InvalidInput, format!("invalid SQLite URL: {e}"))
@@ -97,7 +103,7 @@ impl SqliteStore {
             writer.clone()
         } else {
             SqlitePoolOptions::new()
-                .max_connections(READERS)
+                .max_connections(pool.0.map_or(DEFAULT_READERS, std::num::NonZeroU32::get))
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options.pragma("query_only", "ON"))
                 .await

@@ -49,6 +49,9 @@ pub struct RawConfig {
     /// `sqlite:PATH` or `postgres://…`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    /// Connections the store's pool opens at most (PostgreSQL: all; SQLite: the readers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_pool_size: Option<String>,
     /// The public base URL printed into certificates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
@@ -252,6 +255,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Database URL.
     pub database_url: String,
+    /// The store's pool size (`None`: the backend's default, 16 on PostgreSQL and 4 readers
+    /// on SQLite).
+    pub database_pool_size: Option<std::num::NonZeroU32>,
     /// Public base URL; `None` means "http://<bound address>".
     pub public_url: Option<url::Url>,
     /// Device certificate lifetime.
@@ -313,9 +319,10 @@ fn bad(key: &str, msg: impl std::fmt::Display) -> ConfigError {
 
 /// The top-level keys, used to keep unrelated `DEVID_*` variables (e.g. the test
 /// runner's `DEVID_TEST_*`) out of the configuration.
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 15] = [
     "limits",
     "workers",
+    "database_pool_size",
     "listen",
     "data_dir",
     "database_url",
@@ -655,7 +662,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         number("limits.per_group", raw.limits.per_group.as_deref(), 0, 0, 100_000_000)? as u64,
     ];
     let workers = number("workers", raw.workers.as_deref(), default_workers(), 1, 1024)?;
+    let database_pool_size = match raw.database_pool_size.as_deref() {
+        None => None,
+        Some(text) => std::num::NonZeroU32::new(number("database_pool_size", Some(text), 1, 1, 1000)? as u32),
+    };
     Ok(Config {
+        database_pool_size,
         limits,
         workers,
         tls_listen,
@@ -706,6 +718,16 @@ mod tests {
         assert!(matches!(c.kek, KekSource::Generated(_)));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(c.workers, (cores * 2).max(2));
+        assert_eq!(c.database_pool_size, None);
+    }
+
+    #[test]
+    fn the_pool_size_is_configurable() {
+        let size = |text: &str| from_toml(text).expect(text).database_pool_size.map(|n| n.get());
+        assert_eq!(size("database_pool_size = '6'"), Some(6));
+        assert_eq!(size("database_pool_size = '1'"), Some(1));
+        assert_eq!(size("database_pool_size = '1000'"), Some(1000));
+        assert!(is_config_var("database_pool_size"));
     }
 
     #[test]
@@ -729,6 +751,9 @@ mod tests {
             ("workers = '0'", "workers"),
             ("workers = 'many'", "workers"),
             ("workers = '1025'", "workers"),
+            ("database_pool_size = '0'", "database_pool_size"),
+            ("database_pool_size = 'few'", "database_pool_size"),
+            ("database_pool_size = '1001'", "database_pool_size"),
             ("listne = '1'", "listne"),
         ] {
             let err = from_toml(text).expect_err(text).to_string();

@@ -566,7 +566,7 @@ async fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, CliError> {
     if cfg.database_url.starts_with("sqlite:") {
         create_private_dir(&cfg.data_dir)?;
     }
-    devid_store::connect(&cfg.database_url)
+    devid_store::connect_with(&cfg.database_url, devid_store::PoolSize(cfg.database_pool_size))
         .await
         .map_err(|e| CliError(format!("database {}: {e}", redact_url(&cfg.database_url))))
 }
