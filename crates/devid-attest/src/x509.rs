@@ -33,6 +33,41 @@ use crate::{AttestError, Attested, Failure};
 /// IDevID chains have one to three certificates; the bound keeps path building cheap.
 pub const MAX_CHAIN_LEN: usize = 8;
 
+/// The signature algorithms a chain may use (RFC 5280 §4.1.1.2), all from aws-lc-rs: the
+/// IDevID chains here and the TPM's EK chains ([`crate::tpm`]).
+///
+/// Not `webpki::ALL_VERIFICATION_ALGS`: what that list holds depends on the crate's
+/// features, which cargo unifies across the workspace. With `ring` on as well (reqwest's
+/// rustls in `devid-agent`, and every test build) it lists ring's algorithms first, so the
+/// chains were verified by a second crypto library, one that the README does not name as
+/// the backend. The accepted set was the same (aws-lc-rs's entries cover ring's). This list
+/// is the aws-lc-rs part of that list, whatever the build.
+pub(crate) static CHAIN_ALGS: &[&dyn SignatureVerificationAlgorithm] = &[
+    webpki::aws_lc_rs::ECDSA_P256_SHA256,
+    webpki::aws_lc_rs::ECDSA_P256_SHA384,
+    webpki::aws_lc_rs::ECDSA_P256_SHA512,
+    webpki::aws_lc_rs::ECDSA_P384_SHA256,
+    webpki::aws_lc_rs::ECDSA_P384_SHA384,
+    webpki::aws_lc_rs::ECDSA_P384_SHA512,
+    webpki::aws_lc_rs::ECDSA_P521_SHA256,
+    webpki::aws_lc_rs::ECDSA_P521_SHA384,
+    webpki::aws_lc_rs::ECDSA_P521_SHA512,
+    webpki::aws_lc_rs::ED25519,
+    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
+    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA384,
+    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA512,
+    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS,
+    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA384_ABSENT_PARAMS,
+    webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA512_ABSENT_PARAMS,
+    webpki::aws_lc_rs::RSA_PKCS1_3072_8192_SHA384,
+    webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+    webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA384_LEGACY_KEY,
+    webpki::aws_lc_rs::RSA_PSS_2048_8192_SHA512_LEGACY_KEY,
+    webpki::aws_lc_rs::ML_DSA_44,
+    webpki::aws_lc_rs::ML_DSA_65,
+    webpki::aws_lc_rs::ML_DSA_87,
+];
+
 /// How the device id is taken from the device certificate.
 ///
 /// Text forms (used by [`FromStr`], [`fmt::Display`] and serde): `subject-serial`,
@@ -192,16 +227,8 @@ pub fn verify(
     });
 
     let time = PkiTime::since_unix_epoch(Duration::from_secs(now.0.max(0) as u64));
-    ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
-        &anchors,
-        &ders[1..],
-        time,
-        KeyUsage::client_auth(),
-        revocation,
-        None,
-    )
-    .map_err(|e| path_error(e, "path validation"))?;
+    ee.verify_for_usage(CHAIN_ALGS, &anchors, &ders[1..], time, KeyUsage::client_auth(), revocation, None)
+        .map_err(|e| path_error(e, "path validation"))?;
 
     // Possession of the factory key, over this nonce and this CSR.
     let alg = signature_alg(&device)?;

@@ -311,3 +311,45 @@ fn anchors_are_checked() {
     assert_eq!(check_anchor(&leaf).unwrap_err().failure, Failure::BadAttributes);
     assert_eq!(check_anchor(b"\x30\x03\x02\x01\x00").unwrap_err().failure, Failure::Malformed);
 }
+
+/// A chain signed with ECDSA P-256 and SHA-512 (ecdsa-with-SHA512, RFC 5758 §3.2) is
+/// accepted, and its signature checked: the pair is one that only aws-lc-rs verifies (ring
+/// has no P-256/SHA-512), so this fails if the chain algorithms lose it. rcgen cannot sign
+/// with that pair: its device certificate gets the algorithm identifiers changed and is
+/// signed again, with p256 over the SHA-512 digest.
+#[test]
+fn p256_with_sha512_chains_are_verified() {
+    use der::{Decode, Encode};
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+    use p256::pkcs8::DecodePrivateKey;
+    use sha2::Digest;
+
+    let pki = pki("Sha512");
+    let (key, der) = device(&pki, &rcgen::PKCS_ECDSA_P256_SHA256, device_params());
+    let mut cert = x509_cert::Certificate::from_der(&der).unwrap();
+    let alg =
+        spki::AlgorithmIdentifierOwned { oid: const_oid::db::rfc5912::ECDSA_WITH_SHA_512, parameters: None };
+    cert.tbs_certificate.signature = alg.clone();
+    cert.signature_algorithm = alg;
+    let tbs = cert.tbs_certificate.to_der().unwrap();
+    let issuer = p256::ecdsa::SigningKey::from_pkcs8_der(&pki.inter.key().serialize_der()).unwrap();
+    let sig: p256::ecdsa::Signature = issuer.sign_prehash(&sha2::Sha512::digest(&tbs)).unwrap();
+    let resign = |sig: &[u8]| {
+        let mut c = cert.clone();
+        c.signature = der::asn1::BitString::from_bytes(sig).unwrap();
+        c.to_der().unwrap()
+    };
+    let good = resign(sig.to_der().as_bytes());
+    let b = the_binding();
+    let proof = sign(&key, &b);
+    let policy = policy(&pki, IdSource::SubjectSerialNumber);
+    let ok = verify(&policy, &[good, pki.inter_der.clone()], &proof, &b, NOW).map_err(|e| e.failure);
+    assert_eq!(ok.map(|a| a.device_id), Ok("SN-0001".to_string()));
+
+    // The SHA-512 signature is checked: another one of the intermediate's, over other bytes,
+    // is refused.
+    let other: p256::ecdsa::Signature = issuer.sign_prehash(&sha2::Sha512::digest(b"other")).unwrap();
+    let bad = resign(other.to_der().as_bytes());
+    let refused = verify(&policy, &[bad, pki.inter_der.clone()], &proof, &b, NOW).map_err(|e| e.failure);
+    assert_eq!(refused.map(|a| a.device_id), Err(Failure::UntrustedChain));
+}

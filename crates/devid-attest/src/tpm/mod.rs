@@ -241,7 +241,7 @@ fn verify_ek_chain(policy: &TpmPolicy, ek_cert: &[u8], now: UnixTime) -> Result<
     }
     let time = PkiTime::since_unix_epoch(Duration::from_secs(now.0.max(0) as u64));
     ee.verify_for_usage(
-        webpki::ALL_VERIFICATION_ALGS,
+        crate::x509::CHAIN_ALGS,
         &anchors,
         &[],
         time,
