@@ -379,13 +379,24 @@ done
 SERVE_ERRORS=$(grep -c 'ERROR\|panicked' "$W/serve.log" || true)
 [ "$SERVE_ERRORS" = 0 ] || say "warning: devid logged $SERVE_ERRORS error lines (log: $W/serve.log; KEEP=1 keeps it)"
 
+# --- this machine's ECDSA P-256, one core: the floor under every issuance figure ---
+# devid signs and verifies with aws-lc-rs, which measures the same as OpenSSL here (issue #6
+# note). A token enrollment makes 2 verifications (the CSR, the certificate after signing)
+# and 2 signatures (the certificate, its OCSP answer); x509 adds 2 verifications (the IDevID
+# chain, the possession signature). cfssl's sign API makes 1 of each and Go's check after
+# signing (1 more verification).
+read -r ECDSA_SIGN ECDSA_VERIFY < <(openssl speed -seconds 1 ecdsap256 2>/dev/null | awk '/\(nistp256\)/ {print $(NF-1), $NF}')
+[ -n "${ECDSA_VERIFY:-}" ] || { ECDSA_SIGN=0; ECDSA_VERIFY=0; }
+say "ECDSA P-256 (openssl speed, one core): $ECDSA_SIGN signatures/s, $ECDSA_VERIFY verifications/s"
+
 # --- the table and the JSON line ---
 for f in "$W"/res/*.json; do jq -c --arg k "$(basename "$f" .json)" '{($k): .}' "$f"; done | jq -sc add >"$W/runs.json"
 jq -n --arg date "$DATE" --argjson nproc "$NPROC" --arg kernel "$KERNEL" --arg dur "$DUR" \
   --argjson conc "$CONCURRENCY" \
   --argjson t "$THREADS" --argjson c "$CONNS" --argjson ic "$ISSUE_C" --argjson multi "$OPENSSL_MULTI" \
   --argjson ocsp_target "$OCSP_TARGET" --argjson issue_target "$ISSUE_TARGET" \
-  --argjson serve_errors "$SERVE_ERRORS" --slurpfile versions "$W/versions.json" --slurpfile runs "$W/runs.json" '
+  --argjson serve_errors "$SERVE_ERRORS" --slurpfile versions "$W/versions.json" --slurpfile runs "$W/runs.json" \
+  --argjson ecdsa_sign "$ECDSA_SIGN" --argjson ecdsa_verify "$ECDSA_VERIFY" '
   $runs[0] as $runs
   | [{workload: "OCSP POST", peer: "openssl ocsp -multi \($multi)", peer_run: "ocsp-post-openssl", devid_run: "ocsp-post-devid", target: $ocsp_target},
      {workload: "OCSP POST", peer: "cfssl ocspserve", peer_run: "ocsp-post-cfssl", devid_run: "ocsp-post-devid", target: $ocsp_target},
@@ -400,6 +411,13 @@ jq -n --arg date "$DATE" --argjson nproc "$NPROC" --arg kernel "$KERNEL" --arg d
      settings: {wrk: "-t\($t) -c\($c) --latency", openssl_multi: $multi, issue_load_concurrency: $ic,
                 simulate_concurrency: $conc},
      runs: $runs, ratios: $rows, devid_log_errors: $serve_errors,
+     ecdsa_p256: (if $ecdsa_verify > 0 then
+       {sign_per_s: $ecdsa_sign, verify_per_s: $ecdsa_verify,
+        sign_us: (1e6 / $ecdsa_sign | round), verify_us: (1e6 / $ecdsa_verify | round),
+        floor_us: {"issue-cfssl": (1e6 / $ecdsa_sign + 2e6 / $ecdsa_verify | round),
+                   "issue-devid-token": (2e6 / $ecdsa_sign + 2e6 / $ecdsa_verify | round),
+                   "issue-devid-x509": (2e6 / $ecdsa_sign + 4e6 / $ecdsa_verify | round)}}
+       else null end),
      verdict: (if any($rows[]; .result == "MISS") then "MISS" elif any($rows[]; .result == "PASS") then "PASS" else "n/a" end)}
 ' >"$W/final.json"
 
@@ -422,6 +440,9 @@ jq -r '
     "Overall: **\($f.verdict)**. OCSP: wrk \($f.settings.wrk), one fixed POST/GET request for a good certificate (no nonce), the same command for each responder. Issuance: cfssl through issue_load.py at concurrency \($f.settings.issue_load_concurrency); devid through devid-agent simulate at concurrency \($f.settings.simulate_concurrency) (x509: \($f.runs["issue-devid-x509"].devices) devices in \($f.runs["issue-devid-x509"].seconds) s; token: \($f.runs["issue-devid-token"].devices) devices in \($f.runs["issue-devid-token"].seconds) s), every certificate committed to PostgreSQL.",
     "",
     "CPU per operation, server + PostgreSQL (µs; steadier than the rates on a busy machine; for devid issuance, the enrollment phase alone, with all of PostgreSQL including its WAL writer): \($f.runs | to_entries | map(select(.value.cpu.server_us_per_op != null) | "\(.key) \(.value.cpu.server_us_per_op + .value.cpu.pg_us_per_op)") | join(", ")).",
+    "",
+    (if $f.ecdsa_p256 == null then "ECDSA P-256: not measured (openssl speed gave no figure)." else
+     "ECDSA P-256 on one core of this machine (openssl speed): \($f.ecdsa_p256.sign_us) µs a signature, \($f.ecdsa_p256.verify_us) µs a verification. The signatures and verifications alone, per certificate: cfssl \($f.ecdsa_p256.floor_us["issue-cfssl"]) µs (1 signature, 2 verifications: the CSR and the check Go makes after signing), devid token \($f.ecdsa_p256.floor_us["issue-devid-token"]) µs (2 and 2: the certificate and its OCSP answer; the CSR and the check after signing), devid x509 \($f.ecdsa_p256.floor_us["issue-devid-x509"]) µs (2 and 4: also the IDevID chain and the possession signature)." end),
     "",
     "Versions: \($f.versions | to_entries | map("\(.key): \(.value)") | join("; "))."
 ' "$W/final.json"
