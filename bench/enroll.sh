@@ -14,7 +14,8 @@
 # the work directory), OCSP_SHARE= (a share of devices also asks OCSP), SEED=N (first fill
 # the store with N certificates by `devid seed`, 5 % revoked and 20 % expired, to compare
 # with a small store: issue #6 wants the figures within 10 %), SEED_ARGS= (more `devid seed`
-# flags).
+# flags), PERF=1 (record the server with `perf record` during each run and print its top
+# symbols for each phase alone, PERF_TOP=30; implies KEEP=1; PERF_ARGS overrides "-F 499 -g").
 #
 # After each phase it prints the CPU used per operation by devid, all of PostgreSQL (WAL
 # writer included), the simulator and everything else, sampled from /proc every 0.2 s.
@@ -28,6 +29,7 @@ METHODS=${3:-token,x509,symmetric}
 need psql postgresql-client
 need jq jq
 if [ -n "${SERVER_CPUS:-}${SIM_CPUS:-}" ]; then need taskset util-linux; fi
+if [ -n "${PERF:-}" ]; then need perf linux-perf; KEEP=1; fi
 
 DEVID=$(devid_bin)
 if [ -n "${DEVID_AGENT_BIN:-}" ]; then
@@ -83,11 +85,23 @@ for m in "${methods[@]}"; do
   [ -n "${OCSP_SHARE:-}" ] && extra=(--ocsp-share "$OCSP_SHARE")
   : >"$W/cpu.samples"
   cpu_sampler_start "$SERVER_PID"
+  perf_pid=
+  if [ -n "${PERF:-}" ]; then
+    # Wall-clock sample times (-k realtime), so that each phase can be cut out by the
+    # simulator's own start and length.
+    # shellcheck disable=SC2086
+    perf record -q -k realtime ${PERF_ARGS:--F 499 -g} -o "$W/perf-$m.data" -p "$SERVER_PID" 2>"$W/perf-$m.log" &
+    perf_pid=$!
+  fi
   "${pin_sim[@]}" "$AGENT" simulate --server "$BASE" --renew-server "$RENEW" --client-id "$CLIENT_ID" \
     --devices "$DEVICES" --concurrency "$CONCURRENCY" --method "$m" --renew "${extra[@]}" --json \
     >"$W/$m.json" 2>"$W/$m.log" || { cat "$W/$m.log" >&2; die "simulate --method $m failed"; }
   sleep 0.5  # one more sample after the last phase ends
   cpu_sampler_stop
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+  fi
   kill -0 "$SERVER_PID" 2>/dev/null || die "the server died during the $m run (log: $W/serve.log)"
   jq -r --arg m "$m" '"\($m): enroll \(.enroll.per_second|floor)/s p50 \(.enroll.p50_ms) ms p99 \(.enroll.p99_ms) ms errors \(.enroll.errors|tostring); renew \(.renew.per_second|floor)/s p99 \(.renew.p99_ms) ms errors \(.renew.errors|tostring)"' "$W/$m.json"
   # CPU per operation of each phase, by process: where the time goes (the rates alone
@@ -95,6 +109,12 @@ for m in "${methods[@]}"; do
   for phase in enroll renew; do
     read -r t0 dt n < <(jq -r --arg p "$phase" '.[$p] | "\(.started_unix_s) \(.elapsed_s) \(.ok)"' "$W/$m.json")
     say "  $phase $(cpu_per_op "$t0" "$dt" "$n")"
+    if [ -n "$perf_pid" ]; then
+      say "  perf profile of devid, $m $phase alone, self time by symbol ($W/perf-$m.data):"
+      perf report -i "$W/perf-$m.data" --time "$t0,$(awk -v a="$t0" -v b="$dt" 'BEGIN {printf "%.6f", a + b}')" \
+        --no-children --sort dso,symbol --stdio 2>/dev/null \
+        | grep -E '^ +[0-9]' | sed 's/ *- *- *$//' | cut -c1-160 | head -n "${PERF_TOP:-30}" >&2 || true
+    fi
   done
   jq -c . "$W/$m.json"
 done

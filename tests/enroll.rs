@@ -13,6 +13,7 @@ on_both_backends!(
     bad_requests_are_problems,
     second_start_reuses_the_ca,
     one_token_yields_one_certificate_under_concurrency,
+    concurrent_tokens_each_find_their_own_device,
 );
 
 async fn enroll_end_to_end(backend: Backend) {
@@ -262,6 +263,48 @@ async fn one_token_yields_one_certificate_under_concurrency(backend: Backend) {
     let page = store.list_certificates(None, None, 100).await.unwrap();
     let devices: Vec<_> = page.items.iter().filter(|c| c.device.as_str() != "devid-tls-server").collect();
     assert_eq!(devices.len(), 1, "exactly one device certificate row");
+    drop(store);
+    drop(server);
+    install.cleanup().await;
+}
+
+/// Concurrent token enrollments look their devices up together (one read for the tokens
+/// queued at that moment): each certificate must still name the device of its own token,
+/// and an unknown token among them is refused alone.
+async fn concurrent_tokens_each_find_their_own_device(backend: Backend) {
+    let install = Install::new(backend).await;
+    let devices: Vec<(String, String)> =
+        (0..12).map(|i| format!("pack-{i:02}")).map(|id| (install.add_device(&id), id)).collect();
+    let server = std::sync::Arc::new(install.serve());
+    let mut tasks = Vec::new();
+    for round in 0..2 {
+        for (i, (token, id)) in devices.iter().enumerate() {
+            // Round 0: every device's own token; round 1: tokens no device holds.
+            let (token, want) =
+                if round == 0 { (token.clone(), Some(id.clone())) } else { (format!("{token}x{i}"), None) };
+            let server = server.clone();
+            tasks.push(tokio::spawn(async move {
+                let (_k, csr) = pki::csr_p256(&format!("c{round}-{i}"));
+                (want, enroll(&server, &token, &csr).await)
+            }));
+        }
+    }
+    let store = devid_store::connect(&install.db.url).await.unwrap();
+    let mut issued = 0;
+    for t in tasks {
+        let (want, (status, body, ct)) = t.await.unwrap();
+        match want {
+            Some(id) => {
+                assert_eq!(status, 200, "{id}: {body}");
+                let serial = devid_core::Serial::from_hex(body["serial"].as_str().unwrap()).unwrap();
+                let cert = store.get_certificate(&serial).await.unwrap().unwrap();
+                assert_eq!(cert.device.as_str(), id, "the certificate of {id}'s token");
+                issued += 1;
+            }
+            None => assert_problem(status, &body, &ct, 401, "token-invalid"),
+        }
+    }
+    assert_eq!(issued, devices.len());
     drop(store);
     drop(server);
     install.cleanup().await;

@@ -178,7 +178,8 @@ impl Authority {
         }
         let now = self.clock.now();
         let hash = nonce_hash(nonce);
-        let challenge = self.store.get_challenge(&hash).await?.ok_or(AuthorityError::NonceInvalid)?;
+        let challenge =
+            self.commits.challenge_lookups.submit(hash.clone()).await?.ok_or(AuthorityError::NonceInvalid)?;
         if challenge.group != group || challenge.method != method.as_str() || challenge.expires_at <= now {
             return Err(AuthorityError::NonceInvalid);
         }

@@ -118,8 +118,12 @@ impl Authority {
         // Step 1: verify the evidence (the token) and the CSR's signature.
         let csr = devid_ca::csr::parse_and_verify(csr)?;
         let token_hash = hash_token(token);
-        let device =
-            self.store.device_by_token_hash(&token_hash).await?.ok_or(AuthorityError::TokenUnknown)?;
+        let device = self
+            .commits
+            .token_lookups
+            .submit(token_hash.to_vec())
+            .await?
+            .ok_or(AuthorityError::TokenUnknown)?;
         if device.status == DeviceStatus::Quarantined {
             return Err(AuthorityError::DeviceQuarantined);
         }

@@ -17,6 +17,11 @@
 //! after the other anyway, and intents signed in-process no longer wait for a flush
 //! ([`Store::record_intents`]).
 //!
+//! The same queues also batch two reads of step 1, each a round trip per enrollment
+//! before: the device of a token enrollment, and the challenge of an attested one. One
+//! statement by a list of keys reads everything queued (a lone key: the single-row
+//! statement).
+//!
 //! If a batch's transaction fails as a whole (a serial collision, the database going away),
 //! its items are retried one by one, so one bad item answers for itself only.
 
@@ -51,6 +56,8 @@ pub(crate) struct Batcher<I, O> {
 struct Inner<I, O> {
     state: Mutex<State<I, O>>,
     run: Runner<I, O>,
+    /// Whether its batches are writes, counted in [`crate::metrics::GROUP_COMMITS`].
+    writes: bool,
 }
 
 struct State<I, O> {
@@ -61,10 +68,20 @@ struct State<I, O> {
 
 impl<I: Send + Sync + 'static, O: Send + 'static> Batcher<I, O> {
     fn new(run: Runner<I, O>) -> Self {
+        Self::with(run, true)
+    }
+
+    /// A queue of reads: batched the same way, not counted as commits.
+    fn reads(run: Runner<I, O>) -> Self {
+        Self::with(run, false)
+    }
+
+    fn with(run: Runner<I, O>, writes: bool) -> Self {
         Batcher {
             inner: Arc::new(Inner {
                 state: Mutex::new(State { queue: VecDeque::new(), running: false }),
                 run,
+                writes,
             }),
         }
     }
@@ -125,8 +142,10 @@ async fn drain<I, O>(inner: Arc<Inner<I, O>>) {
             st.queue.drain(..n).collect()
         };
         let (items, answers): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
-        crate::metrics::GROUP_COMMITS.inc();
-        crate::metrics::GROUP_COMMIT_ITEMS.add(items.len() as u64);
+        if inner.writes {
+            crate::metrics::GROUP_COMMITS.inc();
+            crate::metrics::GROUP_COMMIT_ITEMS.add(items.len() as u64);
+        }
         let results = match (inner.run)(&items).await {
             Ok(results) => results,
             Err(e) if items.len() > 1 => {
@@ -198,6 +217,39 @@ pub(crate) struct GroupCommit {
     pub completions: Batcher<Signed, CertRecord>,
     pub challenges: Batcher<(ChallengeRecord, UnixTime), ()>,
     pub registrations: Batcher<Registration, bool>,
+    /// Token enrollments' device lookups (step 1), read together: one statement for the
+    /// tokens that arrived while the previous read ran, instead of a round trip each.
+    pub token_lookups: Batcher<Vec<u8>, Option<DeviceRecord>>,
+    /// Attested enrollments' challenge lookups (step 1), read together in the same way.
+    pub challenge_lookups: Batcher<Vec<u8>, Option<ChallengeRecord>>,
+}
+
+/// One row by its key, through the store.
+type ReadOne<R> = for<'a> fn(&'a dyn Store, &'a [u8]) -> BoxFuture<'a, Result<Option<R>, StoreError>>;
+/// The rows of several keys, in any order, through the store.
+type ReadMany<R> = for<'a> fn(&'a dyn Store, &'a [Vec<u8>]) -> BoxFuture<'a, Result<Vec<R>, StoreError>>;
+
+/// A read batcher by a unique binary key: a lone key is read by `one` (a single-row
+/// statement: one round trip, no transaction), several by `many` (one statement for all),
+/// whose rows are matched back to their keys by `key`.
+fn lookups<R: Clone + Send + Sync + 'static>(
+    store: Arc<dyn Store>,
+    one: ReadOne<R>,
+    many: ReadMany<R>,
+    key: fn(&R) -> Option<&[u8]>,
+) -> Batcher<Vec<u8>, Option<R>> {
+    Batcher::reads(Box::new(move |keys: &[Vec<u8>]| {
+        let store = store.clone();
+        Box::pin(async move {
+            if let [k] = keys {
+                return Ok(vec![one(store.as_ref(), k).await]);
+            }
+            let found = many(store.as_ref(), keys).await?;
+            let by_key: std::collections::HashMap<&[u8], &R> =
+                found.iter().filter_map(|r| key(r).map(|k| (k, r))).collect();
+            Ok(keys.iter().map(|k| Ok(by_key.get(k.as_slice()).map(|r| (*r).clone()))).collect())
+        }) as BoxFuture<'_, _>
+    }))
 }
 
 /// How often, at most, a challenge batch also purges expired challenges (seconds).
@@ -237,6 +289,18 @@ impl GroupCommit {
                 Ok(store.ensure_devices(&refs).await?.into_iter().map(Ok).collect())
             }) as BoxFuture<'_, _>
         }));
+        let token_lookups = lookups(
+            store.clone(),
+            |s, h| s.device_by_token_hash(h),
+            |s, hs| s.devices_by_token_hashes(hs),
+            |d| d.token_hash.as_deref(),
+        );
+        let challenge_lookups = lookups(
+            store.clone(),
+            |s, h| s.get_challenge(h),
+            |s, hs| s.get_challenges(hs),
+            |c| Some(c.nonce_hash.as_slice()),
+        );
         let s = store;
         // Expired challenges are purged at most every PURGE_EVERY_SECS (by the batch's
         // purge time), not with every batch: the purge scans the table.
@@ -262,6 +326,6 @@ impl GroupCommit {
                 Ok(items.iter().map(|_| Ok(())).collect())
             }) as BoxFuture<'_, _>
         }));
-        GroupCommit { intents, completions, challenges, registrations }
+        GroupCommit { intents, completions, challenges, registrations, token_lookups, challenge_lookups }
     }
 }

@@ -1131,6 +1131,29 @@ macro_rules! impl_store {
                 row.map($crate::DeviceRecord::try_from).transpose()
             }
 
+            async fn devices_by_token_hashes(
+                &self,
+                token_hashes: &[Vec<u8>],
+            ) -> Result<Vec<$crate::DeviceRecord>, $crate::StoreError> {
+                let mut out = Vec::with_capacity(token_hashes.len());
+                if token_hashes.is_empty() {
+                    return Ok(out);
+                }
+                // A read by a list of keys: in a transaction, for its planning (`begin_read`).
+                let mut tx = self.begin_read().await?;
+                for chunk in token_hashes.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::new(concat!($crate::common::device_select!(), " WHERE "));
+                    $crate::lists::any_bytes(&mut q, "token_hash", chunk.to_vec());
+                    let rows: Vec<$crate::common::DeviceRow> =
+                        q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                    for row in rows {
+                        out.push($crate::DeviceRecord::try_from(row)?);
+                    }
+                }
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(out)
+            }
+
             async fn list_devices_filtered(
                 &self,
                 filter: &$crate::DeviceFilter,
@@ -2212,6 +2235,29 @@ macro_rules! impl_store {
                 .await
                 .map_err(|e| self.db_err(e))?;
                 Ok(row.map($crate::common::challenge_from_row))
+            }
+
+            async fn get_challenges(
+                &self,
+                nonce_hashes: &[Vec<u8>],
+            ) -> Result<Vec<$crate::ChallengeRecord>, $crate::StoreError> {
+                let mut out = Vec::with_capacity(nonce_hashes.len());
+                if nonce_hashes.is_empty() {
+                    return Ok(out);
+                }
+                // A read by a list of keys: in a transaction, for its planning (`begin_read`).
+                let mut tx = self.begin_read().await?;
+                for chunk in nonce_hashes.chunks(1000) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "SELECT nonce_hash, group_name, method, state, expires_at, redeemed_at FROM challenges WHERE ",
+                    );
+                    $crate::lists::any_bytes(&mut q, "nonce_hash", chunk.to_vec());
+                    let rows: Vec<$crate::common::ChallengeRow> =
+                        q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                    out.extend(rows.into_iter().map($crate::common::challenge_from_row));
+                }
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(out)
             }
 
             async fn node_heartbeat(

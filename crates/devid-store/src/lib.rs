@@ -472,6 +472,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get_device(&self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
     /// The device holding this token hash (redeemed or not).
     async fn device_by_token_hash(&self, token_hash: &[u8]) -> Result<Option<DeviceRecord>, StoreError>;
+    /// [`Store::device_by_token_hash`] for many hashes in one read: the devices holding any
+    /// of them, in no particular order (a hash no device holds has no row). The token
+    /// enrollments of one moment look their devices up together (group lookup): one
+    /// statement for the batch instead of one round trip each.
+    async fn devices_by_token_hashes(
+        &self,
+        token_hashes: &[Vec<u8>],
+    ) -> Result<Vec<DeviceRecord>, StoreError>;
     /// Devices in id order, after `cursor` (an id), at most `limit`.
     async fn list_devices(&self, cursor: Option<&str>, limit: u32) -> Result<Page<DeviceRecord>, StoreError> {
         self.list_devices_filtered(&DeviceFilter::default(), cursor, limit).await
@@ -732,6 +740,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// A challenge by nonce hash.
     async fn get_challenge(&self, nonce_hash: &[u8]) -> Result<Option<ChallengeRecord>, StoreError>;
+    /// [`Store::get_challenge`] for many nonce hashes in one read: the challenges found, in
+    /// no particular order (the attested enrollments of one moment read theirs together).
+    async fn get_challenges(&self, nonce_hashes: &[Vec<u8>]) -> Result<Vec<ChallengeRecord>, StoreError>;
 
     // --- nodes ---
 

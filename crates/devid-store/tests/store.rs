@@ -247,9 +247,15 @@ async fn devices(backend: Backend) {
     store.insert_device(&full, &DeviceMeta::default(), &ev()).await.unwrap();
     assert_eq!(store.get_device(&full.id).await.unwrap(), Some(full.clone()));
 
-    assert_eq!(store.device_by_token_hash(&[1; 32]).await.unwrap(), Some(d1));
-    assert_eq!(store.device_by_token_hash(&[4; 32]).await.unwrap(), Some(full));
+    assert_eq!(store.device_by_token_hash(&[1; 32]).await.unwrap(), Some(d1.clone()));
+    assert_eq!(store.device_by_token_hash(&[4; 32]).await.unwrap(), Some(full.clone()));
     assert_eq!(store.device_by_token_hash(&[9; 32]).await.unwrap(), None);
+    // Several hashes in one read: the devices found, in any order; unknown hashes have no row.
+    let mut found = store.devices_by_token_hashes(&[vec![4; 32], vec![9; 32], vec![1; 32]]).await.unwrap();
+    found.sort_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    assert_eq!(found, vec![d1.clone(), full.clone()]);
+    assert_eq!(store.devices_by_token_hashes(&[vec![9; 32]]).await.unwrap(), vec![]);
+    assert_eq!(store.devices_by_token_hashes(&[]).await.unwrap(), vec![]);
 
     drop(store);
     db.cleanup().await;
@@ -1570,6 +1576,11 @@ async fn batched_intents_answer_each_item(backend: Backend) {
         redeemed_at: None,
     };
     store.insert_challenges(&[challenge(7, 100), challenge(8, 9)], Some(t(0))).await.unwrap();
+    // Read back together: the challenges found, in any order; an unknown hash has no row.
+    let mut read = store.get_challenges(&[vec![8; 32], vec![6; 32], vec![7; 32]]).await.unwrap();
+    read.sort_by(|a, b| a.nonce_hash.cmp(&b.nonce_hash));
+    assert_eq!(read, vec![challenge(7, 100), challenge(8, 9)]);
+    assert_eq!(store.get_challenges(&[]).await.unwrap(), vec![]);
     let plain = device("b-6", None);
     store.insert_device(&plain, &DeviceMeta::default(), &ev()).await.unwrap();
 
