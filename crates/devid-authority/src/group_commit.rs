@@ -17,8 +17,9 @@
 //! after the other anyway, and intents signed in-process no longer wait for a flush
 //! ([`Store::record_intents`]).
 //!
-//! The same queues also batch two reads of step 1, each a round trip per enrollment
-//! before: the device of a token enrollment, and the challenge of an attested one. One
+//! The same queues also batch three reads of step 1, each a round trip per request
+//! before: the device of a token enrollment, the challenge of an attested one, and what a
+//! renewal checks. One
 //! statement by a list of keys reads everything queued (a lone key: the single-row
 //! statement).
 //!
@@ -33,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use devid_core::{Serial, UnixTime};
 use devid_store::{
     AuditEvent, CertRecord, ChallengeRecord, Completion, DeviceMeta, DeviceRecord, PendingCert, Redeem,
-    Store, StoreError,
+    RenewalContext, Store, StoreError,
 };
 use tokio::sync::oneshot;
 
@@ -222,6 +223,9 @@ pub(crate) struct GroupCommit {
     pub token_lookups: Batcher<Vec<u8>, Option<DeviceRecord>>,
     /// Attested enrollments' challenge lookups (step 1), read together in the same way.
     pub challenge_lookups: Batcher<Vec<u8>, Option<ChallengeRecord>>,
+    /// Renewals' reads of what they check (the certificate presented, its device, a prior
+    /// answer for the CSR), read together in the same way.
+    pub renewal_lookups: Batcher<(Serial, Vec<u8>), Option<RenewalContext>>,
 }
 
 /// One row by its key, through the store.
@@ -301,6 +305,16 @@ impl GroupCommit {
             |s, hs| s.get_challenges(hs),
             |c| Some(c.nonce_hash.as_slice()),
         );
+        let s = store.clone();
+        let renewal_lookups = Batcher::reads(Box::new(move |keys: &[(Serial, Vec<u8>)]| {
+            let store = s.clone();
+            Box::pin(async move {
+                if let [(serial, csr)] = keys {
+                    return Ok(vec![store.renewal_context(serial, csr).await]);
+                }
+                Ok(store.renewal_contexts(keys).await?.into_iter().map(Ok).collect())
+            }) as BoxFuture<'_, _>
+        }));
         let s = store;
         // Expired challenges are purged at most every PURGE_EVERY_SECS (by the batch's
         // purge time), not with every batch: the purge scans the table.
@@ -326,6 +340,14 @@ impl GroupCommit {
                 Ok(items.iter().map(|_| Ok(())).collect())
             }) as BoxFuture<'_, _>
         }));
-        GroupCommit { intents, completions, challenges, registrations, token_lookups, challenge_lookups }
+        GroupCommit {
+            intents,
+            completions,
+            challenges,
+            registrations,
+            token_lookups,
+            challenge_lookups,
+            renewal_lookups,
+        }
     }
 }

@@ -26,7 +26,7 @@ impl Authority {
         // The certificate, its device and the certificate already issued for this CSR (a
         // retry), in one read.
         let Some(devid_store::RenewalContext { current, device: record, meta, prior }) =
-            self.store.renewal_context(&serial, &csr.sha256).await?
+            self.commits.renewal_lookups.submit((serial.clone(), csr.sha256.to_vec())).await?
         else {
             return refuse("the client certificate was not issued by this CA");
         };

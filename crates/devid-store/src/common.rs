@@ -410,6 +410,14 @@ pub(crate) struct RenewalRow {
     c_predecessor: Option<String>,
 }
 
+/// A [`RenewalRow`] of a batched read, with the 1-based position of its key (`k_i`).
+#[derive(sqlx::FromRow)]
+pub(crate) struct KeyedRenewalRow {
+    pub(crate) k_i: i64,
+    #[sqlx(flatten)]
+    pub(crate) row: RenewalRow,
+}
+
 impl RenewalRow {
     pub(crate) fn split(self) -> Result<crate::RenewalContext, StoreError> {
         let current = CertRecord::try_from(CertRow {
@@ -644,24 +652,31 @@ macro_rules! cert_select {
 pub(crate) use cert_select;
 
 /// The newest of the certificates and the intents of device `$1` for the CSR hash `$2`, as
-/// a [`CertRow`] (at most one row). With an argument, the device is that SQL expression
-/// instead of `$1`.
+/// a [`CertRow`] (at most one row). With arguments, the device (and the CSR hash) are those
+/// SQL expressions instead of `$1` (and `$2`).
 macro_rules! for_csr_select {
     () => {
         $crate::common::for_csr_select!("$1")
     };
     ($device:literal) => {
+        $crate::common::for_csr_select!($device, "$2")
+    };
+    ($device:literal, $csr:literal) => {
         concat!(
             "SELECT * FROM (",
             $crate::common::cert_select!(),
             " WHERE c.device_id = ",
             $device,
-            " AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS a \
+            " AND c.csr_sha256 = ",
+            $csr,
+            " ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS a \
              UNION ALL SELECT * FROM (",
             $crate::common::intent_select!(),
             " WHERE c.device_id = ",
             $device,
-            " AND c.csr_sha256 = $2 ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS b \
+            " AND c.csr_sha256 = ",
+            $csr,
+            " ORDER BY c.created_at DESC, c.serial DESC LIMIT 1) AS b \
              ORDER BY created_at DESC, serial DESC LIMIT 1"
         )
     };
@@ -1286,6 +1301,14 @@ macro_rules! impl_store {
                 .await
                 .map_err(|e| self.db_err(e))?;
                 row.map($crate::common::RenewalRow::split).transpose()
+            }
+
+            async fn renewal_contexts(
+                &self,
+                keys: &[(devid_core::Serial, Vec<u8>)],
+            ) -> Result<Vec<Option<$crate::RenewalContext>>, $crate::StoreError> {
+                // Per backend (`renewal_contexts_batch` in postgres.rs and sqlite.rs).
+                self.renewal_contexts_batch(keys).await
             }
 
             async fn device_meta(

@@ -521,6 +521,13 @@ pub trait Store: Send + Sync + 'static {
         serial: &Serial,
         csr_sha256: &[u8],
     ) -> Result<Option<RenewalContext>, StoreError>;
+    /// [`Store::renewal_context`] for many (serial, CSR hash) pairs in one read: an answer
+    /// per pair, in the pairs' order. The renewals of one moment read their contexts
+    /// together (one statement instead of a round trip each).
+    async fn renewal_contexts(
+        &self,
+        keys: &[(Serial, Vec<u8>)],
+    ) -> Result<Vec<Option<RenewalContext>>, StoreError>;
     /// A device's labels, batch id, group, method and sealed secret (`None`: no such device).
     async fn device_meta(&self, id: &DeviceId) -> Result<Option<DeviceMeta>, StoreError>;
 

@@ -158,6 +158,19 @@ impl SqliteStore {
 impl_store!(SqliteStore, "sqlite");
 
 impl SqliteStore {
+    /// [`crate::Store::renewal_contexts`]: SQLite runs in this process (no round trips to
+    /// save), so each pair is read as [`crate::Store::renewal_context`] reads one.
+    async fn renewal_contexts_batch(
+        &self,
+        keys: &[(devid_core::Serial, Vec<u8>)],
+    ) -> Result<Vec<Option<crate::RenewalContext>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (serial, csr) in keys {
+            out.push(crate::Store::renewal_context(self, serial, csr).await?);
+        }
+        Ok(out)
+    }
+
     /// SQLite has one writer: the write transaction the CRL is built in is the lock.
     async fn try_crl_lock(
         &self,

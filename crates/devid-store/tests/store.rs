@@ -470,6 +470,27 @@ async fn certificate_for_csr_is_newest(backend: Backend) {
     assert_eq!(store.renewal_context(&serial(99), &csr).await.unwrap(), None);
     assert_eq!(store.renewal_context(&serial(7), &csr).await.unwrap(), None);
 
+    // The batched read answers every pair as the single read does, in the pairs' order,
+    // across more than one chunk of 1,000 (and with repeated pairs).
+    let mut pairs: Vec<(Serial, Vec<u8>)> = Vec::new();
+    for s in [5, 8, 99, 7] {
+        for h in [&csr, &[0x01; 32], &[0x02; 32], &[0x03; 32]] {
+            pairs.push((serial(s), h.to_vec()));
+        }
+    }
+    let mut want = Vec::new();
+    for (s, h) in &pairs {
+        want.push(store.renewal_context(s, h).await.unwrap());
+    }
+    assert_eq!(want.iter().filter(|w| w.is_some()).count(), 8);
+    let keys: Vec<(Serial, Vec<u8>)> = pairs.iter().cycle().take(1003).cloned().collect();
+    let got = store.renewal_contexts(&keys).await.unwrap();
+    assert_eq!(got.len(), keys.len());
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g, &want[i % pairs.len()], "pair {i}");
+    }
+    assert_eq!(store.renewal_contexts(&[]).await.unwrap(), vec![]);
+
     drop(store);
     db.cleanup().await;
 }
