@@ -209,10 +209,11 @@ impl Authority {
         // Step 2.
         self.limiter.device(device.as_str(), self.clock.as_ref())?;
         // The device and the certificate already issued for this CSR (a retry), in one read.
-        let (existing, prior) = match self.store.device_for_csr(&device, &csr.sha256).await? {
-            Some((d, meta, prior)) => (Some((d, meta)), prior),
-            None => (None, None),
-        };
+        let (existing, prior) =
+            match self.commits.csr_lookups.submit((device.clone(), csr.sha256.to_vec())).await? {
+                Some((d, meta, prior)) => (Some((d, meta)), prior),
+                None => (None, None),
+            };
         self.admit(&g, method, &device, existing).await?;
         if let Some(prior) = prior
             && prior.status == devid_store::CertStatus::Issued

@@ -17,9 +17,9 @@
 //! after the other anyway, and intents signed in-process no longer wait for a flush
 //! ([`Store::record_intents`]).
 //!
-//! The same queues also batch three reads of step 1, each a round trip per request
-//! before: the device of a token enrollment, the challenge of an attested one, and what a
-//! renewal checks. One
+//! The same queues also batch the reads of step 1, each a round trip per request before:
+//! the device of a token enrollment; the challenge, and the device with a prior answer for
+//! the CSR, of an attested one; what a renewal checks. One
 //! statement by a list of keys reads everything queued (a lone key: the single-row
 //! statement).
 //!
@@ -31,10 +31,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use devid_core::{Serial, UnixTime};
+use devid_core::{DeviceId, Serial, UnixTime};
 use devid_store::{
-    AuditEvent, CertRecord, ChallengeRecord, Completion, DeviceMeta, DeviceRecord, PendingCert, Redeem,
-    RenewalContext, Store, StoreError,
+    AuditEvent, CertRecord, ChallengeRecord, Completion, DeviceForCsr, DeviceMeta, DeviceRecord, PendingCert,
+    Redeem, RenewalContext, Store, StoreError,
 };
 use tokio::sync::oneshot;
 
@@ -226,6 +226,32 @@ pub(crate) struct GroupCommit {
     /// Renewals' reads of what they check (the certificate presented, its device, a prior
     /// answer for the CSR), read together in the same way.
     pub renewal_lookups: Batcher<(Serial, Vec<u8>), Option<RenewalContext>>,
+    /// Attested enrollments' reads of their device and a prior answer for the CSR, read
+    /// together in the same way.
+    pub csr_lookups: Batcher<(DeviceId, Vec<u8>), Option<DeviceForCsr>>,
+}
+
+/// One answer for one key, through the store.
+type PairOne<K, R> = for<'a> fn(&'a dyn Store, &'a K) -> BoxFuture<'a, Result<Option<R>, StoreError>>;
+/// An answer per key, in the keys' order, through the store.
+type PairMany<K, R> = for<'a> fn(&'a dyn Store, &'a [K]) -> BoxFuture<'a, Result<Vec<Option<R>>, StoreError>>;
+
+/// A read batcher whose store call answers each key in order: a lone key is read by `one`
+/// (one round trip, no transaction), several by `many` (one statement for all).
+fn pair_lookups<K: Send + Sync + 'static, R: Send + 'static>(
+    store: Arc<dyn Store>,
+    one: PairOne<K, R>,
+    many: PairMany<K, R>,
+) -> Batcher<K, Option<R>> {
+    Batcher::reads(Box::new(move |keys: &[K]| {
+        let store = store.clone();
+        Box::pin(async move {
+            if let [k] = keys {
+                return Ok(vec![one(store.as_ref(), k).await]);
+            }
+            Ok(many(store.as_ref(), keys).await?.into_iter().map(Ok).collect())
+        }) as BoxFuture<'_, _>
+    }))
 }
 
 /// One row by its key, through the store.
@@ -305,16 +331,16 @@ impl GroupCommit {
             |s, hs| s.get_challenges(hs),
             |c| Some(c.nonce_hash.as_slice()),
         );
-        let s = store.clone();
-        let renewal_lookups = Batcher::reads(Box::new(move |keys: &[(Serial, Vec<u8>)]| {
-            let store = s.clone();
-            Box::pin(async move {
-                if let [(serial, csr)] = keys {
-                    return Ok(vec![store.renewal_context(serial, csr).await]);
-                }
-                Ok(store.renewal_contexts(keys).await?.into_iter().map(Ok).collect())
-            }) as BoxFuture<'_, _>
-        }));
+        let renewal_lookups = pair_lookups(
+            store.clone(),
+            |s, k: &(Serial, Vec<u8>)| s.renewal_context(&k.0, &k.1),
+            |s, ks| s.renewal_contexts(ks),
+        );
+        let csr_lookups = pair_lookups(
+            store.clone(),
+            |s, k: &(DeviceId, Vec<u8>)| s.device_for_csr(&k.0, &k.1),
+            |s, ks| s.device_for_csrs(ks),
+        );
         let s = store;
         // Expired challenges are purged at most every PURGE_EVERY_SECS (by the batch's
         // purge time), not with every batch: the purge scans the table.
@@ -348,6 +374,7 @@ impl GroupCommit {
             token_lookups,
             challenge_lookups,
             renewal_lookups,
+            csr_lookups,
         }
     }
 }

@@ -410,14 +410,6 @@ pub(crate) struct RenewalRow {
     c_predecessor: Option<String>,
 }
 
-/// A [`RenewalRow`] of a batched read, with the 1-based position of its key (`k_i`).
-#[derive(sqlx::FromRow)]
-pub(crate) struct KeyedRenewalRow {
-    pub(crate) k_i: i64,
-    #[sqlx(flatten)]
-    pub(crate) row: RenewalRow,
-}
-
 impl RenewalRow {
     pub(crate) fn split(self) -> Result<crate::RenewalContext, StoreError> {
         let current = CertRecord::try_from(CertRow {
@@ -1301,6 +1293,14 @@ macro_rules! impl_store {
                 .await
                 .map_err(|e| self.db_err(e))?;
                 row.map($crate::common::RenewalRow::split).transpose()
+            }
+
+            async fn device_for_csrs(
+                &self,
+                keys: &[(devid_core::DeviceId, Vec<u8>)],
+            ) -> Result<Vec<Option<$crate::DeviceForCsr>>, $crate::StoreError> {
+                // Per backend (`device_for_csrs_batch` in postgres.rs and sqlite.rs).
+                self.device_for_csrs_batch(keys).await
             }
 
             async fn renewal_contexts(

@@ -255,6 +255,10 @@ pub struct CertRecord {
     pub predecessor: Option<Serial>,
 }
 
+/// What [`Store::device_for_csr`] answers: a device, its metadata, and the newest
+/// certificate or intent of that device for the CSR (`None`: none).
+pub type DeviceForCsr = (DeviceRecord, DeviceMeta, Option<CertRecord>);
+
 /// What [`Store::renewal_context`] reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenewalContext {
@@ -511,7 +515,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         id: &DeviceId,
         csr_sha256: &[u8],
-    ) -> Result<Option<(DeviceRecord, DeviceMeta, Option<CertRecord>)>, StoreError>;
+    ) -> Result<Option<DeviceForCsr>, StoreError>;
+    /// [`Store::device_for_csr`] for many (device, CSR hash) pairs in one read: an answer
+    /// per pair, in the pairs' order (the attested enrollments of one moment read together).
+    async fn device_for_csrs(
+        &self,
+        keys: &[(DeviceId, Vec<u8>)],
+    ) -> Result<Vec<Option<DeviceForCsr>>, StoreError>;
     /// What renewal checks before it issues, in one read: the certificate `serial` (the one
     /// the device presented), its device and metadata, and what
     /// [`Store::certificate_for_csr`] answers for that device and `csr_sha256` (`None`: no

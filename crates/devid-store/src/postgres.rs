@@ -44,6 +44,19 @@ impl fmt::Debug for PgStore {
     }
 }
 
+/// A row of a batched read with the 1-based position of its key (`k_i`).
+struct Keyed<R> {
+    i: i64,
+    row: R,
+}
+
+impl<'r, R: sqlx::FromRow<'r, sqlx::postgres::PgRow>> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Keyed<R> {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        Ok(Keyed { i: row.try_get("k_i")?, row: R::from_row(row)? })
+    }
+}
+
 /// The planner settings of a transaction by lists of keys (see `PgStore::begin_keyed`).
 macro_rules! keyed_settings {
     () => {
@@ -171,8 +184,7 @@ impl PgStore {
     /// [`crate::Store::renewal_contexts`]: one statement for all the pairs. Each pair is a
     /// row of `UNNEST … WITH ORDINALITY`; LATERAL joins read, per pair, the certificate by
     /// its primary key and the newest certificate or intent of its device for the CSR hash,
-    /// as [`crate::Store::renewal_context`] does for one. In a `begin_read` transaction, for
-    /// its planning (the index plan, kept: see `begin_keyed`).
+    /// as [`crate::Store::renewal_context`] does for one.
     async fn renewal_contexts_batch(
         &self,
         keys: &[(devid_core::Serial, Vec<u8>)],
@@ -194,26 +206,63 @@ impl PgStore {
             for_csr_select!("cur.device_id", "k.csr"),
             ") AS p ON TRUE"
         );
-        let mut out: Vec<Option<crate::RenewalContext>> = keys.iter().map(|_| None).collect();
+        let pairs: Vec<(String, Vec<u8>)> = keys.iter().map(|(s, c)| (s.to_hex(), c.clone())).collect();
+        self.read_by_pairs(SQL, &pairs, crate::common::RenewalRow::split).await
+    }
+
+    /// [`crate::Store::device_for_csrs`]: one statement for all the pairs, each a row of
+    /// `UNNEST … WITH ORDINALITY` joined with its device by primary key and, LATERAL, with
+    /// the newest certificate or intent of that device for the CSR hash, as
+    /// [`crate::Store::device_for_csr`] does for one.
+    async fn device_for_csrs_batch(
+        &self,
+        keys: &[(devid_core::DeviceId, Vec<u8>)],
+    ) -> Result<Vec<Option<crate::DeviceForCsr>>, StoreError> {
+        use crate::common::{device_csr_columns, for_csr_select};
+        const SQL: &str = concat!(
+            "SELECT k.i AS k_i, ",
+            device_csr_columns!(),
+            " FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS k (id, csr, i) \
+             JOIN devices d ON d.id = k.id LEFT JOIN LATERAL (",
+            for_csr_select!("k.id", "k.csr"),
+            ") AS p ON TRUE"
+        );
+        let pairs: Vec<(String, Vec<u8>)> =
+            keys.iter().map(|(d, c)| (d.as_str().to_string(), c.clone())).collect();
+        self.read_by_pairs(SQL, &pairs, crate::common::DeviceCsrRow::split).await
+    }
+
+    /// Run `sql`, a read of `(text, bytea)` pairs bound as two arrays (`$1`, `$2`) whose
+    /// rows carry the 1-based position of their pair (`k_i`), over `pairs` in chunks of
+    /// 1,000, in one `begin_read` transaction (the index plan, kept: see `begin_keyed`); an
+    /// answer per pair, in the pairs' order (`None`: no row).
+    async fn read_by_pairs<R, T>(
+        &self,
+        sql: &'static str,
+        pairs: &[(String, Vec<u8>)],
+        split: fn(R) -> Result<T, StoreError>,
+    ) -> Result<Vec<Option<T>>, StoreError>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        const CHUNK: usize = 1000;
+        let mut out: Vec<Option<T>> = pairs.iter().map(|_| None).collect();
         let mut tx = self.begin_read().await?;
-        for (n, chunk) in keys.chunks(1000).enumerate() {
-            let serials: Vec<String> = chunk.iter().map(|(s, _)| s.to_hex()).collect();
-            let csrs: Vec<Vec<u8>> = chunk.iter().map(|(_, c)| c.clone()).collect();
-            let rows: Vec<crate::common::KeyedRenewalRow> = sqlx::query_as(SQL)
-                .bind(serials)
-                .bind(csrs)
+        for (n, chunk) in pairs.chunks(CHUNK).enumerate() {
+            let (texts, bytes): (Vec<String>, Vec<Vec<u8>>) = chunk.iter().cloned().unzip();
+            let rows: Vec<Keyed<R>> = sqlx::query_as(sql)
+                .bind(texts)
+                .bind(bytes)
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(|e| self.db_err(e))?;
-            for r in rows {
-                let at = usize::try_from(r.k_i - 1)
+            for Keyed { i, row } in rows {
+                let at = usize::try_from(i - 1)
                     .ok()
-                    .map(|i| n * 1000 + i)
-                    .filter(|&i| i < keys.len())
-                    .ok_or_else(|| {
-                        StoreError::internal(format!("renewal context for key {} of {}", r.k_i, keys.len()))
-                    })?;
-                out[at] = Some(r.row.split()?);
+                    .map(|i| n * CHUNK + i)
+                    .filter(|&at| at < pairs.len())
+                    .ok_or_else(|| StoreError::internal(format!("a row for pair {i} of {}", pairs.len())))?;
+                out[at] = Some(split(row)?);
             }
         }
         tx.commit().await.map_err(|e| self.db_err(e))?;

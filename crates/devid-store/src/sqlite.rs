@@ -171,6 +171,18 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// [`crate::Store::device_for_csrs`], pair by pair, as `renewal_contexts_batch`.
+    async fn device_for_csrs_batch(
+        &self,
+        keys: &[(devid_core::DeviceId, Vec<u8>)],
+    ) -> Result<Vec<Option<crate::DeviceForCsr>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (id, csr) in keys {
+            out.push(crate::Store::device_for_csr(self, id, csr).await?);
+        }
+        Ok(out)
+    }
+
     /// SQLite has one writer: the write transaction the CRL is built in is the lock.
     async fn try_crl_lock(
         &self,

@@ -490,6 +490,25 @@ async fn certificate_for_csr_is_newest(backend: Backend) {
         assert_eq!(g, &want[i % pairs.len()], "pair {i}");
     }
     assert_eq!(store.renewal_contexts(&[]).await.unwrap(), vec![]);
+    // And the device read of enrollment, the same way.
+    let mut pairs: Vec<(DeviceId, Vec<u8>)> = Vec::new();
+    for d in [&a.id, &b.id, &DeviceId::new("nobody").unwrap()] {
+        for h in [&csr, &[0x01; 32], &[0x02; 32], &[0x03; 32]] {
+            pairs.push((d.clone(), h.to_vec()));
+        }
+    }
+    let mut want = Vec::new();
+    for (d, h) in &pairs {
+        want.push(store.device_for_csr(d, h).await.unwrap());
+    }
+    assert_eq!(want.iter().filter(|w| w.is_some()).count(), 8);
+    assert_eq!(want.iter().filter(|w| w.as_ref().is_some_and(|(_, _, p)| p.is_some())).count(), 4);
+    let keys: Vec<(DeviceId, Vec<u8>)> = pairs.iter().cycle().take(1003).cloned().collect();
+    let got = store.device_for_csrs(&keys).await.unwrap();
+    assert_eq!(got.len(), keys.len());
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g, &want[i % pairs.len()], "pair {i}");
+    }
 
     drop(store);
     db.cleanup().await;
