@@ -522,6 +522,13 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
     check!("device by id", 10, store.get_device(&i.device));
     check!("device metadata", 10, store.device_meta(&i.device));
     check!("device by token hash", 10, store.device_by_token_hash(&i.token_hash));
+    // The batched reads of step 1 (the enrollments and renewals of one moment together).
+    check!(
+        "devices by token hashes (batch)",
+        20,
+        store.devices_by_token_hashes(&[i.token_hash.clone(), vec![0; 32]])
+    );
+    check!("challenges by nonce hashes (batch)", 10, store.get_challenges(&[vec![1; 32], vec![2; 32]]));
     // GET /v1/certificates and its filters.
     check!("certificates", PAGE_BUDGET, store.list_certificates_filtered(&CertFilter::default(), None, page));
     check!(
@@ -588,6 +595,16 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
         "renewal: certificate, device, certificate for a CSR",
         30,
         store.renewal_context(&i.serial, &i.csr)
+    );
+    check!(
+        "devices with their certificates for CSRs (batch)",
+        50,
+        store.device_for_csrs(&[(i.device.clone(), i.csr.clone()), (i.other_device.clone(), i.csr.clone())])
+    );
+    check!(
+        "renewals: certificates, devices, certificates for CSRs (batch)",
+        60,
+        store.renewal_contexts(&[(i.serial.clone(), i.csr.clone()), (i.serial.clone(), vec![0; 32])])
     );
     // Revocation publishing: the CRL's streamed read, the change log.
     let mut sink = CountingSink(0);
