@@ -19,9 +19,9 @@
 //!
 //! The same queues also batch the reads of step 1, each a round trip per request before:
 //! the device of a token enrollment; the challenge, and the device with a prior answer for
-//! the CSR, of an attested one; what a renewal checks. One
-//! statement by a list of keys reads everything queued (a lone key: the single-row
-//! statement).
+//! the CSR, of an attested one; what a renewal checks. One statement by a list of keys
+//! reads everything queued (a lone key: the single-row statement). Each read starts after
+//! its request was queued, so it sees every write committed before.
 //!
 //! If a batch's transaction fails as a whole (a serial collision, the database going away),
 //! its items are retried one by one, so one bad item answers for itself only.
