@@ -606,6 +606,61 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
         60,
         store.renewal_contexts(&[(i.serial.clone(), i.csr.clone()), (i.serial.clone(), vec![0; 32])])
     );
+    // The issuance cycle's batched writes (the group commit's steps 4 and 6), on the big
+    // store: a new device redeems its token, a challenge its nonce, a seeded device renews
+    // (nothing to redeem); then the three certificates are stored. Every statement of both
+    // transactions must find its rows by index (a device update planned on a status index
+    // once scanned every registered device per batch).
+    let hash = |b: u8| vec![b; 32];
+    let fresh = devid_store::DeviceRecord {
+        id: DeviceId::new("plan-fresh").unwrap(),
+        status: DeviceStatus::Registered,
+        token_hash: Some(hash(0xa1)),
+        token_used_at: None,
+        created_at: UnixTime(now()),
+        updated_at: UnixTime(now()),
+    };
+    store.insert_device(&fresh, &devid_store::DeviceMeta::default(), &audit).await.unwrap();
+    let challenge = devid_store::ChallengeRecord {
+        nonce_hash: hash(0xa2),
+        group: i.group.clone(),
+        method: "x509".into(),
+        state: None,
+        expires_at: soon,
+        redeemed_at: None,
+    };
+    store.insert_challenges(&[challenge], Some(UnixTime(now()))).await.unwrap();
+    let pending = |n: u8, device: &DeviceId| devid_store::PendingCert {
+        serial: Serial::from_bytes(&[0x7f, 0xa0, n]).unwrap(),
+        issuer: i.issuer.clone(),
+        device: device.clone(),
+        not_before: UnixTime(now()),
+        not_after: soon,
+        csr_sha256: hash(n),
+        tbs_der: vec![n; 8],
+        created_at: UnixTime(now()),
+        predecessor: None,
+    };
+    let ps = [pending(1, &fresh.id), pending(2, &i.other_device), pending(3, &i.device)];
+    let (token, nonce) = (hash(0xa1), hash(0xa2));
+    let items = [
+        (&ps[0], devid_store::Redeem::Token(&token)),
+        (&ps[1], devid_store::Redeem::Nonce(&nonce)),
+        (&ps[2], devid_store::Redeem::Nothing),
+    ];
+    check!("intents: redeem, probe, insert (batch)", 30, store.record_intents(&items, false));
+    let completions: Vec<devid_store::Completion<'_>> = ps
+        .iter()
+        .map(|p| devid_store::Completion { serial: &p.serial, cert_der: b"der", audit: &audit })
+        .collect();
+    check!(
+        "completions: intents to certificates (batch)",
+        40,
+        store.complete_issuances(&completions, UnixTime(now()))
+    );
+    let stored = store.get_certificate(&ps[0].serial).await.unwrap().unwrap();
+    assert_eq!(stored.status, CertStatus::Issued, "the batched writes stored no certificate");
+    assert_eq!(store.get_device(&fresh.id).await.unwrap().unwrap().status, DeviceStatus::Enrolled);
     // Revocation publishing: the CRL's streamed read, the change log.
     let mut sink = CountingSink(0);
     check!("CRL entries (rebuild_crl)", 2500, store.rebuild_crl(&i.issuer, 0, UnixTime(now()), &mut sink));
