@@ -7,9 +7,13 @@
 # OCSP: the same wrk command for every responder (`openssl ocsp`, `cfssl ocspserve`, devid):
 #   OCSP_REQ=req.der wrk -t2 -c32 -d$DURATION --latency -s peers/common/ocsp-{post,get}.lua URL
 #   (one fixed DER request for a good certificate of that CA, no nonce). Target: devid ≥ 5×.
-# Issuance: cfssl's sign API driven by peers/common/issue_load.py --kind cfssl -c 16 -d SECONDS;
+# Issuance: cfssl's sign API driven by peers/common/issue_load.py --kind cfssl -c C -d SECONDS;
 #   devid by `devid-agent simulate --method x509` (IDevID attestation, every certificate
-#   committed to PostgreSQL) and `--method token`. Target: devid ≥ 1.5×.
+#   committed to PostgreSQL) and `--method token`. Each side runs at each concurrency of its
+#   list (ISSUE_C, CONCURRENCY) and its best rate is compared: a closed-loop load generator
+#   measures a server's capacity only once it offers enough load, and that point differs
+#   (devid's group commit writes bigger batches under more load). Every run is printed and
+#   kept in the JSON. Target: devid ≥ 1.5×.
 # Prints progress on stderr; on stdout a markdown table (peer, devid, ratio, target, PASS/MISS)
 # and, last, one JSON line with the raw figures.
 #
@@ -20,9 +24,10 @@
 #                               simulate run of 8×CONCURRENCY devices before each method
 #                               ("0": none, except the simulate one when DEVICES is unset)
 #   OPENSSL_MULTI=2             `openssl ocsp -multi N` (peers' openssl/start.sh MULTI)
-#   ISSUE_C=16                  issue_load.py concurrency against cfssl
+#   ISSUE_C=16,64               issue_load.py concurrencies against cfssl (a list)
 #   DEVICES=                    devices per `devid-agent simulate` run (default: enough for
-#                               DURATION at the rate of a warm-up run); CONCURRENCY=64
+#                               DURATION at the rate of a warm-up run)
+#   CONCURRENCY=64,128          `devid-agent simulate` concurrencies (a list)
 #   DEVID_BIN, DEVID_AGENT_BIN  binaries to use (default: cargo build --release)
 #   database variables of bench/lib.sh; KEEP=1 keeps the work directory
 set -euo pipefail
@@ -38,9 +43,13 @@ THREADS=${THREADS:-2}
 CONNS=${CONNS:-32}
 WARMUP=${WARMUP:-2s}
 OPENSSL_MULTI=${OPENSSL_MULTI:-2}
-ISSUE_C=${ISSUE_C:-16}
+ISSUE_C=${ISSUE_C:-16,64}
 DEVICES=${DEVICES:-}
-CONCURRENCY=${CONCURRENCY:-64}
+CONCURRENCY=${CONCURRENCY:-64,128}
+[[ $ISSUE_C =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "ISSUE_C must be a list of concurrencies like 16,64 (got $ISSUE_C)"
+[[ $CONCURRENCY =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "CONCURRENCY must be a list of concurrencies like 64,128 (got $CONCURRENCY)"
+IFS=, read -r -a ISSUE_CS <<<"$ISSUE_C"
+IFS=, read -r -a SIM_CS <<<"$CONCURRENCY"
 OCSP_TARGET=5
 ISSUE_TARGET=1.5
 
@@ -326,55 +335,81 @@ ocsp_check devid "$BASE/ocsp" "$W/issuer.pem" "$W/chain.pem" "$W/leaf.pem"
 SRV=devid ocsp_load devid "$BASE/ocsp"
 
 # --- issuance: cfssl sign API, devid x509 and token ---
+# best KEY RUN...: keep as KEY the run (a result key) with the highest rate, with its
+# concurrency (the part of the run's key after "-c").
+best() {
+  local key=$1 r top=
+  shift
+  for r in "$@"; do
+    if [ -z "$top" ] || jq -e --slurpfile t "$W/res/$top.json" '.per_second > $t[0].per_second' "$W/res/$r.json" >/dev/null; then
+      top=$r
+    fi
+  done
+  jq -c --argjson c "${top##*-c}" '. + {concurrency: $c}' "$W/res/$top.json" >"$W/best-$key.json"
+  mv "$W/best-$key.json" "$W/res/$key.json"
+}
+
 say ""
-say "== issuance: cfssl with issue_load.py -c $ISSUE_C -d $SECS; devid with simulate, ${DEVICES:-enough devices for $DUR}, concurrency $CONCURRENCY"
+say "== issuance: cfssl with issue_load.py -c ${ISSUE_CS[*]} -d $SECS; devid with simulate, ${DEVICES:-enough devices for $DUR}, concurrency ${SIM_CS[*]}"
 peer_start cfssl-api "$S/api.pid" 8888 "${PEER_ENV[@]}" "$PEERS/cfssl/start.sh" api
-SRV=$S/api.pid measured issue-cfssl "$PY" "$PEERS/common/issue_load.py" --kind cfssl \
-  --url "$CFSSL_SIGN" -d "$SECS" -c "$ISSUE_C" || true
-jq -e .certs_per_s "$W/issue-cfssl.out" >/dev/null 2>&1 || { cat "$W/issue-cfssl.err" >&2; die "issue_load.py against cfssl failed"; }
-result issue-cfssl "$(jq -c '{per_second: .certs_per_s, p50_ms, p99_ms, count: .issued, errors, seconds}' "$W/issue-cfssl.out")"
-say "issue cfssl sign API: $(jq -r '"\(.certs_per_s)/s p50 \(.p50_ms) ms p99 \(.p99_ms) ms issued \(.issued) errors \(.errors)"' "$W/issue-cfssl.out")  $(cpu_text issue-cfssl)"
+runs=()
+for c in "${ISSUE_CS[@]}"; do
+  key=issue-cfssl-c$c
+  SRV=$S/api.pid measured "$key" "$PY" "$PEERS/common/issue_load.py" --kind cfssl \
+    --url "$CFSSL_SIGN" -d "$SECS" -c "$c" || true
+  jq -e .certs_per_s "$W/$key.out" >/dev/null 2>&1 || { cat "$W/$key.err" >&2; die "issue_load.py against cfssl failed"; }
+  result "$key" "$(jq -c '{per_second: .certs_per_s, p50_ms, p99_ms, count: .issued, errors, seconds}' "$W/$key.out")"
+  say "issue cfssl sign API, c=$c: $(jq -r '"\(.certs_per_s)/s p50 \(.p50_ms) ms p99 \(.p99_ms) ms issued \(.issued) errors \(.errors)"' "$W/$key.out")  $(cpu_text "$key")"
+  runs+=("$key")
+done
+best issue-cfssl "${runs[@]}"
 peer_stop cfssl-api
 
 certs_in_db() { psql "$DB_URL" -qAtX -c 'SELECT count(*) FROM certificates'; }
-SIM=("$AGENT" simulate --server "$BASE" --client-id "$CLIENT_ID" --concurrency "$CONCURRENCY" --json)
-WARM_DEVICES=$((CONCURRENCY * 8))
 for m in x509 token; do
-  n=${DEVICES:-0}
-  if [ "$WARMUP" != 0 ] || [ "$n" = 0 ]; then
-    # The warm-up: unreported, and its rate sizes the measured run when DEVICES is not set.
-    "${SIM[@]}" --devices "$WARM_DEVICES" --method "$m" >"$W/warm-$m.json" 2>"$W/warm-$m.err" \
-      || { cat "$W/warm-$m.err" >&2; die "devid-agent simulate --method $m (warm-up) failed"; }
-    if [ "$n" = 0 ]; then
-      n=$(jq --argjson d "$SECS" --argjson min "$WARM_DEVICES" '[.enroll.per_second * $d | floor, $min] | max' "$W/warm-$m.json")
-      say "$m warm-up: $(jq -r '.enroll.per_second | floor' "$W/warm-$m.json")/s over $WARM_DEVICES devices, so $n devices for $DUR"
+  runs=()
+  for c in "${SIM_CS[@]}"; do
+    key=issue-devid-$m-c$c
+    SIM=("$AGENT" simulate --server "$BASE" --client-id "$CLIENT_ID" --concurrency "$c" --json)
+    WARM_DEVICES=$((c * 8))
+    n=${DEVICES:-0}
+    if [ "$WARMUP" != 0 ] || [ "$n" = 0 ]; then
+      # The warm-up: unreported, and its rate sizes the measured run when DEVICES is not set.
+      "${SIM[@]}" --devices "$WARM_DEVICES" --method "$m" >"$W/warm-$m.json" 2>"$W/warm-$m.err" \
+        || { cat "$W/warm-$m.err" >&2; die "devid-agent simulate --method $m (warm-up) failed"; }
+      if [ "$n" = 0 ]; then
+        n=$(jq --argjson d "$SECS" --argjson min "$WARM_DEVICES" '[.enroll.per_second * $d | floor, $min] | max' "$W/warm-$m.json")
+        say "$m warm-up, c=$c: $(jq -r '.enroll.per_second | floor' "$W/warm-$m.json")/s over $WARM_DEVICES devices, so $n devices for $DUR"
+      fi
     fi
-  fi
-  before=$(certs_in_db)
-  # The run's window also holds the simulator's pre-registration of its devices: the CPU
-  # per certificate is taken from samples of the enrollment phase alone.
-  : >"$W/cpu.samples"
-  cpu_sampler_start "$SERVER_PID"
-  SRV=devid measured "issue-devid-$m" "${SIM[@]}" --devices "$n" --method "$m" \
-    || { cpu_sampler_stop; cat "$W/issue-devid-$m.err" >&2; die "devid-agent simulate --method $m failed"; }
-  sleep 0.3  # one sample after the phase ends
-  cpu_sampler_stop
-  kill -0 "$SERVER_PID" 2>/dev/null || die "devid died during the $m run (log: $W/serve.log)"
-  added=$(($(certs_in_db) - before))
-  ok=$(jq .enroll.ok "$W/issue-devid-$m.out")
-  [ "$added" -ge "$ok" ] || die "simulate reports $ok enrolled ($m) but only $added certificates are in PostgreSQL"
-  result "issue-devid-$m" "$(jq -c '{devices} + (.enroll | {per_second, p50_ms, p99_ms, count: .ok,
-    errors: ([.errors[]] | add // 0), error_kinds: .errors, seconds: .elapsed_s})' "$W/issue-devid-$m.out")"
-  read -r t0 dt n_ok < <(jq -r '.enroll | "\(.started_unix_s) \(.elapsed_s) \(.ok)"' "$W/issue-devid-$m.out")
-  phase=$(cpu_per_op "$t0" "$dt" "$n_ok" json)
-  if [ "$phase" != null ]; then
-    jq -c --argjson p "$phase" '.cpu += {server_us_per_op: $p.devid_us, pg_us_per_op: $p.pg_us, window: "enrollment phase"}' \
-      "$W/res/issue-devid-$m.json" >"$W/res/issue-devid-$m.json.new" && mv "$W/res/issue-devid-$m.json.new" "$W/res/issue-devid-$m.json"
-  fi
-  say "issue devid $m: $(jq -r '.enroll | "\(.per_second|floor)/s p50 \(.p50_ms) ms p99 \(.p99_ms) ms enrolled \(.ok) in \(.elapsed_s) s errors \(.errors|tostring)"' "$W/issue-devid-$m.out"), $added certificates in PostgreSQL  $(cpu_text "issue-devid-$m")"
-  if awk -v e="$(jq .enroll.elapsed_s "$W/issue-devid-$m.out")" -v d="$SECS" 'BEGIN {exit !(e < d / 2)}'; then
-    say "  note: the $m run lasted less than half of $DUR; DEVICES=$(jq --argjson d "$SECS" '.enroll.per_second * $d | floor' "$W/issue-devid-$m.out") would fill it"
-  fi
+    before=$(certs_in_db)
+    # The run's window also holds the simulator's pre-registration of its devices: the CPU
+    # per certificate is taken from samples of the enrollment phase alone.
+    : >"$W/cpu.samples"
+    cpu_sampler_start "$SERVER_PID"
+    SRV=devid measured "$key" "${SIM[@]}" --devices "$n" --method "$m" \
+      || { cpu_sampler_stop; cat "$W/$key.err" >&2; die "devid-agent simulate --method $m failed"; }
+    sleep 0.3  # one sample after the phase ends
+    cpu_sampler_stop
+    kill -0 "$SERVER_PID" 2>/dev/null || die "devid died during the $m run (log: $W/serve.log)"
+    added=$(($(certs_in_db) - before))
+    ok=$(jq .enroll.ok "$W/$key.out")
+    [ "$added" -ge "$ok" ] || die "simulate reports $ok enrolled ($m) but only $added certificates are in PostgreSQL"
+    result "$key" "$(jq -c '{devices} + (.enroll | {per_second, p50_ms, p99_ms, count: .ok,
+      errors: ([.errors[]] | add // 0), error_kinds: .errors, seconds: .elapsed_s})' "$W/$key.out")"
+    read -r t0 dt n_ok < <(jq -r '.enroll | "\(.started_unix_s) \(.elapsed_s) \(.ok)"' "$W/$key.out")
+    phase=$(cpu_per_op "$t0" "$dt" "$n_ok" json)
+    if [ "$phase" != null ]; then
+      jq -c --argjson p "$phase" '.cpu += {server_us_per_op: $p.devid_us, pg_us_per_op: $p.pg_us, window: "enrollment phase"}' \
+        "$W/res/$key.json" >"$W/res/$key.json.new" && mv "$W/res/$key.json.new" "$W/res/$key.json"
+    fi
+    say "issue devid $m, c=$c: $(jq -r '.enroll | "\(.per_second|floor)/s p50 \(.p50_ms) ms p99 \(.p99_ms) ms enrolled \(.ok) in \(.elapsed_s) s errors \(.errors|tostring)"' "$W/$key.out"), $added certificates in PostgreSQL  $(cpu_text "$key")"
+    if awk -v e="$(jq .enroll.elapsed_s "$W/$key.out")" -v d="$SECS" 'BEGIN {exit !(e < d / 2)}'; then
+      say "  note: the $m run lasted less than half of $DUR; DEVICES=$(jq --argjson d "$SECS" '.enroll.per_second * $d | floor' "$W/$key.out") would fill it"
+    fi
+    runs+=("$key")
+  done
+  best "issue-devid-$m" "${runs[@]}"
 done
 SERVE_ERRORS=$(grep -c 'ERROR\|panicked' "$W/serve.log" || true)
 [ "$SERVE_ERRORS" = 0 ] || say "warning: devid logged $SERVE_ERRORS error lines (log: $W/serve.log; KEEP=1 keeps it)"
@@ -392,8 +427,8 @@ say "ECDSA P-256 (openssl speed, one core): $ECDSA_SIGN signatures/s, $ECDSA_VER
 # --- the table and the JSON line ---
 for f in "$W"/res/*.json; do jq -c --arg k "$(basename "$f" .json)" '{($k): .}' "$f"; done | jq -sc add >"$W/runs.json"
 jq -n --arg date "$DATE" --argjson nproc "$NPROC" --arg kernel "$KERNEL" --arg dur "$DUR" \
-  --argjson conc "$CONCURRENCY" \
-  --argjson t "$THREADS" --argjson c "$CONNS" --argjson ic "$ISSUE_C" --argjson multi "$OPENSSL_MULTI" \
+  --argjson conc "[$CONCURRENCY]" \
+  --argjson t "$THREADS" --argjson c "$CONNS" --argjson ic "[$ISSUE_C]" --argjson multi "$OPENSSL_MULTI" \
   --argjson ocsp_target "$OCSP_TARGET" --argjson issue_target "$ISSUE_TARGET" \
   --argjson serve_errors "$SERVE_ERRORS" --slurpfile versions "$W/versions.json" --slurpfile runs "$W/runs.json" \
   --argjson ecdsa_sign "$ECDSA_SIGN" --argjson ecdsa_verify "$ECDSA_VERIFY" '
@@ -424,7 +459,7 @@ jq -n --arg date "$DATE" --argjson nproc "$NPROC" --arg kernel "$KERNEL" --arg d
 jq -r '
   def c: (floor | tostring) as $s | [$s | explode | reverse | _nwise(3) | reverse | implode] | reverse | join(",");
   def fig: if . == null then "n/a" elif .na then "n/a (\(.na))"
-    else "\(.per_second | c)/s (\(.p50_ms) / \(.p99_ms))\(if .errors > 0 then ", \(.errors) errors" else "" end)" end;
+    else "\(.per_second | c)/s (\(.p50_ms) / \(.p99_ms))\(if .concurrency then " at c=\(.concurrency)" else "" end)\(if .errors > 0 then ", \(.errors) errors" else "" end)" end;
   def other: if .cpu == null then "–" else (.cpu.other_cores | tostring) end;
   . as $f
   | "## devid and its peers, side by side (`bench/peers.sh \($f.duration)`)",
@@ -437,7 +472,9 @@ jq -r '
     ($f.ratios[] | . as $r | $f.runs[$r.peer_run] as $p | $f.runs[$r.devid_run] as $d
       | "| \($r.workload) | \($r.peer) | \($p | fig) | \($d | fig) | \(if $r.ratio == null then "n/a" else "\($r.ratio)×" end) | ≥ \($r.target)× | \($r.result) | \($p | other) / \($d | other) |"),
     "",
-    "Overall: **\($f.verdict)**. OCSP: wrk \($f.settings.wrk), one fixed POST/GET request for a good certificate (no nonce), the same command for each responder. Issuance: cfssl through issue_load.py at concurrency \($f.settings.issue_load_concurrency); devid through devid-agent simulate at concurrency \($f.settings.simulate_concurrency) (x509: \($f.runs["issue-devid-x509"].devices) devices in \($f.runs["issue-devid-x509"].seconds) s; token: \($f.runs["issue-devid-token"].devices) devices in \($f.runs["issue-devid-token"].seconds) s), every certificate committed to PostgreSQL.",
+    "Overall: **\($f.verdict)**. OCSP: wrk \($f.settings.wrk), one fixed POST/GET request for a good certificate (no nonce), the same command for each responder. Issuance: cfssl through issue_load.py at concurrency \($f.settings.issue_load_concurrency | join(", ")); devid through devid-agent simulate at concurrency \($f.settings.simulate_concurrency | join(", ")), every certificate committed to PostgreSQL; each side'"'"'s best rate is compared (x509: \($f.runs["issue-devid-x509"].devices) devices in \($f.runs["issue-devid-x509"].seconds) s; token: \($f.runs["issue-devid-token"].devices) devices in \($f.runs["issue-devid-token"].seconds) s).",
+    "",
+    "Issuance by concurrency (per second, p99 ms): \(["cfssl", "devid-x509", "devid-token"] | map(. as $who | "\($who) " + ($f.runs | to_entries | map(select(.key | startswith("issue-\($who)-c"))) | sort_by(.key | sub(".*-c"; "") | tonumber) | map("c=\(.key | sub(".*-c"; "")) \(.value.per_second | c)/s (\(.value.p99_ms))") | join(", "))) | join("; ")).",
     "",
     "CPU per operation, server + PostgreSQL (µs; steadier than the rates on a busy machine; for devid issuance, the enrollment phase alone, with all of PostgreSQL including its WAL writer): \($f.runs | to_entries | map(select(.value.cpu.server_us_per_op != null) | "\(.key) \(.value.cpu.server_us_per_op + .value.cpu.pg_us_per_op)") | join(", ")).",
     "",
