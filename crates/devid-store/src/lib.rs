@@ -65,7 +65,8 @@ pub struct CaRecord {
 pub enum DeviceStatus {
     /// Pre-registered, not yet enrolled.
     Registered,
-    /// Holds (or held) a certificate.
+    /// Holds (or held) a certificate, or redeemed its one-time token for one (recorded in
+    /// step 4 of the issuance cycle, and completed by a retry if step 6 did not come).
     Enrolled,
     /// Refused enrollment and renewal until released.
     Quarantined,
@@ -548,8 +549,9 @@ pub trait Store: Send + Sync + 'static {
     // an intent as a certificate with status `Pending` and no DER.
 
     /// Step 4: record the intent. What `redeem` names is redeemed in the same transaction:
-    /// the device's token only if it was unused and the device is not quarantined; a
-    /// challenge only if it was unredeemed and unexpired at the intent's time. Otherwise
+    /// the device's token only if it was unused and the device is not quarantined (the
+    /// device then becomes enrolled, in the same update); a challenge only if it was
+    /// unredeemed and unexpired at the intent's time. Otherwise
     /// nothing is written and [`ErrorKind::Conflict`] is returned. A serial collision is
     /// also [`ErrorKind::Conflict`].
     async fn record_intent(&self, pending: &PendingCert, redeem: Redeem<'_>) -> Result<(), StoreError>;
