@@ -299,7 +299,7 @@ async fn explaining_store(url: &str) -> PgStore {
 struct CountingSink(u64);
 
 impl devid_store::CrlSink for CountingSink {
-    fn begin(&mut self, _: u64) -> Result<(), String> {
+    fn begin(&mut self, _: u64, _: u64) -> Result<(), String> {
         Ok(())
     }
     fn entry(&mut self, _: &Serial, _: UnixTime, _: devid_core::RevocationReason) -> Result<(), String> {

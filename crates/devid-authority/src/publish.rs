@@ -775,17 +775,28 @@ struct Sink {
 }
 
 impl CrlSink for Sink {
-    fn begin(&mut self, crl_number: u64) -> Result<(), String> {
+    fn begin(&mut self, crl_number: u64, expected_entries: u64) -> Result<(), String> {
         let params = CrlParams {
             crl_number,
             this_update: self.this_update,
             next_update: self.next_update,
             idp: self.idp.clone(),
         };
-        self.builder = Some(
-            CrlBuilder::new(&self.ctx.info, self.ctx.signer.algorithm(), params)
-                .map_err(|e| e.to_string())?,
-        );
+        let mut builder = CrlBuilder::new(&self.ctx.info, self.ctx.signer.algorithm(), params)
+            .map_err(|e| e.to_string())?;
+        // The hint counts every shard: a shard gets about its share, plus room for the
+        // spread of serials over shards and for a few revoked meanwhile (a shard that
+        // still outgrows it just grows its buffer).
+        let all = usize::try_from(expected_entries).unwrap_or(usize::MAX);
+        let entries = match self.shard {
+            None => all,
+            Some((_, of)) => {
+                let share = all / usize::from(of.max(1));
+                share.saturating_add(share / 8).saturating_add(64)
+            }
+        };
+        builder.reserve(entries);
+        self.builder = Some(builder);
         Ok(())
     }
 

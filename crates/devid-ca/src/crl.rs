@@ -44,7 +44,8 @@
 //!
 //! The peak is therefore the capacity of that one buffer: without a hint it grows by
 //! doubling, so it stays below 2 × the final CRL size (plus, during one growth step, the
-//! old block if the allocator cannot grow it in place; glibc `mremap`s large blocks).
+//! old block if the allocator cannot grow it in place: glibc `mremap`s large blocks,
+//! mimalloc copies them into a new one).
 //! With [`CrlBuilder::reserve`] given the number of entries to come, the buffer is
 //! allocated once at [`MAX_ENTRY_LEN`] (55) bytes per entry (≤ 1.41 × the final size for
 //! 20-octet serials without reason codes, ≤ 1.04 × with them) and never reallocated.

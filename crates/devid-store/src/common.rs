@@ -1951,7 +1951,19 @@ macro_rules! impl_store {
                         .map_err(|e| self.db_err(e))?;
                 let number = prev.map(|p| p.0.max(0) as u64).unwrap_or(0) + 1;
                 let sink_err = |e: String| $crate::StoreError::internal(format!("CRL of {issuer}: {e}"));
-                sink.begin(number).map_err(sink_err)?;
+                // The count first (the same index range), as a size hint: the CRL is
+                // encoded into one buffer, which then never has to grow by copying (with
+                // mimalloc a 47 MiB CRL peaked at 2.2 × its size without the hint, 1.0 × with
+                // it: `bench/crl.sh`).
+                let (expected,): (i64,) = sqlx::query_as(
+                    "SELECT count(*) FROM revocations WHERE issuer_id = $1 AND not_after > $2",
+                )
+                .bind(issuer.as_str())
+                .bind(now.0)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                sink.begin(number, expected.max(0) as u64).map_err(sink_err)?;
                 {
                     // One index range scan of revocations (issuer_id, not_after), streamed.
                     let mut rows = sqlx::query_as::<_, (String, i16, i64)>(

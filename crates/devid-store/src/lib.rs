@@ -368,8 +368,11 @@ pub struct OcspResponderRecord {
 /// Receives a CRL's entries as the store streams them, and produces the signed CRL. The
 /// store knows nothing of encoding or signing; the sink knows nothing of SQL.
 pub trait CrlSink: Send {
-    /// The CRL number the new CRL gets: one more than the stored one.
-    fn begin(&mut self, crl_number: u64) -> Result<(), String>;
+    /// The CRL number the new CRL gets (one more than the stored one), and how many
+    /// revoked, unexpired certificates of the issuer the store counted just before, over
+    /// all shards: a size hint, so that the encoder can allocate its buffer once. (A
+    /// certificate revoked in between may add an entry or two.)
+    fn begin(&mut self, crl_number: u64, expected_entries: u64) -> Result<(), String>;
     /// One revoked, unexpired certificate of the issuer. A sharded sink skips the entries
     /// of other shards.
     fn entry(

@@ -1133,13 +1133,16 @@ async fn ocsp_responders_newest_first(backend: Backend) {
 #[derive(Default)]
 struct ListSink {
     number: u64,
+    /// The store's size hint.
+    expected: Option<u64>,
     entries: Vec<(Serial, i64, RevocationReason)>,
     pause: Duration,
 }
 
 impl CrlSink for ListSink {
-    fn begin(&mut self, crl_number: u64) -> Result<(), String> {
+    fn begin(&mut self, crl_number: u64, expected_entries: u64) -> Result<(), String> {
         self.number = crl_number;
+        self.expected = Some(expected_entries);
         Ok(())
     }
     fn entry(
@@ -1188,6 +1191,7 @@ async fn crl_rebuild_streams_revoked_unexpired_and_numbers_grow(backend: Backend
         vec![(serial(1), T0 + 12, RevocationReason::KeyCompromise)],
         "expired ones drop off"
     );
+    assert_eq!(sink.expected, Some(1), "the size hint counts what the CRL lists");
     assert_eq!(store.get_crl(&issuer, 0).await.unwrap(), Some(crl.clone()));
     assert_eq!(store.crl_versions().await.unwrap(), vec![(issuer.clone(), 0, 1)]);
 
