@@ -607,20 +607,25 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
         store.renewal_contexts(&[(i.serial.clone(), i.csr.clone()), (i.serial.clone(), vec![0; 32])])
     );
     // The issuance cycle's batched writes (the group commit's steps 4 and 6), on the big
-    // store: a new device redeems its token, a challenge its nonce, a seeded device renews
-    // (nothing to redeem); then the three certificates are stored. Every statement of both
-    // transactions must find its rows by index (a device update planned on a status index
-    // once scanned every registered device per batch).
+    // store: a new device redeems its token (and is enrolled by it), a challenge its nonce
+    // for another new device (which step 6 enrolls), a seeded device renews (nothing to
+    // redeem); then the three certificates are stored. Every statement of both transactions
+    // must find its rows by index (a device update planned on a status index once scanned
+    // every registered device per batch).
     let hash = |b: u8| vec![b; 32];
-    let fresh = devid_store::DeviceRecord {
-        id: DeviceId::new("plan-fresh").unwrap(),
+    let new_device = |id: &str, token_hash: Option<Vec<u8>>| devid_store::DeviceRecord {
+        id: DeviceId::new(id).unwrap(),
         status: DeviceStatus::Registered,
-        token_hash: Some(hash(0xa1)),
+        token_hash,
         token_used_at: None,
         created_at: UnixTime(now()),
         updated_at: UnixTime(now()),
     };
-    store.insert_device(&fresh, &devid_store::DeviceMeta::default(), &audit).await.unwrap();
+    let fresh = new_device("plan-fresh", Some(hash(0xa1)));
+    let attested = new_device("plan-attested", None);
+    for d in [&fresh, &attested] {
+        store.insert_device(d, &devid_store::DeviceMeta::default(), &audit).await.unwrap();
+    }
     let challenge = devid_store::ChallengeRecord {
         nonce_hash: hash(0xa2),
         group: i.group.clone(),
@@ -641,7 +646,7 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
         created_at: UnixTime(now()),
         predecessor: None,
     };
-    let ps = [pending(1, &fresh.id), pending(2, &i.other_device), pending(3, &i.device)];
+    let ps = [pending(1, &fresh.id), pending(2, &attested.id), pending(3, &i.device)];
     let (token, nonce) = (hash(0xa1), hash(0xa2));
     let items = [
         (&ps[0], devid_store::Redeem::Token(&token)),
@@ -649,6 +654,12 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
         (&ps[2], devid_store::Redeem::Nothing),
     ];
     check!("intents: redeem, probe, insert (batch)", 30, store.record_intents(&items, false));
+    let status = |d: &DeviceId| {
+        let d = d.clone();
+        async move { store.get_device(&d).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(&fresh.id).await, DeviceStatus::Enrolled, "the token's redemption enrolls its device");
+    assert_eq!(status(&attested.id).await, DeviceStatus::Registered);
     let completions: Vec<devid_store::Completion<'_>> = ps
         .iter()
         .map(|p| devid_store::Completion { serial: &p.serial, cert_der: b"der", audit: &audit })
@@ -660,7 +671,7 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
     );
     let stored = store.get_certificate(&ps[0].serial).await.unwrap().unwrap();
     assert_eq!(stored.status, CertStatus::Issued, "the batched writes stored no certificate");
-    assert_eq!(store.get_device(&fresh.id).await.unwrap().unwrap().status, DeviceStatus::Enrolled);
+    assert_eq!(status(&attested.id).await, DeviceStatus::Enrolled, "step 6 enrolls a registered device");
     // Revocation publishing: the CRL's streamed read, the change log.
     let mut sink = CountingSink(0);
     check!("CRL entries (rebuild_crl)", 2500, store.rebuild_crl(&i.issuer, 0, UnixTime(now()), &mut sink));
