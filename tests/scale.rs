@@ -626,15 +626,15 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
     for d in [&fresh, &attested] {
         store.insert_device(d, &devid_store::DeviceMeta::default(), &audit).await.unwrap();
     }
-    let challenge = devid_store::ChallengeRecord {
-        nonce_hash: hash(0xa2),
+    let challenge = |h: u8| devid_store::ChallengeRecord {
+        nonce_hash: hash(h),
         group: i.group.clone(),
         method: "x509".into(),
         state: None,
         expires_at: soon,
         redeemed_at: None,
     };
-    store.insert_challenges(&[challenge], Some(UnixTime(now()))).await.unwrap();
+    store.insert_challenges(&[challenge(0xa2), challenge(0xa3)], Some(UnixTime(now()))).await.unwrap();
     let pending = |n: u8, device: &DeviceId| devid_store::PendingCert {
         serial: Serial::from_bytes(&[0x7f, 0xa0, n]).unwrap(),
         issuer: i.issuer.clone(),
@@ -646,12 +646,20 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
         created_at: UnixTime(now()),
         predecessor: None,
     };
-    let ps = [pending(1, &fresh.id), pending(2, &attested.id), pending(3, &i.device)];
-    let (token, nonce) = (hash(0xa1), hash(0xa2));
+    // The fourth item registers a device the store does not know (optional registration).
+    let unknown = DeviceId::new("plan-unknown").unwrap();
+    let ps = [pending(1, &fresh.id), pending(2, &attested.id), pending(3, &i.device), pending(4, &unknown)];
+    let (token, nonce, nonce2) = (hash(0xa1), hash(0xa2), hash(0xa3));
+    let meta = devid_store::DeviceMeta { group: Some(i.group.clone()), ..Default::default() };
     let items = [
-        (&ps[0], devid_store::Redeem::Token(&token)),
-        (&ps[1], devid_store::Redeem::Nonce(&nonce)),
-        (&ps[2], devid_store::Redeem::Nothing),
+        devid_store::Intent::new(&ps[0], devid_store::Redeem::Token(&token)),
+        devid_store::Intent::new(&ps[1], devid_store::Redeem::Nonce(&nonce)),
+        devid_store::Intent::new(&ps[2], devid_store::Redeem::Nothing),
+        devid_store::Intent {
+            pending: &ps[3],
+            redeem: devid_store::Redeem::Nonce(&nonce2),
+            register: Some((&meta, &audit)),
+        },
     ];
     check!("intents: redeem, probe, insert (batch)", 30, store.record_intents(&items, false));
     let status = |d: &DeviceId| {
@@ -660,6 +668,11 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
     };
     assert_eq!(status(&fresh.id).await, DeviceStatus::Enrolled, "the token's redemption enrolls its device");
     assert_eq!(status(&attested.id).await, DeviceStatus::Registered);
+    assert_eq!(
+        status(&unknown).await,
+        DeviceStatus::Enrolled,
+        "a device registered with its intent is enrolled"
+    );
     let completions: Vec<devid_store::Completion<'_>> = ps
         .iter()
         .map(|p| devid_store::Completion { serial: &p.serial, cert_der: b"der", audit: &audit })

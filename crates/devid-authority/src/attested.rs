@@ -160,9 +160,10 @@ impl Authority {
     /// Step 1: the CSR's signature; the nonce (known, unexpired, unredeemed, issued for this
     /// group and method); the evidence, over `binding(nonce, CSR)`. Step 2: the group's
     /// policy: the method is allowed, the device (named by the evidence) is registered in
-    /// the group when registration is required (registered now when it is optional), not
-    /// quarantined, and its own method (if it has one) is this one. The nonce is redeemed
-    /// in the transaction of step 4, so a nonce yields at most one certificate.
+    /// the group when registration is required (registered with the intent, in step 4, when
+    /// it is optional), not quarantined, and its own method (if it has one) is this one. The
+    /// nonce is redeemed in the transaction of step 4, so a nonce yields at most one
+    /// certificate.
     pub async fn enroll_attested(
         &self,
         group: &str,
@@ -214,7 +215,7 @@ impl Authority {
                 Some((d, meta, prior)) => (Some((d, meta)), prior),
                 None => (None, None),
             };
-        self.admit(&g, method, &device, existing).await?;
+        let register = self.admit(&g, method, &device, existing)?;
         if let Some(prior) = prior
             && prior.status == devid_store::CertStatus::Issued
             && prior.not_after > now
@@ -231,7 +232,7 @@ impl Authority {
             predecessor: None,
             server_names: None,
         };
-        let issued = self.issue(&device, &csr, Redeem::Nonce(&hash), &ctx).await?;
+        let issued = self.issue(&device, &csr, Redeem::Nonce(&hash), register, &ctx).await?;
         crate::metrics::CERTIFICATES_ISSUED.inc(method.as_str());
         Ok(issued)
     }
@@ -314,14 +315,17 @@ impl Authority {
     }
 
     /// Step 2: may this device (`existing`: its record as read, if it exists) enroll in this
-    /// group with this method?
-    async fn admit(
+    /// group with this method? A device the store does not know, in a group whose
+    /// registration is optional, may: the answer is then its registration, which step 4
+    /// writes in the intent's transaction (one transaction and one device update fewer per
+    /// such enrollment than a registration of its own).
+    fn admit(
         &self,
         g: &GroupRecord,
         method: Method,
         device: &DeviceId,
         existing: Option<(devid_store::DeviceRecord, DeviceMeta)>,
-    ) -> Result<(), AuthorityError> {
+    ) -> Result<Option<crate::group_commit::Registration>, AuthorityError> {
         match existing {
             Some((d, meta)) => {
                 if d.status == DeviceStatus::Quarantined {
@@ -335,27 +339,21 @@ impl Authority {
                 {
                     return Err(AuthorityError::MethodNotAllowed(method.as_str().into()));
                 }
-                Ok(())
+                Ok(None)
             }
             None if g.registration == "required" => {
                 Err(AuthorityError::DeviceNotRegistered(device.to_string()))
             }
             None => {
-                let now = self.clock.now();
-                let record = crate::new_device_record(device, now);
                 let meta = DeviceMeta { group: Some(g.name.clone()), ..DeviceMeta::default() };
                 let audit = crate::audit::event(
-                    now,
+                    self.clock.now(),
                     &Actor::Device(device.clone()),
                     "device.register",
                     device.as_str(),
                     json!({"group": g.name, "method": method.as_str(), "registration": "optional"}),
                 );
-                self.commits
-                    .registrations
-                    .submit(crate::group_commit::Registration { device: record, meta, audit })
-                    .await?;
-                Ok(())
+                Ok(Some(crate::group_commit::Registration { meta, audit }))
             }
         }
     }

@@ -133,7 +133,7 @@ impl Authority {
         }
         // Step 2: policy. A token binds to one registered device; the CSR's key type was
         // checked against the allowed list in step 1. (Enrollment groups add more here.)
-        let issued = self.issue(&device.id, &csr, Redeem::Token(&token_hash), &TOKEN).await?;
+        let issued = self.issue(&device.id, &csr, Redeem::Token(&token_hash), None, &TOKEN).await?;
         crate::metrics::CERTIFICATES_ISSUED.inc("token");
         Ok(issued)
     }
@@ -159,12 +159,14 @@ impl Authority {
     }
 
     /// The issuance cycle (ARCHITECTURE.md), steps 3 to 6. Steps 1 and 2 (evidence and
-    /// policy) are the caller's, per enrollment method.
+    /// policy) are the caller's, per enrollment method. `register`: the device is new and
+    /// step 2 registers it (optional registration), in step 4's transaction.
     pub(crate) async fn issue(
         &self,
         device: &DeviceId,
         csr: &VerifiedCsr,
         redeem: Redeem<'_>,
+        register: Option<crate::group_commit::Registration>,
         ctx: &IssueContext,
     ) -> Result<Issued, AuthorityError> {
         let issuer = self.issuer().await;
@@ -200,8 +202,9 @@ impl Authority {
                 now,
             )?,
         };
-        // Step 4: record the intent (serial, device, TBS) — and redeem the token in the same
-        // transaction, so a token yields at most one certificate however many race for it.
+        // Step 4: record the intent (serial, device, TBS) — and redeem the token or nonce in
+        // the same transaction, so that one yields at most one certificate however many race
+        // for it; a new device is registered in it too.
         let pending = PendingCert {
             serial: serial.clone(),
             issuer: issuer.id.clone(),
@@ -215,8 +218,12 @@ impl Authority {
         };
         // The commit waits for its WAL flush only when the key is outside the process (an
         // HSM keeps its own record of each signature): see `Store::record_intents`.
-        let wait_for_flush = issuer.signer.may_block();
-        let item = (pending, crate::group_commit::RedeemKey::of(redeem), wait_for_flush);
+        let item = crate::group_commit::IntentItem {
+            pending,
+            redeem: crate::group_commit::RedeemKey::of(redeem),
+            register,
+            wait_for_flush: issuer.signer.may_block(),
+        };
         self.commits.intents.submit(item).await.map_err(|e| match (e.kind(), redeem) {
             (devid_core::ErrorKind::Conflict, Redeem::Token(_)) => AuthorityError::TokenUsed,
             (devid_core::ErrorKind::Conflict, Redeem::Nonce(_)) => AuthorityError::NonceUsed,

@@ -33,8 +33,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use devid_core::{DeviceId, Serial, UnixTime};
 use devid_store::{
-    AuditEvent, CertRecord, ChallengeRecord, Completion, DeviceForCsr, DeviceMeta, DeviceRecord, PendingCert,
-    Redeem, RenewalContext, Store, StoreError,
+    AuditEvent, CertRecord, ChallengeRecord, Completion, DeviceForCsr, DeviceMeta, DeviceRecord, Intent,
+    PendingCert, Redeem, RenewalContext, Store, StoreError,
 };
 use tokio::sync::oneshot;
 
@@ -203,21 +203,31 @@ pub(crate) struct Signed {
     pub now: UnixTime,
 }
 
-/// A device registered on its first enrollment (a group with optional registration).
+/// A device registered by its first enrollment (a group with optional registration): its
+/// metadata and the audit entry of its registration, written with the intent.
+#[derive(Debug, Clone)]
 pub(crate) struct Registration {
-    pub device: DeviceRecord,
     pub meta: DeviceMeta,
     pub audit: AuditEvent,
 }
 
+/// One intent for step 4.
+pub(crate) struct IntentItem {
+    pub pending: PendingCert,
+    pub redeem: RedeemKey,
+    /// The device this enrollment registers, inserted in the intent's transaction.
+    pub register: Option<Registration>,
+    /// Whether the commit must wait for the WAL flush (see [`Store::record_intents`]); a
+    /// batch waits if any of its intents must.
+    pub wait_for_flush: bool,
+}
+
 /// The batched writes of enrollment.
 pub(crate) struct GroupCommit {
-    /// Intents, each with whether its commit must wait for the WAL flush (see
-    /// [`Store::record_intents`]); a batch waits if any of its intents must.
-    pub intents: Batcher<(PendingCert, RedeemKey, bool), ()>,
+    /// Intents (step 4), with what they redeem and register.
+    pub intents: Batcher<IntentItem, ()>,
     pub completions: Batcher<Signed, CertRecord>,
     pub challenges: Batcher<(ChallengeRecord, UnixTime), ()>,
-    pub registrations: Batcher<Registration, bool>,
     /// Token enrollments' device lookups (step 1), read together: one statement for the
     /// tokens that arrived while the previous read ran, instead of a round trip each.
     pub token_lookups: Batcher<Vec<u8>, Option<DeviceRecord>>,
@@ -289,12 +299,18 @@ impl GroupCommit {
     /// One drainer per queue (see the module's documentation).
     pub(crate) fn new(store: Arc<dyn Store>) -> GroupCommit {
         let s = store.clone();
-        let intents = Batcher::new(Box::new(move |items: &[(PendingCert, RedeemKey, bool)]| {
+        let intents = Batcher::new(Box::new(move |items: &[IntentItem]| {
             let store = s.clone();
             Box::pin(async move {
-                let refs: Vec<(&PendingCert, Redeem<'_>)> =
-                    items.iter().map(|(p, r, _)| (p, r.as_redeem())).collect();
-                let wait_for_flush = items.iter().any(|(_, _, w)| *w);
+                let refs: Vec<Intent<'_>> = items
+                    .iter()
+                    .map(|it| Intent {
+                        pending: &it.pending,
+                        redeem: it.redeem.as_redeem(),
+                        register: it.register.as_ref().map(|r| (&r.meta, &r.audit)),
+                    })
+                    .collect();
+                let wait_for_flush = items.iter().any(|it| it.wait_for_flush);
                 store.record_intents(&refs, wait_for_flush).await
             }) as BoxFuture<'_, _>
         }));
@@ -308,15 +324,6 @@ impl GroupCommit {
                     .map(|c| Completion { serial: &c.serial, cert_der: &c.cert_der, audit: &c.audit })
                     .collect();
                 store.complete_issuances(&refs, now).await
-            }) as BoxFuture<'_, _>
-        }));
-        let s = store.clone();
-        let registrations = Batcher::new(Box::new(move |items: &[Registration]| {
-            let store = s.clone();
-            Box::pin(async move {
-                let refs: Vec<(&DeviceRecord, &DeviceMeta, &AuditEvent)> =
-                    items.iter().map(|r| (&r.device, &r.meta, &r.audit)).collect();
-                Ok(store.ensure_devices(&refs).await?.into_iter().map(Ok).collect())
             }) as BoxFuture<'_, _>
         }));
         let token_lookups = lookups(
@@ -370,7 +377,6 @@ impl GroupCommit {
             intents,
             completions,
             challenges,
-            registrations,
             token_lookups,
             challenge_lookups,
             renewal_lookups,

@@ -78,7 +78,7 @@ impl Authority {
             predecessor: Some(serial),
             server_names: None,
         };
-        let issued = self.issue(&device, &csr, Redeem::Nothing, &ctx).await?;
+        let issued = self.issue(&device, &csr, Redeem::Nothing, None, &ctx).await?;
         crate::metrics::CERTIFICATES_ISSUED.inc("renewal");
         Ok(issued)
     }
@@ -140,6 +140,6 @@ impl Authority {
             key_type: devid_ca::csr::DeviceKeyType::EcP256,
             sha256: sha2::Sha256::digest(spki_der).into(),
         };
-        self.issue(&device, &csr, Redeem::Nothing, ctx).await
+        self.issue(&device, &csr, Redeem::Nothing, None, ctx).await
     }
 }

@@ -818,6 +818,50 @@ macro_rules! append_audit {
 }
 pub(crate) use append_audit;
 
+/// Insert devices inside an open transaction `$tx`, each unless a device with its id
+/// exists (`ON CONFLICT DO NOTHING`); the ids must be distinct. Evaluates to the set of ids
+/// this statement created.
+macro_rules! insert_absent_devices {
+    ($self:expr, $tx:ident, $devices:expr) => {{
+        let devices: &[(&$crate::DeviceRecord, &$crate::DeviceMeta)] = $devices;
+        if devices.is_empty() {
+            std::collections::HashSet::<String>::new()
+        } else {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO devices (id, status, token_hash, token_used_at, created_at, updated_at, \
+                 labels, batch_id, group_name, method, secret) ",
+            );
+            use $crate::lists::Column as C;
+            $crate::lists::rows(
+                &mut q,
+                vec![
+                    C::Text(devices.iter().map(|(d, _)| d.id.as_str().to_string()).collect()),
+                    C::Text(
+                        devices
+                            .iter()
+                            .map(|(d, _)| $crate::common::device_status_text(d.status).to_string())
+                            .collect(),
+                    ),
+                    C::OptBytes(devices.iter().map(|(d, _)| d.token_hash.clone()).collect()),
+                    C::OptInt(devices.iter().map(|(d, _)| d.token_used_at.map(|t| t.0)).collect()),
+                    C::Int(devices.iter().map(|(d, _)| d.created_at.0).collect()),
+                    C::Int(devices.iter().map(|(d, _)| d.updated_at.0).collect()),
+                    C::OptText(devices.iter().map(|(_, m)| m.labels.clone()).collect()),
+                    C::OptText(devices.iter().map(|(_, m)| m.batch_id.clone()).collect()),
+                    C::OptText(devices.iter().map(|(_, m)| m.group.clone()).collect()),
+                    C::OptText(devices.iter().map(|(_, m)| m.method.clone()).collect()),
+                    C::OptBytes(devices.iter().map(|(_, m)| m.secret.clone()).collect()),
+                ],
+            );
+            q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+            let created: Vec<(String,)> =
+                q.build_query_as().fetch_all(&mut *$tx).await.map_err(|e| $self.db_err(e))?;
+            created.into_iter().map(|(id,)| id).collect::<std::collections::HashSet<String>>()
+        }
+    }};
+}
+pub(crate) use insert_absent_devices;
+
 /// Append audit entries inside an open transaction `$tx`, in order: take the next sequence
 /// numbers and the previous hash from `audit_head` (its row lock orders concurrent
 /// appends), chain the entries ([`crate::audit::entry_hash`]) and move the head once.
@@ -1074,36 +1118,9 @@ macro_rules! impl_store {
                     items.iter().filter(|(d, _, _)| firsts.insert(d.id.as_str())).collect();
                 // See the trait: the enrollment's own intent makes this durable.
                 let mut tx = self.begin_relaxed().await?;
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO devices (id, status, token_hash, token_used_at, created_at, updated_at, \
-                     labels, batch_id, group_name, method, secret) ",
-                );
-                use $crate::lists::Column as C;
-                $crate::lists::rows(
-                    &mut q,
-                    vec![
-                        C::Text(unique.iter().map(|(d, _, _)| d.id.as_str().to_string()).collect()),
-                        C::Text(
-                            unique
-                                .iter()
-                                .map(|(d, _, _)| $crate::common::device_status_text(d.status).to_string())
-                                .collect(),
-                        ),
-                        C::OptBytes(unique.iter().map(|(d, _, _)| d.token_hash.clone()).collect()),
-                        C::OptInt(unique.iter().map(|(d, _, _)| d.token_used_at.map(|t| t.0)).collect()),
-                        C::Int(unique.iter().map(|(d, _, _)| d.created_at.0).collect()),
-                        C::Int(unique.iter().map(|(d, _, _)| d.updated_at.0).collect()),
-                        C::OptText(unique.iter().map(|(_, m, _)| m.labels.clone()).collect()),
-                        C::OptText(unique.iter().map(|(_, m, _)| m.batch_id.clone()).collect()),
-                        C::OptText(unique.iter().map(|(_, m, _)| m.group.clone()).collect()),
-                        C::OptText(unique.iter().map(|(_, m, _)| m.method.clone()).collect()),
-                        C::OptBytes(unique.iter().map(|(_, m, _)| m.secret.clone()).collect()),
-                    ],
-                );
-                q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-                let created: Vec<(String,)> =
-                    q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
-                let mut created: std::collections::HashSet<String> = created.into_iter().map(|(id,)| id).collect();
+                let pairs: Vec<(&$crate::DeviceRecord, &$crate::DeviceMeta)> =
+                    unique.iter().map(|(d, m, _)| (*d, *m)).collect();
+                let mut created = $crate::common::insert_absent_devices!(self, tx, &pairs);
                 let flags: Vec<bool> = items.iter().map(|(d, _, _)| created.remove(d.id.as_str())).collect();
                 let events: Vec<&$crate::AuditEvent> =
                     items.iter().zip(&flags).filter(|(_, c)| **c).map(|((_, _, a), _)| *a).collect();
@@ -1340,7 +1357,7 @@ macro_rules! impl_store {
                 redeem: $crate::Redeem<'_>,
             ) -> Result<(), $crate::StoreError> {
                 let mut answers = self
-                    .record_intents(&[(pending, redeem)], true)
+                    .record_intents(&[$crate::Intent::new(pending, redeem)], true)
                     .await
                     .map_err(|e| e.on_conflict(|| format!("serial {} already exists", pending.serial)))?;
                 answers.pop().unwrap_or_else(|| Err($crate::StoreError::internal("no answer for the intent")))
@@ -1360,14 +1377,14 @@ macro_rules! impl_store {
 
             async fn record_intents(
                 &self,
-                items: &[(&$crate::PendingCert, $crate::Redeem<'_>)],
+                items: &[$crate::Intent<'_>],
                 wait_for_flush: bool,
             ) -> Result<Vec<Result<(), $crate::StoreError>>, $crate::StoreError> {
                 if items.is_empty() {
                     return Ok(Vec::new());
                 }
                 // The batch's time: the latest intent's (the store has no clock of its own).
-                let at = items.iter().map(|(p, _)| p.created_at.0).max().unwrap_or_default();
+                let at = items.iter().map(|it| it.pending.created_at.0).max().unwrap_or_default();
                 let mut refused: Vec<Option<String>> = vec![None; items.len()];
                 // See the trait: unless asked to wait, the completion's commit makes the
                 // intent durable.
@@ -1378,7 +1395,7 @@ macro_rules! impl_store {
                 // twice in the batch is redeemed by its first item only.
                 let nonces: Vec<&[u8]> = items
                     .iter()
-                    .filter_map(|(_, r)| if let $crate::Redeem::Nonce(h) = r { Some(*h) } else { None })
+                    .filter_map(|it| if let $crate::Redeem::Nonce(h) = it.redeem { Some(h) } else { None })
                     .collect();
                 if !nonces.is_empty() {
                     let mut q = sqlx::QueryBuilder::new("UPDATE challenges SET redeemed_at = ");
@@ -1394,9 +1411,9 @@ macro_rules! impl_store {
                         q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     let mut won: std::collections::HashSet<Vec<u8>> =
                         done.into_iter().filter(|(_, expires)| *expires > at).map(|(h, _)| h).collect();
-                    for (i, (_, r)) in items.iter().enumerate() {
-                        if let $crate::Redeem::Nonce(h) = r
-                            && !won.remove(*h)
+                    for (i, it) in items.iter().enumerate() {
+                        if let $crate::Redeem::Nonce(h) = it.redeem
+                            && !won.remove(h)
                         {
                             refused[i] = Some("enrollment challenge already used or expired".to_string());
                         }
@@ -1413,8 +1430,8 @@ macro_rules! impl_store {
                 // enrollment (pg_stat_statements).
                 let tokens: Vec<(&str, &[u8])> = items
                     .iter()
-                    .filter_map(|(p, r)| {
-                        if let $crate::Redeem::Token(h) = r { Some((p.device.as_str(), *h)) } else { None }
+                    .filter_map(|it| {
+                        if let $crate::Redeem::Token(h) = it.redeem { Some((it.pending.device.as_str(), h)) } else { None }
                     })
                     .collect();
                 if !tokens.is_empty() {
@@ -1428,22 +1445,47 @@ macro_rules! impl_store {
                     let done: Vec<(String, Vec<u8>)> =
                         q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     let mut won: std::collections::HashSet<(String, Vec<u8>)> = done.into_iter().collect();
-                    for (i, (p, r)) in items.iter().enumerate() {
-                        if let $crate::Redeem::Token(h) = r
-                            && !won.remove(&(p.device.as_str().to_string(), h.to_vec()))
+                    for (i, it) in items.iter().enumerate() {
+                        if let $crate::Redeem::Token(h) = it.redeem
+                            && !won.remove(&(it.pending.device.as_str().to_string(), h.to_vec()))
                         {
                             refused[i] = Some(format!(
                                 "enrollment token already used (or device {} is quarantined or holds another token)",
-                                p.device
+                                it.pending.device
                             ));
                         }
                     }
                 }
-                let admitted: Vec<&$crate::PendingCert> = items
+                let admitted: Vec<&$crate::Intent<'_>> =
+                    items.iter().zip(&refused).filter_map(|(it, r)| if r.is_none() { Some(it) } else { None }).collect();
+                // Devices seen for the first time, inserted enrolled (as a token's redemption
+                // enrolls its device: the intent recorded with it is that device's
+                // certificate), so that step 6 finds them enrolled and leaves their rows
+                // alone. This was a transaction of its own before the intent's (and a
+                // second update of the device row in step 6).
+                let mut firsts = std::collections::HashSet::new();
+                let new_devices: Vec<($crate::DeviceRecord, &$crate::DeviceMeta, &$crate::AuditEvent)> = admitted
                     .iter()
-                    .zip(&refused)
-                    .filter_map(|((p, _), r)| if r.is_none() { Some(*p) } else { None })
+                    .filter_map(|it| it.register.map(|(m, a)| (it.pending, m, a)))
+                    .filter(|(p, _, _)| firsts.insert(p.device.as_str()))
+                    .map(|(p, m, a)| {
+                        let d = $crate::DeviceRecord {
+                            id: p.device.clone(),
+                            status: $crate::DeviceStatus::Enrolled,
+                            token_hash: None,
+                            token_used_at: None,
+                            created_at: p.created_at,
+                            updated_at: p.created_at,
+                        };
+                        (d, m, a)
+                    })
                     .collect();
+                let pairs: Vec<(&$crate::DeviceRecord, &$crate::DeviceMeta)> =
+                    new_devices.iter().map(|(d, m, _)| (d, *m)).collect();
+                let created = $crate::common::insert_absent_devices!(self, tx, &pairs);
+                let registered: Vec<&$crate::AuditEvent> =
+                    new_devices.iter().filter(|(d, _, _)| created.contains(d.id.as_str())).map(|(_, _, a)| *a).collect();
+                let admitted: Vec<&$crate::PendingCert> = admitted.iter().map(|it| it.pending).collect();
                 if !admitted.is_empty() {
                     // A serial is unique across intents and certificates: the primary key
                     // covers the intents, this probe the certificates (a collision fails
@@ -1478,6 +1520,9 @@ macro_rules! impl_store {
                     );
                     q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
                 }
+                // Last before the commit, as in step 6: the audit head's row lock orders
+                // every appender. A batch that registers no device does not take it.
+                $crate::common::append_audit_batch!(self, tx, &registered);
                 tx.commit().await.map_err(|e| self.db_err(e))?;
                 Ok(refused
                     .into_iter()

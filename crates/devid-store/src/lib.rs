@@ -201,6 +201,27 @@ pub enum Redeem<'a> {
     Nonce(&'a [u8]),
 }
 
+/// One item of [`Store::record_intents`]: an intent, what it redeems, and the device it
+/// registers.
+#[derive(Debug, Clone, Copy)]
+pub struct Intent<'a> {
+    /// The certificate to be signed.
+    pub pending: &'a PendingCert,
+    /// What is redeemed with it.
+    pub redeem: Redeem<'a>,
+    /// A device seen for the first time (a group with optional registration), with its
+    /// metadata and the audit entry of its registration: inserted, enrolled, in the same
+    /// transaction before the intent, unless a device with its id exists by then.
+    pub register: Option<(&'a DeviceMeta, &'a AuditEvent)>,
+}
+
+impl<'a> Intent<'a> {
+    /// An intent that registers no device.
+    pub fn new(pending: &'a PendingCert, redeem: Redeem<'a>) -> Intent<'a> {
+        Intent { pending, redeem, register: None }
+    }
+}
+
 /// One signed certificate for [`Store::complete_issuances`].
 #[derive(Debug, Clone, Copy)]
 pub struct Completion<'a> {
@@ -573,7 +594,10 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// Each item gets what [`Store::record_intent`] would have answered; a refused item
     /// (token or nonce already used, device quarantined) writes nothing and does not stop the
-    /// others. The outer error means the transaction as a whole failed (nothing was
+    /// others. An admitted item that registers its device ([`Intent::register`]) inserts it
+    /// enrolled, with its audit entry, unless a device with that id exists (then the intent
+    /// is recorded for the existing device, whose status step 6 checks as for any other); a
+    /// device named by several items is inserted by the first. The outer error means the transaction as a whole failed (nothing was
     /// written); the caller may then retry the items one by one.
     ///
     /// Unless `wait_for_flush`, the commit does not wait for the WAL flush on PostgreSQL:
@@ -587,7 +611,7 @@ pub trait Store: Send + Sync + 'static {
     /// a durable record. ([`Store::record_intent`] always waits.)
     async fn record_intents(
         &self,
-        items: &[(&PendingCert, Redeem<'_>)],
+        items: &[Intent<'_>],
         wait_for_flush: bool,
     ) -> Result<Vec<Result<(), StoreError>>, StoreError>;
     /// Step 6 for many certificates in one transaction, with one audit-chain append for

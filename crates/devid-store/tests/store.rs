@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use devid_core::{CaId, DeviceId, ErrorKind, RevocationReason, Serial, UnixTime};
 use devid_store::{
     AuditEvent, CaKind, CaRecord, CertEventKind, CertStatus, ChallengeRecord, Completion, CredentialRecord,
-    CrlSink, DeviceMeta, DeviceRecord, DeviceStatus, OcspResponderRecord, PendingCert, PgStore, Redeem,
-    SqliteStore, Store, TokenKeyRecord,
+    CrlSink, DeviceMeta, DeviceRecord, DeviceStatus, Intent, OcspResponderRecord, PendingCert, PgStore,
+    Redeem, SqliteStore, Store, TokenKeyRecord,
 };
 use devid_testkit::db::{Backend, TestDb};
 
@@ -1599,7 +1599,9 @@ async fn list_filters(backend: Backend) {
 /// `record_intents`: one transaction, but each item gets its own answer: a token presented
 /// twice in the batch redeems once, a used token, another device's token, a quarantined
 /// device, a nonce named twice and an expired nonce are refused and write nothing; the
-/// rest are recorded.
+/// rest are recorded. An admitted item that registers its device inserts it enrolled with
+/// its metadata and one audit entry (once for two items of one new device); a refused one
+/// inserts nothing; one whose device exists leaves that device as it was.
 async fn batched_intents_answer_each_item(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = open(&db).await;
@@ -1621,7 +1623,13 @@ async fn batched_intents_answer_each_item(backend: Backend) {
         expires_at: t(expires),
         redeemed_at: None,
     };
-    store.insert_challenges(&[challenge(7, 100), challenge(8, 9)], Some(t(0))).await.unwrap();
+    store
+        .insert_challenges(
+            &[challenge(7, 100), challenge(8, 9), challenge(9, 100), challenge(10, 100), challenge(11, 100)],
+            Some(t(0)),
+        )
+        .await
+        .unwrap();
     // Read back together: the challenges found, in any order; an unknown hash has no row.
     let mut read = store.get_challenges(&[vec![8; 32], vec![6; 32], vec![7; 32]]).await.unwrap();
     read.sort_by(|a, b| a.nonce_hash.cmp(&b.nonce_hash));
@@ -1629,8 +1637,23 @@ async fn batched_intents_answer_each_item(backend: Backend) {
     assert_eq!(store.get_challenges(&[]).await.unwrap(), vec![]);
     let plain = device("b-6", None);
     store.insert_device(&plain, &DeviceMeta::default(), &ev()).await.unwrap();
+    // The group the new devices register in.
+    let group = devid_store::GroupRecord {
+        name: "g".into(),
+        methods: vec!["x509".into()],
+        registration: "optional".into(),
+        id_source: "subject-serial".into(),
+        validity_secs: None,
+        trust_anchors: vec![],
+        crls: vec![],
+        master_key: None,
+        rate_per_minute: None,
+        created_at: t(1),
+        updated_at: t(1),
+    };
+    store.put_group(&group, false, &ev()).await.unwrap();
 
-    let ps: Vec<PendingCert> = (1..=9)
+    let ps: Vec<PendingCert> = (1..=13)
         .map(|n| pending(&serial(n), &issuer, &dev_id(if n == 2 { "b-1" } else { "b-6" }), b"c", 10))
         .collect();
     let mk = |i: usize, dev: &str| PendingCert { device: dev_id(dev), ..ps[i].clone() };
@@ -1644,33 +1667,61 @@ async fn batched_intents_answer_each_item(backend: Backend) {
         (mk(6, "b-6"), 7, 'N'),   // same nonce again: refused
         (mk(7, "b-6"), 8, 'N'),   // expired: refused
         (mk(8, "b-5"), 0, '-'),   // nothing to redeem: ok
+        (mk(9, "n-1"), 9, 'R'),   // a new device, registered: ok
+        (mk(10, "n-1"), 10, 'R'), // the same new device again: ok, inserted once
+        (mk(11, "n-2"), 8, 'R'),  // expired: refused, the device is not inserted
+        (mk(12, "b-5"), 11, 'R'), // an existing device: ok, the device is left as it was
     ];
     let hashes: Vec<[u8; 32]> = items_owned.iter().map(|(_, h, _)| [*h; 32]).collect();
-    let items: Vec<(&PendingCert, Redeem<'_>)> = items_owned
+    let meta = DeviceMeta { group: Some("g".into()), ..DeviceMeta::default() };
+    let registration = |id: &str| {
+        AuditEvent::new(t(10), format!("device:{id}"), "device.register", id, serde_json::json!({}))
+    };
+    let registrations: Vec<AuditEvent> =
+        items_owned.iter().map(|(p, _, _)| registration(p.device.as_str())).collect();
+    let items: Vec<Intent<'_>> = items_owned
         .iter()
         .zip(&hashes)
-        .map(|((p, _, k), h)| {
+        .zip(&registrations)
+        .map(|(((p, _, k), h), a)| {
             let r = match k {
                 'T' => Redeem::Token(h),
-                'N' => Redeem::Nonce(h),
+                'N' | 'R' => Redeem::Nonce(h),
                 _ => Redeem::Nothing,
             };
-            (p, r)
+            Intent { pending: p, redeem: r, register: (*k == 'R').then_some((&meta, a)) }
         })
         .collect();
+    let (head, _) = store.audit_head().await.unwrap();
     let results = store.record_intents(&items, false).await.unwrap();
     let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
-    assert_eq!(ok, [true, false, false, false, false, true, false, false, true]);
+    assert_eq!(ok, [true, false, false, false, false, true, false, false, true, true, true, false, true]);
     for r in results.iter().filter(|r| r.is_err()) {
         assert_eq!(r.as_ref().unwrap_err().kind(), ErrorKind::Conflict);
     }
-    for (n, written) in (1..=9).zip(ok) {
+    for (n, written) in (1..=13).zip(ok) {
         assert_eq!(store.get_certificate(&serial(n)).await.unwrap().is_some(), written, "serial {n}");
     }
     assert_eq!(store.get_device(&dev_id("b-1")).await.unwrap().unwrap().token_used_at, Some(t(10)));
     assert_eq!(store.get_device(&dev_id("b-2")).await.unwrap().unwrap().token_used_at, None);
+    // The registrations: n-1 inserted once, enrolled, in group g, with one audit entry;
+    // n-2 (its nonce refused) not at all; b-5 unchanged.
+    let n1 = store.get_device(&dev_id("n-1")).await.unwrap().unwrap();
+    assert_eq!(
+        (n1.status, n1.created_at, n1.updated_at, n1.token_hash),
+        (DeviceStatus::Enrolled, t(10), t(10), None)
+    );
+    assert_eq!(store.device_meta(&dev_id("n-1")).await.unwrap().unwrap().group.as_deref(), Some("g"));
+    assert!(store.get_device(&dev_id("n-2")).await.unwrap().is_none());
+    assert_eq!(store.get_device(&dev_id("b-5")).await.unwrap().unwrap().status, DeviceStatus::Registered);
+    assert_eq!(store.device_meta(&dev_id("b-5")).await.unwrap().unwrap().group, None);
+    let appended = store.audit_entries(head, 100).await.unwrap();
+    let appended: Vec<(i64, &str, &str)> =
+        appended.iter().map(|e| (e.seq, e.event.action.as_str(), e.event.subject.as_str())).collect();
+    assert_eq!(appended, [(head + 1, "device.register", "n-1")]);
+    assert_eq!(store.audit_head().await.unwrap().0, head + 1);
     // A serial collision fails the batch as a whole: nothing of it is written.
-    let dup = [(&ps[0], Redeem::Nothing), (&ps[1], Redeem::Token(&[2; 32]))];
+    let dup = [Intent::new(&ps[0], Redeem::Nothing), Intent::new(&ps[1], Redeem::Token(&[2; 32]))];
     assert_eq!(kind(store.record_intents(&dup, true).await), ErrorKind::Conflict);
     assert_eq!(store.get_device(&dev_id("b-2")).await.unwrap().unwrap().token_used_at, None);
     db.cleanup().await;
