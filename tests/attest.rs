@@ -742,6 +742,36 @@ async fn nonces_are_single_use_and_scoped(backend: Backend) {
     }
     assert_eq!(ok, 1, "exactly one enrollment succeeds");
     assert_eq!(certs_of(&install, "ACME-RACE").await.len(), 1, "exactly one certificate");
+
+    // x509 challenges are stateless: making one writes nothing; its redemption writes its
+    // hash (redeemed) in the intent's transaction. Another node on the same store (and
+    // sealing key) redeems it, and then the first node refuses it.
+    let store = devid_store::connect(&install.db.url).await.unwrap();
+    let other = install.serve();
+    let dev = factory.idevid("ACME-N2");
+    let (_k, csr) = pki::csr_p256("ACME-N2");
+    let nonce = challenge(&server, "line-a", "x509").await;
+    let hash = sha256(&nonce.1);
+    assert!(store.get_challenge(&hash).await.unwrap().is_none(), "nothing stored for a stateless challenge");
+    let (s, b, _) =
+        post(&other.url("/v1/enroll"), &x509_body("line-a", &nonce, &dev.chain, &dev.key, &csr)).await;
+    assert_eq!(s, 200, "{b}");
+    let row = store.get_challenge(&hash).await.unwrap().expect("the redeemed nonce's row");
+    assert!(row.redeemed_at.is_some() && row.group == "line-a" && row.method == "x509", "{row:?}");
+    let (_k, csr) = pki::csr_p256("ACME-N2");
+    let (s, b, ct) = post(&enroll_url, &x509_body("line-a", &nonce, &dev.chain, &dev.key, &csr)).await;
+    assert_problem(s, &b, &ct, 409, "nonce-used");
+    // Its expiry is in clear but under the tag: moved later, the nonce is invalid.
+    let nonce = challenge(&server, "line-a", "x509").await;
+    let mut later = nonce.1.clone();
+    let expiry = u32::from_be_bytes(later[12..16].try_into().unwrap());
+    later[12..16].copy_from_slice(&(expiry + 3600).to_be_bytes());
+    let moved = (b64(&later), later, String::new());
+    let (s, b, ct) = post(&enroll_url, &x509_body("line-a", &moved, &dev.chain, &dev.key, &csr)).await;
+    assert_problem(s, &b, &ct, 401, "nonce-invalid");
+    let (s, b, _) = post(&enroll_url, &x509_body("line-a", &nonce, &dev.chain, &dev.key, &csr)).await;
+    assert_eq!(s, 200, "{b}");
+    drop(other);
     drop(server);
     install.cleanup().await;
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use devid_attest::{AttestError, Attested};
 use devid_core::{DeviceId, ErrorKind, UnixTime};
-use devid_store::{ChallengeRecord, DeviceMeta, DeviceStatus, GroupRecord, Redeem};
+use devid_store::{ChallengeRecord, DeviceMeta, DeviceStatus, GroupRecord, Redeem, SealedNonce};
 use serde_json::json;
 use sha2::Digest;
 
@@ -94,9 +94,11 @@ fn nonce_hash(nonce: &[u8]) -> Vec<u8> {
 }
 
 impl Authority {
-    /// `POST /v1/enroll/challenge`: a single-use nonce for `group` and `method`, stored so
-    /// that any node can redeem it. For `tpm`, the EK certificate, EK and AK are checked
-    /// now and the credential for the AK is made (TPM2_MakeCredential).
+    /// `POST /v1/enroll/challenge`: a single-use nonce for `group` and `method` that any
+    /// node can redeem. For `x509` and `symmetric` it is stateless (see [`crate::nonce`]):
+    /// nothing is written until it is redeemed. For `tpm`, the EK certificate, EK and AK are
+    /// checked now, the credential for the AK is made (TPM2_MakeCredential), and the
+    /// challenge is stored with what the enrollment will need of them.
     pub async fn challenge(
         &self,
         group: &str,
@@ -108,6 +110,24 @@ impl Authority {
             return Err(AuthorityError::Invalid("the token method needs no challenge".into()));
         }
         let now = self.clock.now();
+        let expires_at = now.plus(self.config.challenge_ttl_secs);
+        if method != Method::Tpm
+            && tpm.is_none()
+            && let Some(key) = self.challenge_key().await
+            && let Some(nonce) =
+                key.seal(&crate::nonce::random(self.rng.as_ref()), expires_at, &g.name, method.as_str())
+        {
+            // Redeemed nonces are rows of `challenges` until an hour after they expire.
+            if self.commits.purge_due(now.plus(-3600)) {
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.insert_challenges(&[], Some(now.plus(-3600))).await {
+                        tracing::warn!(error = %e, "could not purge expired challenges");
+                    }
+                });
+            }
+            return Ok(Challenge { nonce, expires_at, tpm: None });
+        }
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce);
         let (state, tpm_challenge) = match (method, tpm) {
@@ -139,7 +159,6 @@ impl Authority {
             }
             (_, None) => (None, None),
         };
-        let expires_at = now.plus(self.config.challenge_ttl_secs);
         let record = ChallengeRecord {
             nonce_hash: nonce_hash(&nonce),
             group: g.name.clone(),
@@ -157,8 +176,9 @@ impl Authority {
     /// `POST /v1/enroll` with evidence: the issuance cycle (ARCHITECTURE.md), steps 1 and 2
     /// for the attested methods, then [`Authority::issue`].
     ///
-    /// Step 1: the CSR's signature; the nonce (known, unexpired, unredeemed, issued for this
-    /// group and method); the evidence, over `binding(nonce, CSR)`. Step 2: the group's
+    /// Step 1: the CSR's signature; the nonce (made for this group and method, unexpired,
+    /// and for a stored challenge known and unredeemed); the evidence, over
+    /// `binding(nonce, CSR)`. Step 2: the group's
     /// policy: the method is allowed, the device (named by the evidence) is registered in
     /// the group when registration is required (registered with the intent, in step 4, when
     /// it is optional), not quarantined, and its own method (if it has one) is this one. The
@@ -179,18 +199,43 @@ impl Authority {
         }
         let now = self.clock.now();
         let hash = nonce_hash(nonce);
-        let challenge =
-            self.commits.challenge_lookups.submit(hash.clone()).await?.ok_or(AuthorityError::NonceInvalid)?;
-        if challenge.group != group || challenge.method != method.as_str() || challenge.expires_at <= now {
-            return Err(AuthorityError::NonceInvalid);
-        }
-        if challenge.redeemed_at.is_some() {
-            return Err(AuthorityError::NonceUsed);
-        }
+        // A stateless nonce needs no read: whether it was redeemed is found in step 4. Any
+        // other is looked up (a TPM challenge; one stored before stateless challenges, or
+        // by a node without the key).
+        let sealed = match method {
+            Method::Tpm => None,
+            _ => self.challenge_key().await.and_then(|k| k.open(nonce, group, method.as_str())),
+        };
+        let (state, redeem) = match sealed {
+            Some(expires_at) if expires_at <= now => return Err(AuthorityError::NonceInvalid),
+            Some(expires_at) => (
+                None,
+                Redeem::Sealed(SealedNonce { hash: &hash, group, method: method.as_str(), expires_at }),
+            ),
+            None => {
+                let challenge = self
+                    .commits
+                    .challenge_lookups
+                    .submit(hash.clone())
+                    .await?
+                    .ok_or(AuthorityError::NonceInvalid)?;
+                if challenge.group != group
+                    || challenge.method != method.as_str()
+                    || challenge.expires_at <= now
+                {
+                    return Err(AuthorityError::NonceInvalid);
+                }
+                if challenge.redeemed_at.is_some() {
+                    return Err(AuthorityError::NonceUsed);
+                }
+                (challenge.state, Redeem::Nonce(&hash))
+            }
+        };
         let g = self.group_for(group, method).await?;
         self.limiter.group(&g.name, g.rate_per_minute, self.clock.as_ref())?;
         let binding = devid_attest::binding_from_csr_hash(nonce, &csr.sha256);
-        let attested = match self.attest(&g, &challenge, &evidence, &binding, &csr.spki_der, now).await {
+        let attested = match self.attest(&g, state.as_deref(), &evidence, &binding, &csr.spki_der, now).await
+        {
             Ok(a) => a,
             Err(AuthorityError::Attestation(e)) => {
                 let claimed = match &evidence {
@@ -232,9 +277,35 @@ impl Authority {
             predecessor: None,
             server_names: None,
         };
-        let issued = self.issue(&device, &csr, Redeem::Nonce(&hash), register, &ctx).await?;
+        let issued = self.issue(&device, &csr, redeem, register, &ctx).await?;
         crate::metrics::CERTIFICATES_ISSUED.inc(method.as_str());
         Ok(issued)
+    }
+
+    /// The key of stateless challenges: read from the store (sealed by the key manager) the
+    /// first time, or made and stored if no node has made one yet. `None` (and the stored
+    /// challenges of before) while it cannot be had: no sealing key, the store unreachable;
+    /// a later call tries again.
+    async fn challenge_key(&self) -> Option<&crate::nonce::ChallengeKey> {
+        let got = self
+            .challenge_key
+            .get_or_try_init(|| async {
+                let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+                self.rng.fill(secret.as_mut());
+                let context = crate::nonce::SECRET_NAME;
+                let candidate = self.kms.seal(context, secret.as_ref()).map_err(AuthorityError::from)?;
+                let sealed = self.store.service_secret(context, &candidate, self.clock.now()).await?;
+                let secret = self.kms.unseal(context, &sealed).map_err(AuthorityError::from)?;
+                Ok::<_, AuthorityError>(crate::nonce::ChallengeKey::new(&secret))
+            })
+            .await;
+        match got {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(error = %e, "no key for stateless challenges: using stored ones");
+                None
+            }
+        }
     }
 
     /// The group, which must exist and allow `method`.
@@ -253,7 +324,7 @@ impl Authority {
     async fn attest(
         &self,
         g: &GroupRecord,
-        challenge: &ChallengeRecord,
+        state: Option<&str>,
         evidence: &Evidence,
         binding: &[u8; 32],
         csr_spki: &[u8],
@@ -297,7 +368,7 @@ impl Authority {
                 }
             }
             Evidence::Tpm { secret, key_public, certify_info, certify_signature } => {
-                let state = challenge.state.as_deref().ok_or(AuthorityError::NonceInvalid)?;
+                let state = state.ok_or(AuthorityError::NonceInvalid)?;
                 let pending: devid_attest::tpm::PendingTpm = serde_json::from_str(state)
                     .map_err(|e| AuthorityError::Internal(format!("stored TPM state: {e}")))?;
                 devid_attest::tpm::finish(

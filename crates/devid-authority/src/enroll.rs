@@ -226,7 +226,9 @@ impl Authority {
         };
         self.commits.intents.submit(item).await.map_err(|e| match (e.kind(), redeem) {
             (devid_core::ErrorKind::Conflict, Redeem::Token(_)) => AuthorityError::TokenUsed,
-            (devid_core::ErrorKind::Conflict, Redeem::Nonce(_)) => AuthorityError::NonceUsed,
+            (devid_core::ErrorKind::Conflict, Redeem::Nonce(_) | Redeem::Sealed(_)) => {
+                AuthorityError::NonceUsed
+            }
             _ => AuthorityError::Store(e),
         })?;
         let audit = ctx.audit(now, device, &serial, validity.not_after);

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use devid_core::{DeviceId, Serial, UnixTime};
 use devid_store::{
     AuditEvent, CertRecord, ChallengeRecord, Completion, DeviceForCsr, DeviceMeta, DeviceRecord, Intent,
-    PendingCert, Redeem, RenewalContext, Store, StoreError,
+    PendingCert, Redeem, RenewalContext, SealedNonce, Store, StoreError,
 };
 use tokio::sync::oneshot;
 
@@ -175,6 +175,7 @@ pub(crate) enum RedeemKey {
     Nothing,
     Token(Vec<u8>),
     Nonce(Vec<u8>),
+    Sealed { hash: Vec<u8>, group: String, method: String, expires_at: UnixTime },
 }
 
 impl RedeemKey {
@@ -183,6 +184,12 @@ impl RedeemKey {
             Redeem::Nothing => RedeemKey::Nothing,
             Redeem::Token(h) => RedeemKey::Token(h.to_vec()),
             Redeem::Nonce(h) => RedeemKey::Nonce(h.to_vec()),
+            Redeem::Sealed(n) => RedeemKey::Sealed {
+                hash: n.hash.to_vec(),
+                group: n.group.to_string(),
+                method: n.method.to_string(),
+                expires_at: n.expires_at,
+            },
         }
     }
 
@@ -191,6 +198,9 @@ impl RedeemKey {
             RedeemKey::Nothing => Redeem::Nothing,
             RedeemKey::Token(h) => Redeem::Token(h),
             RedeemKey::Nonce(h) => Redeem::Nonce(h),
+            RedeemKey::Sealed { hash, group, method, expires_at } => {
+                Redeem::Sealed(SealedNonce { hash, group, method, expires_at: *expires_at })
+            }
         }
     }
 }
@@ -239,6 +249,8 @@ pub(crate) struct GroupCommit {
     /// Attested enrollments' reads of their device and a prior answer for the CSR, read
     /// together in the same way.
     pub csr_lookups: Batcher<(DeviceId, Vec<u8>), Option<DeviceForCsr>>,
+    /// The purge time of the last purge of expired challenges.
+    last_purge: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// One answer for one key, through the store.
@@ -352,22 +364,13 @@ impl GroupCommit {
         // Expired challenges are purged at most every PURGE_EVERY_SECS (by the batch's
         // purge time), not with every batch: the purge scans the table.
         let last_purge = Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN));
+        let purges = last_purge.clone();
         let challenges = Batcher::new(Box::new(move |items: &[(ChallengeRecord, UnixTime)]| {
             let store = s.clone();
-            let last_purge = last_purge.clone();
+            let last_purge = purges.clone();
             Box::pin(async move {
                 let before = items.iter().map(|(_, p)| *p).min().unwrap_or(UnixTime(0));
-                let last = last_purge.load(std::sync::atomic::Ordering::Relaxed);
-                let purge = (before.0 >= last.saturating_add(PURGE_EVERY_SECS)
-                    && last_purge
-                        .compare_exchange(
-                            last,
-                            before.0,
-                            std::sync::atomic::Ordering::Relaxed,
-                            std::sync::atomic::Ordering::Relaxed,
-                        )
-                        .is_ok())
-                .then_some(before);
+                let purge = purge_due(&last_purge, before).then_some(before);
                 let records: Vec<ChallengeRecord> = items.iter().map(|(c, _)| c.clone()).collect();
                 store.insert_challenges(&records, purge).await?;
                 Ok(items.iter().map(|_| Ok(())).collect())
@@ -381,6 +384,20 @@ impl GroupCommit {
             challenge_lookups,
             renewal_lookups,
             csr_lookups,
+            last_purge,
         }
     }
+
+    /// Whether challenges that expired before `before` are due to be purged (at most every
+    /// PURGE_EVERY_SECS): if so, the caller purges them, and the next purge is due later.
+    pub(crate) fn purge_due(&self, before: UnixTime) -> bool {
+        purge_due(&self.last_purge, before)
+    }
+}
+
+fn purge_due(last_purge: &std::sync::atomic::AtomicI64, before: UnixTime) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let last = last_purge.load(Relaxed);
+    before.0 >= last.saturating_add(PURGE_EVERY_SECS)
+        && last_purge.compare_exchange(last, before.0, Relaxed, Relaxed).is_ok()
 }

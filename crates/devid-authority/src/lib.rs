@@ -16,6 +16,7 @@ mod group_commit;
 pub mod groups;
 mod issuer;
 pub mod metrics;
+mod nonce;
 mod ops;
 pub mod publish;
 pub mod ratelimit;
@@ -82,6 +83,8 @@ pub struct Authority {
     groups: group_cache::GroupCache,
     /// This node's OCSP publisher, once started: it pre-signs what this node issues.
     publisher: std::sync::OnceLock<Arc<publish::Publisher>>,
+    /// The key of stateless challenges, once read from the store (or made).
+    challenge_key: tokio::sync::OnceCell<nonce::ChallengeKey>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -115,6 +118,7 @@ impl Authority {
             commits,
             groups,
             publisher: std::sync::OnceLock::new(),
+            challenge_key: tokio::sync::OnceCell::new(),
         })
     }
 

@@ -1419,6 +1419,53 @@ macro_rules! impl_store {
                         }
                     }
                 }
+                // Stateless challenges: the nonce's hash goes into `challenges`, redeemed; its
+                // primary key makes it single use (a concurrent redeemer waits for this
+                // transaction, then inserts nothing and is refused). An expired nonce, or
+                // one named again in the batch, is refused without a write.
+                let sealed: Vec<(usize, $crate::SealedNonce<'_>)> = items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, it)| if let $crate::Redeem::Sealed(n) = it.redeem { Some((i, n)) } else { None })
+                    .collect();
+                if !sealed.is_empty() {
+                    const USED: &str = "enrollment challenge already used or expired";
+                    let mut firsts = std::collections::HashSet::new();
+                    let mut fresh = Vec::new();
+                    for (i, n) in &sealed {
+                        if n.expires_at.0 <= at || !firsts.insert(n.hash) {
+                            refused[*i] = Some(USED.to_string());
+                        } else {
+                            fresh.push(*n);
+                        }
+                    }
+                    if !fresh.is_empty() {
+                        let mut q = sqlx::QueryBuilder::new(
+                            "INSERT INTO challenges (nonce_hash, group_name, method, state, expires_at, redeemed_at) ",
+                        );
+                        use $crate::lists::Column as C;
+                        $crate::lists::rows(
+                            &mut q,
+                            vec![
+                                C::Bytes(fresh.iter().map(|n| n.hash.to_vec()).collect()),
+                                C::Text(fresh.iter().map(|n| n.group.to_string()).collect()),
+                                C::Text(fresh.iter().map(|n| n.method.to_string()).collect()),
+                                C::OptText(vec![None; fresh.len()]),
+                                C::Int(fresh.iter().map(|n| n.expires_at.0).collect()),
+                                C::OptInt(vec![Some(at); fresh.len()]),
+                            ],
+                        );
+                        q.push(" ON CONFLICT (nonce_hash) DO NOTHING RETURNING nonce_hash");
+                        let won: Vec<(Vec<u8>,)> =
+                            q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                        let won: std::collections::HashSet<Vec<u8>> = won.into_iter().map(|(h,)| h).collect();
+                        for (i, n) in &sealed {
+                            if refused[*i].is_none() && !won.contains(n.hash) {
+                                refused[*i] = Some(USED.to_string());
+                            }
+                        }
+                    }
+                }
                 // Tokens: a row is redeemed only if its id and its token hash are both named,
                 // i.e. some item presented that device's own token; the conditional update is
                 // the single-use check, as for nonces. The device becomes enrolled in the same
@@ -2274,7 +2321,7 @@ macro_rules! impl_store {
                 items: &[$crate::ChallengeRecord],
                 purge_before: Option<devid_core::UnixTime>,
             ) -> Result<(), $crate::StoreError> {
-                if items.is_empty() {
+                if items.is_empty() && purge_before.is_none() {
                     return Ok(());
                 }
                 // See the trait: losing a challenge in a crash costs the device a retry.
@@ -2285,6 +2332,9 @@ macro_rules! impl_store {
                         .execute(&mut *tx)
                         .await
                         .map_err(|e| self.db_err(e))?;
+                }
+                if items.is_empty() {
+                    return tx.commit().await.map_err(|e| self.db_err(e));
                 }
                 let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO challenges (nonce_hash, group_name, method, state, expires_at, redeemed_at) ",
@@ -2306,6 +2356,34 @@ macro_rules! impl_store {
                     .await
                     .map_err(|e| self.db_err(e).on_conflict(|| "nonce collision".to_string()))?;
                 tx.commit().await.map_err(|e| self.db_err(e))
+            }
+
+            async fn service_secret(
+                &self,
+                name: &str,
+                candidate: &[u8],
+                now: devid_core::UnixTime,
+            ) -> Result<Vec<u8>, $crate::StoreError> {
+                // Durable (a full commit): a secret that nonces were made with must not be
+                // lost in a crash and replaced by another.
+                let mut tx = self.begin().await?;
+                sqlx::query(
+                    "INSERT INTO service_secrets (name, sealed, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(name)
+                .bind(candidate)
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.db_err(e))?;
+                let (sealed,): (Vec<u8>,) = sqlx::query_as("SELECT sealed FROM service_secrets WHERE name = $1")
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| self.db_err(e))?;
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                Ok(sealed)
             }
 
             async fn get_challenge(

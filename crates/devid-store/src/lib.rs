@@ -197,8 +197,25 @@ pub enum Redeem<'a> {
     Nothing,
     /// The device's one-time enrollment token, by SHA-256.
     Token(&'a [u8]),
-    /// A challenge nonce, by SHA-256.
+    /// A stored challenge's nonce, by SHA-256.
     Nonce(&'a [u8]),
+    /// A stateless challenge's nonce (authenticated by the caller, which read its group,
+    /// method and expiry from the nonce itself): redeemed by inserting its hash into
+    /// `challenges`, which it must not be in yet.
+    Sealed(SealedNonce<'a>),
+}
+
+/// A stateless challenge being redeemed ([`Redeem::Sealed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedNonce<'a> {
+    /// SHA-256 of the nonce.
+    pub hash: &'a [u8],
+    /// The group it was made for.
+    pub group: &'a str,
+    /// The method it was made for.
+    pub method: &'a str,
+    /// When it stops being accepted.
+    pub expires_at: UnixTime,
 }
 
 /// One item of [`Store::record_intents`]: an intent, what it redeems, and the device it
@@ -778,12 +795,22 @@ pub trait Store: Send + Sync + 'static {
     /// ask for another one, and a challenge is redeemed only by a later, durable
     /// transaction, whose flush covers the challenge too (the WAL is written in order).
     /// Given `purge_before`, challenges that expired before it are deleted first (callers
-    /// purge now and then, not on every batch: the purge is a scan of the table).
+    /// purge now and then, not on every batch: the purge is a scan of the table); with no
+    /// challenges, only that purge runs.
     async fn insert_challenges(
         &self,
         items: &[ChallengeRecord],
         purge_before: Option<UnixTime>,
     ) -> Result<(), StoreError>;
+    /// The service secret stored under `name`, as sealed by the caller's key manager (the
+    /// store never sees it in clear): if there is none yet, `candidate` is stored first and
+    /// returned. Concurrent callers (nodes) all get the one that was stored first.
+    async fn service_secret(
+        &self,
+        name: &str,
+        candidate: &[u8],
+        now: UnixTime,
+    ) -> Result<Vec<u8>, StoreError>;
     /// A challenge by nonce hash.
     async fn get_challenge(&self, nonce_hash: &[u8]) -> Result<Option<ChallengeRecord>, StoreError>;
     /// [`Store::get_challenge`] for many nonce hashes in one read: the challenges found, in

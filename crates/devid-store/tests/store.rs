@@ -9,7 +9,7 @@ use devid_core::{CaId, DeviceId, ErrorKind, RevocationReason, Serial, UnixTime};
 use devid_store::{
     AuditEvent, CaKind, CaRecord, CertEventKind, CertStatus, ChallengeRecord, Completion, CredentialRecord,
     CrlSink, DeviceMeta, DeviceRecord, DeviceStatus, Intent, OcspResponderRecord, PendingCert, PgStore,
-    Redeem, SqliteStore, Store, TokenKeyRecord,
+    Redeem, SealedNonce, SqliteStore, Store, TokenKeyRecord,
 };
 use devid_testkit::db::{Backend, TestDb};
 
@@ -59,6 +59,7 @@ both_backends!(
     nodes_are_counted,
     list_filters,
     batched_intents_answer_each_item,
+    sealed_nonces_and_service_secrets,
     batched_completions_answer_each_item,
     certificate_bytes_are_stored_once,
     certificates_name_devices_that_exist,
@@ -1724,6 +1725,82 @@ async fn batched_intents_answer_each_item(backend: Backend) {
     let dup = [Intent::new(&ps[0], Redeem::Nothing), Intent::new(&ps[1], Redeem::Token(&[2; 32]))];
     assert_eq!(kind(store.record_intents(&dup, true).await), ErrorKind::Conflict);
     assert_eq!(store.get_device(&dev_id("b-2")).await.unwrap().unwrap().token_used_at, None);
+    db.cleanup().await;
+}
+
+/// Stateless challenges (`Redeem::Sealed`): redeemed by inserting their hash, once, until
+/// they expire (a second redemption, in the batch or later, and an expired one are refused
+/// and write nothing); a stored challenge's hash is not redeemable that way. Expired rows
+/// are purged without new challenges. A service secret is stored by its first caller;
+/// later callers get that one.
+async fn sealed_nonces_and_service_secrets(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    store.insert_device(&device("s-1", None), &DeviceMeta::default(), &ev()).await.unwrap();
+    let stored = ChallengeRecord {
+        nonce_hash: vec![5; 32],
+        group: "g".into(),
+        method: "x509".into(),
+        state: None,
+        expires_at: t(100),
+        redeemed_at: None,
+    };
+    store.insert_challenges(std::slice::from_ref(&stored), None).await.unwrap();
+    let sealed = |h: &'static [u8], expires: i64| {
+        Redeem::Sealed(SealedNonce { hash: h, group: "g", method: "x509", expires_at: t(expires) })
+    };
+    let ps: Vec<PendingCert> =
+        (1..=5).map(|n| pending(&serial(n), &issuer, &dev_id("s-1"), b"c", 10)).collect();
+    let items = [
+        Intent::new(&ps[0], sealed(&[1; 32], 100)), // ok
+        Intent::new(&ps[1], sealed(&[1; 32], 100)), // the same nonce again: refused
+        Intent::new(&ps[2], sealed(&[2; 32], 10)),  // expired at the intent's time: refused
+        Intent::new(&ps[3], sealed(&[5; 32], 100)), // a stored challenge's hash: refused
+        Intent::new(&ps[4], sealed(&[3; 32], 200)), // ok
+    ];
+    let results = store.record_intents(&items, false).await.unwrap();
+    let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, [true, false, false, false, true]);
+    for r in results.iter().filter(|r| r.is_err()) {
+        assert_eq!(r.as_ref().unwrap_err().kind(), ErrorKind::Conflict);
+    }
+    for (n, written) in (1..=5).zip(ok) {
+        assert_eq!(store.get_certificate(&serial(n)).await.unwrap().is_some(), written, "serial {n}");
+    }
+    let row = store.get_challenge(&[1; 32]).await.unwrap().unwrap();
+    assert_eq!(
+        (row.group.as_str(), row.method.as_str(), row.state, row.expires_at, row.redeemed_at),
+        ("g", "x509", None, t(100), Some(t(10)))
+    );
+    assert!(store.get_challenge(&[2; 32]).await.unwrap().is_none(), "an expired nonce writes nothing");
+    assert_eq!(store.get_challenge(&[5; 32]).await.unwrap().unwrap(), stored, "the stored one is untouched");
+    // Later, one at a time: a redeemed nonce stays redeemed.
+    let again = pending(&serial(6), &issuer, &dev_id("s-1"), b"c", 11);
+    assert_eq!(kind(store.record_intent(&again, sealed(&[1; 32], 100)).await), ErrorKind::Conflict);
+    assert!(store.get_certificate(&serial(6)).await.unwrap().is_none());
+    // A purge without new challenges: what expired before t(150) goes.
+    store.insert_challenges(&[], Some(t(150))).await.unwrap();
+    assert!(store.get_challenge(&[1; 32]).await.unwrap().is_none());
+    assert!(store.get_challenge(&[5; 32]).await.unwrap().is_none());
+    assert!(store.get_challenge(&[3; 32]).await.unwrap().is_some(), "not expired yet");
+
+    // Service secrets: the first candidate stays.
+    assert_eq!(store.service_secret("k", b"first", t(1)).await.unwrap(), b"first");
+    assert_eq!(store.service_secret("k", b"second", t(2)).await.unwrap(), b"first");
+    assert_eq!(store.service_secret("other", b"third", t(3)).await.unwrap(), b"third");
+    // Concurrent callers all get one and the same.
+    let mut tasks = Vec::new();
+    for n in 0..8u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move { store.service_secret("race", &[n; 4], t(4)).await.unwrap() }));
+    }
+    let mut got = Vec::new();
+    for task in tasks {
+        got.push(task.await.unwrap());
+    }
+    got.dedup();
+    assert_eq!(got.len(), 1, "{got:?}");
     db.cleanup().await;
 }
 
