@@ -31,6 +31,7 @@ on_both_backends!(
     x509_refusals,
     nonces_are_single_use_and_scoped,
     nonce_expires,
+    challenges_are_stored_without_the_key,
     symmetric_enrollment,
     tpm_enrollment,
     tpm_refusals_over_http,
@@ -799,6 +800,39 @@ async fn nonce_expires(backend: Backend) {
     let (s, b, _) = x509_enroll_raw(&server, "line-a", &dev, &dev.key, &csr).await;
     assert_eq!(s, 200, "{b}");
     drop(server);
+    install.cleanup().await;
+}
+
+/// A node that cannot open the stored challenge key (here: the stored secret is not one its
+/// key manager sealed, as for a replica with another key-encryption key) stores its
+/// challenges, as before stateless ones, and enrollment works the same.
+async fn challenges_are_stored_without_the_key(backend: Backend) {
+    let Line { install, work: _work, factory, .. } = x509_line(backend, "line-a", &[]).await;
+    let store = devid_store::connect(&install.db.url).await.unwrap();
+    let now = devid_core::UnixTime(
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64,
+    );
+    store.service_secret("challenge-key", b"not sealed by this node", now).await.unwrap();
+    let server = install.serve();
+    let dev = factory.idevid("ACME-STORED");
+    let nonce = challenge(&server, "line-a", "x509").await;
+    let hash = sha256(&nonce.1);
+    let row = store.get_challenge(&hash).await.unwrap().expect("a stored challenge");
+    assert!(row.redeemed_at.is_none() && row.group == "line-a" && row.method == "x509", "{row:?}");
+    let (_k, csr) = pki::csr_p256("ACME-STORED");
+    let enroll_url = server.url("/v1/enroll");
+    let (s, b, _) = post(&enroll_url, &x509_body("line-a", &nonce, &dev.chain, &dev.key, &csr)).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(store.get_challenge(&hash).await.unwrap().unwrap().redeemed_at.is_some());
+    let (s, b, ct) = post(&enroll_url, &x509_body("line-a", &nonce, &dev.chain, &dev.key, &csr)).await;
+    // The same CSR again: the certificate already issued for it (a retry), or nonce-used.
+    assert!(
+        s == 200 || (s == 409 && b["type"].as_str().unwrap_or_default().ends_with("nonce-used")),
+        "{s} {b} {ct}"
+    );
+    assert_eq!(certs_of(&install, "ACME-STORED").await.len(), 1);
+    let log = server.stop();
+    assert!(log.contains("no key for stateless challenges"), "the fallback is logged: {log}");
     install.cleanup().await;
 }
 

@@ -284,9 +284,18 @@ impl Authority {
 
     /// The key of stateless challenges: read from the store (sealed by the key manager) the
     /// first time, or made and stored if no node has made one yet. `None` (and the stored
-    /// challenges of before) while it cannot be had: no sealing key, the store unreachable;
-    /// a later call tries again.
+    /// challenges of before) while it cannot be had: no sealing key, one that does not open
+    /// the stored secret (another key-encryption key than the other replicas'), the store
+    /// unreachable; a call ten seconds later tries again.
     async fn challenge_key(&self) -> Option<&crate::nonce::ChallengeKey> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(k) = self.challenge_key.get() {
+            return Some(k);
+        }
+        let now = self.clock.now();
+        if now.0 < self.challenge_key_retry.load(Relaxed) {
+            return None;
+        }
         let got = self
             .challenge_key
             .get_or_try_init(|| async {
@@ -302,7 +311,8 @@ impl Authority {
         match got {
             Ok(k) => Some(k),
             Err(e) => {
-                tracing::warn!(error = %e, "no key for stateless challenges: using stored ones");
+                self.challenge_key_retry.store(now.0.saturating_add(10), Relaxed);
+                tracing::warn!(error = %e, "no key for stateless challenges: storing challenges (trying again in 10 s)");
                 None
             }
         }

@@ -85,6 +85,8 @@ pub struct Authority {
     publisher: std::sync::OnceLock<Arc<publish::Publisher>>,
     /// The key of stateless challenges, once read from the store (or made).
     challenge_key: tokio::sync::OnceCell<nonce::ChallengeKey>,
+    /// While the challenge key cannot be had: when to try again (Unix seconds).
+    challenge_key_retry: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Authority {
@@ -119,6 +121,7 @@ impl Authority {
             groups,
             publisher: std::sync::OnceLock::new(),
             challenge_key: tokio::sync::OnceCell::new(),
+            challenge_key_retry: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
