@@ -94,6 +94,30 @@ pub(crate) fn label_pattern(k: &str, v: &str) -> String {
     format!("%,{escaped},%")
 }
 
+/// `INSERT INTO challenges` of `records`, each row redeemed at `redeemed_at` (`None`: not
+/// redeemed), whatever the records say; the caller appends what follows the rows.
+pub(crate) fn challenge_insert<DB: crate::lists::Lists>(
+    records: &[crate::ChallengeRecord],
+    redeemed_at: Option<i64>,
+) -> sqlx::QueryBuilder<DB> {
+    use crate::lists::Column as C;
+    let mut q = sqlx::QueryBuilder::new(
+        "INSERT INTO challenges (nonce_hash, group_name, method, state, expires_at, redeemed_at) ",
+    );
+    crate::lists::rows(
+        &mut q,
+        vec![
+            C::Bytes(records.iter().map(|c| c.nonce_hash.clone()).collect()),
+            C::Text(records.iter().map(|c| c.group.clone()).collect()),
+            C::Text(records.iter().map(|c| c.method.clone()).collect()),
+            C::OptText(records.iter().map(|c| c.state.clone()).collect()),
+            C::Int(records.iter().map(|c| c.expires_at.0).collect()),
+            C::OptInt(vec![redeemed_at; records.len()]),
+        ],
+    );
+    q
+}
+
 fn cert_status_from_text(s: &str) -> Result<CertStatus, StoreError> {
     match s {
         "pending" => Ok(CertStatus::Pending),
@@ -1440,21 +1464,18 @@ macro_rules! impl_store {
                         }
                     }
                     if !fresh.is_empty() {
-                        let mut q = sqlx::QueryBuilder::new(
-                            "INSERT INTO challenges (nonce_hash, group_name, method, state, expires_at, redeemed_at) ",
-                        );
-                        use $crate::lists::Column as C;
-                        $crate::lists::rows(
-                            &mut q,
-                            vec![
-                                C::Bytes(fresh.iter().map(|n| n.hash.to_vec()).collect()),
-                                C::Text(fresh.iter().map(|n| n.group.to_string()).collect()),
-                                C::Text(fresh.iter().map(|n| n.method.to_string()).collect()),
-                                C::OptText(vec![None; fresh.len()]),
-                                C::Int(fresh.iter().map(|n| n.expires_at.0).collect()),
-                                C::OptInt(vec![Some(at); fresh.len()]),
-                            ],
-                        );
+                        let records: Vec<$crate::ChallengeRecord> = fresh
+                            .iter()
+                            .map(|n| $crate::ChallengeRecord {
+                                nonce_hash: n.hash.to_vec(),
+                                group: n.group.to_string(),
+                                method: n.method.to_string(),
+                                state: None,
+                                expires_at: n.expires_at,
+                                redeemed_at: None,
+                            })
+                            .collect();
+                        let mut q = $crate::common::challenge_insert(&records, Some(at));
                         q.push(" ON CONFLICT (nonce_hash) DO NOTHING RETURNING nonce_hash");
                         let won: Vec<(Vec<u8>,)> =
                             q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
@@ -2336,21 +2357,7 @@ macro_rules! impl_store {
                 if items.is_empty() {
                     return tx.commit().await.map_err(|e| self.db_err(e));
                 }
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO challenges (nonce_hash, group_name, method, state, expires_at, redeemed_at) ",
-                );
-                use $crate::lists::Column as C;
-                $crate::lists::rows(
-                    &mut q,
-                    vec![
-                        C::Bytes(items.iter().map(|c| c.nonce_hash.to_vec()).collect()),
-                        C::Text(items.iter().map(|c| c.group.clone()).collect()),
-                        C::Text(items.iter().map(|c| c.method.clone()).collect()),
-                        C::OptText(items.iter().map(|c| c.state.clone()).collect()),
-                        C::Int(items.iter().map(|c| c.expires_at.0).collect()),
-                        C::OptInt(vec![None; items.len()]),
-                    ],
-                );
+                let mut q = $crate::common::challenge_insert(items, None);
                 q.build()
                     .execute(&mut *tx)
                     .await
