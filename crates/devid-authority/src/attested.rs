@@ -178,12 +178,11 @@ impl Authority {
     ///
     /// Step 1: the CSR's signature; the nonce (made for this group and method, unexpired,
     /// and for a stored challenge known and unredeemed); the evidence, over
-    /// `binding(nonce, CSR)`. Step 2: the group's
-    /// policy: the method is allowed, the device (named by the evidence) is registered in
-    /// the group when registration is required (registered with the intent, in step 4, when
-    /// it is optional), not quarantined, and its own method (if it has one) is this one. The
-    /// nonce is redeemed in the transaction of step 4, so a nonce yields at most one
-    /// certificate.
+    /// `binding(nonce, CSR)`. Step 2: the group's policy: the method is allowed, the device
+    /// (named by the evidence) is registered in the group when registration is required
+    /// (registered with the intent, in step 4, when it is optional), not quarantined, and
+    /// its own method (if it has one) is this one. The nonce is redeemed in the transaction
+    /// of step 4, so a nonce yields at most one certificate.
     pub async fn enroll_attested(
         &self,
         group: &str,

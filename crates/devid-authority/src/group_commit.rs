@@ -18,8 +18,9 @@
 //! ([`Store::record_intents`]).
 //!
 //! The same queues also batch the reads of step 1, each a round trip per request before:
-//! the device of a token enrollment; the challenge, and the device with a prior answer for
-//! the CSR, of an attested one; what a renewal checks. One statement by a list of keys
+//! the device of a token enrollment; the challenge (a stored one: stateless challenges need
+//! no read) and the device with a prior answer for the CSR, of an attested one; what a
+//! renewal checks. One statement by a list of keys
 //! reads everything queued (a lone key: the single-row statement). Each read starts after
 //! its request was queued, so it sees every write committed before.
 //!
