@@ -39,18 +39,25 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
 
 /// The serial number of a DER certificate (RFC 5280 §4.1.2.2).
 pub fn certificate_serial(der: &[u8]) -> Result<devid_core::Serial, CaError> {
-    certificate_serial_and_key(der).map(|(serial, _)| serial)
+    serial_of(&parse_certificate(der)?)
 }
 
-/// A certificate's serial number and its subject public key (DER SubjectPublicKeyInfo),
-/// from one parse.
+/// A certificate's serial number and its subject public key (DER SubjectPublicKeyInfo,
+/// RFC 5280 §4.1.2.7), from one parse.
 pub fn certificate_serial_and_key(der: &[u8]) -> Result<(devid_core::Serial, Vec<u8>), CaError> {
-    use x509_cert::der::Decode;
-    let cert = x509_cert::Certificate::from_der(der)
-        .map_err(|e| CaError::InvalidCertificate(format!("not a certificate: {e}")))?;
-    let serial = devid_core::Serial::from_bytes(cert.tbs_certificate.serial_number.as_bytes())
-        .map_err(|e| CaError::InvalidCertificate(format!("serial: {e}")))?;
+    let cert = parse_certificate(der)?;
     let spki = x509_cert::der::Encode::to_der(&cert.tbs_certificate.subject_public_key_info)
         .map_err(|e| CaError::InvalidCertificate(format!("subject public key: {e}")))?;
-    Ok((serial, spki))
+    Ok((serial_of(&cert)?, spki))
+}
+
+fn parse_certificate(der: &[u8]) -> Result<x509_cert::Certificate, CaError> {
+    use x509_cert::der::Decode;
+    x509_cert::Certificate::from_der(der)
+        .map_err(|e| CaError::InvalidCertificate(format!("not a certificate: {e}")))
+}
+
+fn serial_of(cert: &x509_cert::Certificate) -> Result<devid_core::Serial, CaError> {
+    devid_core::Serial::from_bytes(cert.tbs_certificate.serial_number.as_bytes())
+        .map_err(|e| CaError::InvalidCertificate(format!("serial: {e}")))
 }
