@@ -207,8 +207,11 @@ async fn sharded_crl_build_needs_the_public_url() {
 }
 
 /// `database_pool_size` bounds the server's connections to PostgreSQL: with 2, a burst of 32
-/// concurrent enrollments all succeed over at most 2 connections; with the default, the
-/// same burst opens more than 2 (so the bound is the setting's doing, not the burst's).
+/// concurrent enrollments all succeed, and 32 concurrent device reads held up by a table lock
+/// wait on at most 2 connections; with the default (16), the same held-up reads open more
+/// than 2 (so the bound is the setting's doing, not the burst's). The reads are held up on
+/// purpose: enrollments are group-committed, and a fast machine may serve a whole burst
+/// of them over 2 connections whatever the bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pool_size_bounds_postgresql_connections() {
     async fn peak_connections(pool_size: Option<&str>) -> i64 {
@@ -218,6 +221,7 @@ async fn the_pool_size_bounds_postgresql_connections() {
         }
         install.env.push(("DEVID_LIMITS__PER_SOURCE".into(), "0".into()));
         let tokens: Vec<String> = (0..32).map(|i| install.add_device(&format!("pool-{i}"))).collect();
+        let cred = common::cli_credential(&install, "auditor");
         // The server's connections carry a name of their own, so that a CLI backend still
         // closing is not counted.
         let admin_url = install.db.url.clone();
@@ -238,16 +242,40 @@ async fn the_pool_size_bounds_postgresql_connections() {
             let (status, body) = done.unwrap();
             assert_eq!(status, 200, "{body}");
         }
-        // The pool keeps its connections open while idle: what is open now is what the
-        // burst needed, up to the pool's bound.
+        let bearer = common::access_token(&server, &cred).await;
+        // Hold an exclusive lock on `devices`, so that every device read waits, on a
+        // connection of its own, until it is released.
         let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.unwrap();
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND application_name = 'devid-pool-test'",
-        )
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
+        sqlx::query("BEGIN").execute(&mut admin).await.unwrap();
+        sqlx::query("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE").execute(&mut admin).await.unwrap();
+        let mut reads = tokio::task::JoinSet::new();
+        for i in 0..32 {
+            let url = server.url(&format!("/v1/devices/pool-{i}"));
+            let bearer = bearer.clone();
+            reads.spawn(async move {
+                let resp = common::http().get(url).bearer_auth(bearer).send().await.unwrap();
+                (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+            });
+        }
+        // Wait until the reads stop opening connections (the pool's bound, or all 32).
+        let count = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'devid-pool-test'";
+        let (mut open, mut steady_since) = (0_i64, std::time::Instant::now());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline
+            && steady_since.elapsed() < std::time::Duration::from_secs(2)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let now: i64 = sqlx::query_scalar(count).fetch_one(&mut admin).await.unwrap();
+            if now != open {
+                (open, steady_since) = (now, std::time::Instant::now());
+            }
+        }
+        sqlx::query("COMMIT").execute(&mut admin).await.unwrap();
+        while let Some(done) = reads.join_next().await {
+            let (status, body) = done.unwrap();
+            assert_eq!(status, 200, "{body}");
+        }
         drop(admin);
         drop(server);
         install.cleanup().await;
@@ -256,5 +284,5 @@ async fn the_pool_size_bounds_postgresql_connections() {
     let bounded = peak_connections(Some("2")).await;
     assert!((1..=2).contains(&bounded), "pool size 2 opened {bounded} connections");
     let default = peak_connections(None).await;
-    assert!(default > 2, "the default pool opened only {default} connections for 32 concurrent enrollments");
+    assert!(default > 2, "the default pool opened only {default} connections for 32 held-up device reads");
 }
