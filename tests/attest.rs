@@ -32,6 +32,7 @@ on_both_backends!(
     nonces_are_single_use_and_scoped,
     nonce_expires,
     challenges_are_stored_without_the_key,
+    group_deleted_during_enrollment,
     symmetric_enrollment,
     tpm_enrollment,
     tpm_refusals_over_http,
@@ -837,6 +838,30 @@ async fn challenges_are_stored_without_the_key(backend: Backend) {
 }
 
 // --- 4. symmetric ---------------------------------------------------------------------
+
+/// A group deleted while one of its new devices enrolls: the node still holds the group
+/// (its cache, here for a minute) when the CLI deletes it, so the enrollment passes step 1
+/// and its registration in step 4 finds no group. The answer is 404 `not-found`, not a 500,
+/// and nothing is written.
+async fn group_deleted_during_enrollment(backend: Backend) {
+    let Line { mut install, work: _work, factory, .. } = x509_line(backend, "doomed", &[]).await;
+    install.env.push(("DEVID_ENROLL__GROUP_CACHE".into(), "60s".into()));
+    let server = install.serve();
+    let dev = factory.idevid("ACME-G1");
+    let nonce = challenge(&server, "doomed", "x509").await;
+    install.run_ok(&["group", "remove", "doomed"]);
+    let (_k, csr) = pki::csr_p256("ACME-G1");
+    let (s, b, ct) =
+        post(&server.url("/v1/enroll"), &x509_body("doomed", &nonce, &dev.chain, &dev.key, &csr)).await;
+    assert_problem(s, &b, &ct, 404, "not-found");
+    assert_eq!(b["detail"], "group not found", "{b}");
+    assert_no_certificate(&install, "ACME-G1").await;
+    let store = devid_store::connect(&install.db.url).await.unwrap();
+    let id = devid_core::DeviceId::new("ACME-G1").unwrap();
+    assert!(store.get_device(&id).await.unwrap().is_none(), "no device without its group");
+    drop(server);
+    install.cleanup().await;
+}
 
 async fn symmetric_enrollment(backend: Backend) {
     let install = Install::new(backend).await;

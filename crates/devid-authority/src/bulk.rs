@@ -551,8 +551,16 @@ pub async fn import_batch(
             batch_id.as_str(),
             serde_json::json!({"rows": devices.len(), "first": devices.first().map(|d| d.id.to_string())}),
         );
-        let created: HashSet<DeviceId> =
-            store.insert_device_batch(batch_id.as_str(), &devices, now, &audit).await?.into_iter().collect();
+        let created: HashSet<DeviceId> = store
+            .insert_device_batch(batch_id.as_str(), &devices, now, &audit)
+            .await
+            .map_err(|e| match e.kind() {
+                // A group named by the batch was deleted after it was checked.
+                devid_core::ErrorKind::NotFound => AuthorityError::NotFound("group"),
+                _ => AuthorityError::Store(e),
+            })?
+            .into_iter()
+            .collect();
         let chunk_outcomes: Vec<RowOutcome> = chunk
             .iter()
             .zip(tokens)

@@ -229,6 +229,8 @@ impl Authority {
             (devid_core::ErrorKind::Conflict, Redeem::Nonce(_) | Redeem::Sealed(_)) => {
                 AuthorityError::NonceUsed
             }
+            // A new device's group was deleted after step 1 found it.
+            (devid_core::ErrorKind::NotFound, _) => AuthorityError::NotFound("group"),
             _ => AuthorityError::Store(e),
         })?;
         let audit = ctx.audit(now, device, &serial, validity.not_after);

@@ -274,6 +274,8 @@ pub async fn register_device(
     );
     store.insert_device(&record, &meta, &audit).await.map_err(|e| match e.kind() {
         devid_core::ErrorKind::Conflict => AuthorityError::DeviceExists(id.to_string()),
+        // Its group was deleted after it was checked.
+        devid_core::ErrorKind::NotFound => AuthorityError::NotFound("group"),
         _ => AuthorityError::Store(e),
     })?;
     Ok((record, token))

@@ -878,8 +878,13 @@ macro_rules! insert_absent_devices {
                 ],
             );
             q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-            let created: Vec<(String,)> =
-                q.build_query_as().fetch_all(&mut *$tx).await.map_err(|e| $self.db_err(e))?;
+            let created: Vec<(String,)> = q.build_query_as().fetch_all(&mut *$tx).await.map_err(|e| {
+                if $crate::error::is_foreign_key_violation(&e) {
+                    $crate::StoreError::group_gone()
+                } else {
+                    $self.db_err(e)
+                }
+            })?;
             created.into_iter().map(|(id,)| id).collect::<std::collections::HashSet<String>>()
         }
     }};
@@ -1114,6 +1119,9 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| {
+                    if $crate::error::is_foreign_key_violation(&e) {
+                        return $crate::StoreError::group_gone();
+                    }
                     self.db_err(e).on_conflict(|| format!("device {} (or its token hash) already exists", device.id))
                 })?;
                 $crate::common::append_audit!(self, tx, audit);
@@ -1266,11 +1274,13 @@ macro_rules! impl_store {
                             .push_bind(d.method.as_deref());
                     });
                     q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-                    let rows: Vec<(String,)> = q
-                        .build_query_as()
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(|e| self.db_err(e))?;
+                    let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| {
+                        if $crate::error::is_foreign_key_violation(&e) {
+                            $crate::StoreError::group_gone()
+                        } else {
+                            self.db_err(e)
+                        }
+                    })?;
                     for (id,) in rows {
                         created.push($crate::common::device_id_checked(id)?);
                     }
@@ -2317,11 +2327,21 @@ macro_rules! impl_store {
                         "group {name} still has devices (e.g. {id}); move or remove them first"
                     )));
                 }
+                // A device may have named the group since the check above (its insert holds
+                // the group's row until it commits): the delete then fails on the foreign key.
                 let done = sqlx::query("DELETE FROM enrollment_groups WHERE name = $1")
                     .bind(name)
                     .execute(&mut *tx)
                     .await
-                    .map_err(|e| self.db_err(e))?;
+                    .map_err(|e| {
+                        if $crate::error::is_foreign_key_violation(&e) {
+                            $crate::StoreError::conflict(format!(
+                                "group {name} still has devices; move or remove them first"
+                            ))
+                        } else {
+                            self.db_err(e)
+                        }
+                    })?;
                 if done.rows_affected() == 0 {
                     return Err($crate::StoreError::not_found(format!("no group {name}")));
                 }

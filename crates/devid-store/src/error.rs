@@ -42,6 +42,12 @@ impl StoreError {
         StoreError::new(ErrorKind::NotFound, detail.into())
     }
 
+    /// A device insert named an enrollment group that does not exist (deleted between the
+    /// caller's check and the insert): [`ErrorKind::NotFound`].
+    pub(crate) fn group_gone() -> Self {
+        StoreError::not_found("the enrollment group named by the device does not exist (deleted meanwhile)")
+    }
+
     /// Replace the detail of a [`ErrorKind::Conflict`] with a message that says what
     /// collided (the database's own message names only a constraint); other kinds pass.
     pub(crate) fn on_conflict(self, detail: impl FnOnce() -> String) -> Self {
@@ -60,6 +66,15 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+/// Whether `e` is a foreign-key violation. The only parent row that is ever deleted is an
+/// enrollment group (`Store::delete_group`, which refuses while devices name it), so on
+/// inserting a device this means its group was deleted meanwhile, and on deleting a group
+/// that a device named it meanwhile: callers at those sites say so ([`StoreError::group_gone`],
+/// [`StoreError::conflict`]); elsewhere it stays [`ErrorKind::Internal`].
+pub(crate) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.kind(), sqlx::error::ErrorKind::ForeignKeyViolation))
+}
 
 /// Classify a sqlx error. `target` names the database without credentials, e.g.
 /// `PostgreSQL at 127.0.0.1:5432/devid` or `SQLite database /var/lib/devid/devid.db`.

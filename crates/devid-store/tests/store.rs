@@ -1434,6 +1434,76 @@ async fn groups_challenges_and_lineage(backend: Backend) {
     assert_eq!(kind(store.delete_group("line-7", &ev()).await), ErrorKind::Conflict);
     assert_eq!(kind(store.delete_group("nope", &ev()).await), ErrorKind::NotFound);
 
+    // A device naming a group that does not exist (deleted after the caller checked it) is
+    // NotFound on every insert path, and nothing is written.
+    let gone = DeviceMeta { group: Some("gone".into()), ..DeviceMeta::default() };
+    let lost = device("lost-1", None);
+    assert_eq!(kind(store.insert_device(&lost, &gone, &ev()).await), ErrorKind::NotFound);
+    assert_eq!(kind(store.ensure_device(&lost, &gone, &ev()).await), ErrorKind::NotFound);
+    let row = devid_store::BatchDevice {
+        id: lost.id.clone(),
+        token_hash: None,
+        labels: None,
+        group: Some("gone".into()),
+        method: None,
+    };
+    assert_eq!(kind(store.insert_device_batch("b-gone", &[row], t(3), &ev()).await), ErrorKind::NotFound);
+    let p = pending(&serial(900), &issuer, &lost.id, &[9; 32], 3);
+    let reg = AuditEvent::new(t(3), "device:lost-1", "device.register", "lost-1", serde_json::json!({}));
+    let intent = Intent { pending: &p, redeem: Redeem::Nothing, register: Some((&gone, &reg)) };
+    let outcome = store.record_intents(std::slice::from_ref(&intent), false).await;
+    let refused = match outcome {
+        Err(e) => e.kind(),
+        Ok(mut per_item) => kind(per_item.remove(0)),
+    };
+    assert_eq!(refused, ErrorKind::NotFound);
+    assert!(store.get_device(&lost.id).await.unwrap().is_none());
+    assert!(store.get_certificate(&p.serial).await.unwrap().is_none(), "no intent without its device");
+
+    // A device that names a group while it is being deleted: the deletion is a Conflict
+    // (on PostgreSQL the device's uncommitted insert holds the group's row, so the delete
+    // passes its member check, waits, and then fails on the foreign key).
+    let doomed = devid_store::GroupRecord { name: "doomed".into(), ..g.clone() };
+    store.put_group(&doomed, false, &ev()).await.unwrap();
+    if backend == Backend::Postgres {
+        let mut holder = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+        sqlx::query(
+            "INSERT INTO devices (id, status, created_at, updated_at, group_name) \
+             VALUES ('late-1', 'registered', 1, 1, 'doomed')",
+        )
+        .execute(&mut holder)
+        .await
+        .unwrap();
+        let deleting = {
+            let store = store.clone();
+            tokio::spawn(async move { store.delete_group("doomed", &ev()).await })
+        };
+        let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM enrollment_groups%'",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the group's deletion never waited for the device's insert");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+        assert_eq!(kind(deleting.await.unwrap()), ErrorKind::Conflict);
+    } else {
+        let late = DeviceMeta { group: Some("doomed".into()), ..DeviceMeta::default() };
+        store.insert_device(&device("late-1", None), &late, &ev()).await.unwrap();
+        assert_eq!(kind(store.delete_group("doomed", &ev()).await), ErrorKind::Conflict);
+    }
+    assert!(store.get_group("doomed").await.unwrap().is_some());
+
     let c = devid_store::ChallengeRecord {
         nonce_hash: vec![7; 32],
         group: "line-7".into(),
