@@ -146,3 +146,37 @@ async fn metrics_count_enrollments_ocsp_and_requests() {
     drop(server);
     install.cleanup().await;
 }
+
+/// Request spans: at the default level (info), an admin or enrollment request's events carry
+/// its span (method, path and the id the client got in x-request-id); the public revocation
+/// routes (OCSP, CRL) get their span only at debug, which keeps it off brokers' hot path
+/// (`request_span` in devid-api). Here tower-http's own per-request event is enabled (debug)
+/// while devid's spans stay at info, so each request logs one line that shows which span
+/// it got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_spans_at_the_default_level() {
+    let mut install = Install::new(Backend::Sqlite).await;
+    install.env.push(("RUST_LOG".into(), "info,tower_http=debug".into()));
+    let server = install.serve();
+    let (_key, csr) = devid_testkit::pki::csr_p256("span-0");
+    let body = serde_json::json!({ "method": "token", "token": "devid_et_not-a-real-token", "csr": csr });
+    let r = http().post(server.url("/v1/enroll")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let enroll_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let r = http().get(server.url("/ocsp/MAA%3D")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "an OCSP error status (malformedRequest) travels in a 200");
+    let ocsp_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let log = server.stop();
+    let span = format!("request{{method=POST path=/v1/enroll request_id={enroll_id}}}");
+    assert!(
+        log.lines().any(|l| l.contains(" INFO ") && l.contains(&span) && l.contains("request refused")),
+        "the refusal is logged in its span {span}:\n{log}"
+    );
+    assert!(log.lines().any(|l| l.contains(&span) && l.contains("started processing request")), "{log}");
+    let started: Vec<&str> = log.lines().filter(|l| l.contains("started processing request")).collect();
+    assert_eq!(started.len(), 2, "one line per request:\n{log}");
+    assert!(
+        !log.contains(&ocsp_id) && started.iter().any(|l| !l.contains("request{")),
+        "the OCSP request has no span at info:\n{log}"
+    );
+}

@@ -386,7 +386,7 @@ impl Publisher {
                 Some(serial) => match self.cached_status(serial) {
                     Some(s) => s,
                     None => self.status_of(&ctx.id, serial).await.map_err(|e| {
-                        tracing::warn!(error = %e, "OCSP status lookup failed");
+                        tracing::warn!(issuer = %ctx.id, serial = %serial, error = %e, "OCSP status lookup failed");
                         ErrorStatus::TryLater
                     })?,
                 },
@@ -405,14 +405,14 @@ impl Publisher {
         if let Some(nonce) = req.nonce.as_deref() {
             // Signed for this request only, never cached.
             let der = responder.sign_response(now, &singles, Some(nonce)).map_err(|e| {
-                tracing::error!(error = %e, "OCSP signing failed");
+                tracing::error!(issuer = %ctx.id, error = %e, "OCSP signing failed");
                 ErrorStatus::InternalError
             })?;
             crate::metrics::OCSP_SIGNED.inc();
             return Ok(OcspAnswer { der: der.into(), caching: None });
         }
         let der = responder.sign_response(now, &singles, None).map_err(|e| {
-            tracing::error!(error = %e, "OCSP signing failed");
+            tracing::error!(issuer = %ctx.id, error = %e, "OCSP signing failed");
             ErrorStatus::InternalError
         })?;
         crate::metrics::OCSP_SIGNED.inc();
