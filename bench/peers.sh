@@ -24,10 +24,12 @@
 #                               simulate run of 8×CONCURRENCY devices before each method
 #                               ("0": none, except the simulate one when DEVICES is unset)
 #   OPENSSL_MULTI=2             `openssl ocsp -multi N` (peers' openssl/start.sh MULTI)
-#   ISSUE_C=16,64               issue_load.py concurrencies against cfssl (a list)
+#   ISSUE_C=16,64,256           issue_load.py concurrencies against cfssl (a list)
 #   DEVICES=                    devices per `devid-agent simulate` run (default: enough for
 #                               DURATION at the rate of a warm-up run)
-#   CONCURRENCY=64,128          `devid-agent simulate` concurrencies (a list)
+#   CONCURRENCY=64,128,256      `devid-agent simulate` concurrencies (a list; 256 is where
+#                               devid's token enrollments first used both cores on the
+#                               thirteenth machine, bench/RESULTS.md)
 #   DEVID_BIN, DEVID_AGENT_BIN  binaries to use (default: cargo build --release)
 #   database variables of bench/lib.sh; KEEP=1 keeps the work directory
 set -euo pipefail
@@ -43,9 +45,9 @@ THREADS=${THREADS:-2}
 CONNS=${CONNS:-32}
 WARMUP=${WARMUP:-2s}
 OPENSSL_MULTI=${OPENSSL_MULTI:-2}
-ISSUE_C=${ISSUE_C:-16,64}
+ISSUE_C=${ISSUE_C:-16,64,256}
 DEVICES=${DEVICES:-}
-CONCURRENCY=${CONCURRENCY:-64,128}
+CONCURRENCY=${CONCURRENCY:-64,128,256}
 [[ $ISSUE_C =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "ISSUE_C must be a list of concurrencies like 16,64 (got $ISSUE_C)"
 [[ $CONCURRENCY =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "CONCURRENCY must be a list of concurrencies like 64,128 (got $CONCURRENCY)"
 IFS=, read -r -a ISSUE_CS <<<"$ISSUE_C"
