@@ -145,8 +145,8 @@ impl MakeRequestId for RequestIds {
 /// `/crl/…`), whose span is at `debug`. Brokers ask those for every connection they accept;
 /// at the default level, making, entering and closing an info span (the fields formatted
 /// once, the subscriber's registry on every poll) cost 4.5–6.5 µs of a cached OCSP answer's
-/// 24–32 µs, about a sixth of the responder's throughput (bench/RESULTS.md, twelfth
-/// machine). Their failures are still logged at `warn`/`error`, with the issuer and serial
+/// 24–32 µs on the twelfth benchmark machine, about a sixth of the responder's throughput,
+/// and 1–1.5 µs of 12 on the thirteenth (bench/RESULTS.md). Their failures are still logged at `warn`/`error`, with the issuer and serial
 /// they concern, and counted by route in the metrics; `DEVID_LOG__LEVEL=debug` gives them
 /// their span back.
 fn request_span<B>(req: &Request<B>) -> tracing::Span {

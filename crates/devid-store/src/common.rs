@@ -878,13 +878,11 @@ macro_rules! insert_absent_devices {
                 ],
             );
             q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-            let created: Vec<(String,)> = q.build_query_as().fetch_all(&mut *$tx).await.map_err(|e| {
-                if $crate::error::is_foreign_key_violation(&e) {
-                    $crate::StoreError::group_gone()
-                } else {
-                    $self.db_err(e)
-                }
-            })?;
+            let created: Vec<(String,)> = q
+                .build_query_as()
+                .fetch_all(&mut *$tx)
+                .await
+                .map_err(|e| $crate::error::device_insert_error(e, |e| $self.db_err(e)))?;
             created.into_iter().map(|(id,)| id).collect::<std::collections::HashSet<String>>()
         }
     }};
@@ -1119,10 +1117,10 @@ macro_rules! impl_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| {
-                    if $crate::error::is_foreign_key_violation(&e) {
-                        return $crate::StoreError::group_gone();
-                    }
-                    self.db_err(e).on_conflict(|| format!("device {} (or its token hash) already exists", device.id))
+                    $crate::error::device_insert_error(e, |e| {
+                        self.db_err(e)
+                            .on_conflict(|| format!("device {} (or its token hash) already exists", device.id))
+                    })
                 })?;
                 $crate::common::append_audit!(self, tx, audit);
                 tx.commit().await.map_err(|e| self.db_err(e))
@@ -1274,13 +1272,11 @@ macro_rules! impl_store {
                             .push_bind(d.method.as_deref());
                     });
                     q.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-                    let rows: Vec<(String,)> = q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| {
-                        if $crate::error::is_foreign_key_violation(&e) {
-                            $crate::StoreError::group_gone()
-                        } else {
-                            self.db_err(e)
-                        }
-                    })?;
+                    let rows: Vec<(String,)> = q
+                        .build_query_as()
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(|e| $crate::error::device_insert_error(e, |e| self.db_err(e)))?;
                     for (id,) in rows {
                         created.push($crate::common::device_id_checked(id)?);
                     }

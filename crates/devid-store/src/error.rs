@@ -76,6 +76,15 @@ pub(crate) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if matches!(db.kind(), sqlx::error::ErrorKind::ForeignKeyViolation))
 }
 
+/// The error of a device insert: [`StoreError::group_gone`] for a foreign-key violation,
+/// else `classify(e)`.
+pub(crate) fn device_insert_error(
+    e: sqlx::Error,
+    classify: impl FnOnce(sqlx::Error) -> StoreError,
+) -> StoreError {
+    if is_foreign_key_violation(&e) { StoreError::group_gone() } else { classify(e) }
+}
+
 /// Classify a sqlx error. `target` names the database without credentials, e.g.
 /// `PostgreSQL at 127.0.0.1:5432/devid` or `SQLite database /var/lib/devid/devid.db`.
 ///
