@@ -555,8 +555,11 @@ pub async fn import_batch(
             .insert_device_batch(batch_id.as_str(), &devices, now, &audit)
             .await
             .map_err(|e| match e.kind() {
-                // A group named by the batch was deleted after it was checked.
-                devid_core::ErrorKind::NotFound => AuthorityError::NotFound("group"),
+                // A group named by the batch was deleted after it was checked. Nothing of
+                // this chunk was written; resubmitted, its rows answer "unknown group".
+                devid_core::ErrorKind::NotFound => AuthorityError::Invalid(
+                    "a group named by the batch was deleted during the import; resubmit the batch".into(),
+                ),
                 _ => AuthorityError::Store(e),
             })?
             .into_iter()

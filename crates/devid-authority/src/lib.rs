@@ -274,8 +274,10 @@ pub async fn register_device(
     );
     store.insert_device(&record, &meta, &audit).await.map_err(|e| match e.kind() {
         devid_core::ErrorKind::Conflict => AuthorityError::DeviceExists(id.to_string()),
-        // Its group was deleted after it was checked.
-        devid_core::ErrorKind::NotFound => AuthorityError::NotFound("group"),
+        // Its group was deleted after it was checked: the answer of a group that never was.
+        devid_core::ErrorKind::NotFound => {
+            AuthorityError::Invalid(format!("no group {}", opts.group.as_deref().unwrap_or_default()))
+        }
         _ => AuthorityError::Store(e),
     })?;
     Ok((record, token))
