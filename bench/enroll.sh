@@ -18,7 +18,8 @@
 # symbols for each phase alone, PERF_TOP=30; implies KEEP=1; PERF_ARGS overrides "-F 499 -g").
 #
 # After each phase it prints the CPU used per operation by devid, all of PostgreSQL (WAL
-# writer included), the simulator and everything else, sampled from /proc every 0.2 s.
+# writer included), the simulator and everything else, sampled from /proc every 0.2 s; after
+# each method, the WAL PostgreSQL wrote per certificate (records, full-page images, bytes).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -84,6 +85,7 @@ for m in "${methods[@]}"; do
   extra=()
   [ -n "${OCSP_SHARE:-}" ] && extra=(--ocsp-share "$OCSP_SHARE")
   : >"$W/cpu.samples"
+  wal0=$(wal_stats)
   cpu_sampler_start "$SERVER_PID"
   perf_pid=
   if [ -n "${PERF:-}" ]; then
@@ -98,6 +100,7 @@ for m in "${methods[@]}"; do
     >"$W/$m.json" 2>"$W/$m.log" || { cat "$W/$m.log" >&2; die "simulate --method $m failed"; }
   sleep 0.5  # one more sample after the last phase ends
   cpu_sampler_stop
+  wal1=$(wal_stats)
   if [ -n "$perf_pid" ]; then
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
@@ -116,5 +119,9 @@ for m in "${methods[@]}"; do
         | grep -E '^ +[0-9]' | sed 's/ *- *- *$//' | cut -c1-160 | head -n "${PERF_TOP:-30}" >&2 || true
     fi
   done
+  # The WAL both phases wrote (the whole cluster's, pg_stat_wal), per certificate issued:
+  # full-page images grow with the share of index pages that an insert touches first after a
+  # checkpoint, which is what a big store with random keys changes.
+  say "  wal $(wal_per_cert "$wal0" "$wal1" "$(jq '.enroll.ok + (.renew.ok // 0)' "$W/$m.json")")"
   jq -c . "$W/$m.json"
 done

@@ -219,3 +219,16 @@ cpu_per_op() {
         d / hz / w, p / hz / w, g / hz / w, o / hz / w
     }' "$W/cpu.samples"
 }
+
+# wal_stats: "records fpi bytes" of pg_stat_wal (the whole cluster, PostgreSQL 14 or later).
+wal_stats() {
+  psql "$DB_URL" -qAtX -F ' ' -c 'SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal'
+}
+# wal_per_cert BEFORE AFTER N: the WAL written in between, per certificate (N of them).
+wal_per_cert() {
+  awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {
+    split(a, x, " "); split(b, y, " ")
+    if (n <= 0) { print "n/a (no certificate)"; exit }
+    printf "%.1f records, %.2f full-page images, %.0f bytes per certificate (%d certificates)\n",
+      (y[1] - x[1]) / n, (y[2] - x[2]) / n, (y[3] - x[3]) / n, n }'
+}

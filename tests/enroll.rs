@@ -38,12 +38,17 @@ async fn enroll_end_to_end(backend: Backend) {
 
     // A device enrolls with its token and a CSR that asks for more than it may get.
     let (_key, csr) = pki::csr_greedy("whatever-the-device-says");
+    let before_ms = unix_ms();
     let (status, body, _) = enroll(&server, &token, &csr).await;
+    let after_ms = unix_ms();
     assert_eq!(status, 200, "{body}");
     let cert = body["certificate"].as_str().unwrap().to_string();
     let serial = body["serial"].as_str().unwrap().to_string();
-    assert_eq!(serial.len(), 40, "159-bit serial is 20 octets: {serial}");
+    assert_eq!(serial.len(), 40, "the serial is 20 octets: {serial}");
     assert!(u8::from_str_radix(&serial[..2], 16).unwrap() < 0x80, "positive serial");
+    // Its first 6 octets are the issuance time in milliseconds (Serial::timed).
+    let issued_ms = i64::from_str_radix(&serial[..12], 16).unwrap();
+    assert!((before_ms..=after_ms).contains(&issued_ms), "{before_ms} <= {issued_ms} <= {after_ms}");
     assert_eq!(body["chain"].as_str().unwrap(), chain);
     let not_after = time::OffsetDateTime::parse(
         body["not_after"].as_str().unwrap(),
@@ -206,6 +211,10 @@ async fn bad_requests_are_problems(backend: Backend) {
     assert_eq!(r.status(), 404);
     drop(server);
     install.cleanup().await;
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 fn pem_der(p: &str) -> Vec<u8> {

@@ -109,6 +109,20 @@ async fn seed_writes_what_was_asked_and_ocsp_answers_from_it() {
     assert!((600..900).contains(&grouped), "{grouped} of 1000 devices in groups");
     let labelled = count(&mut c, "SELECT count(*) FROM devices WHERE labels IS NOT NULL").await;
     assert!((350..650).contains(&labelled), "{labelled} of 1000 devices with labels");
+    // Serials have issuance's shape (Serial::timed): 20 octets, the first 6 a time in
+    // milliseconds, here in the seed's issuance window (90 days plus one validity, at
+    // most a year here) and before now, so that later issuance sorts after them.
+    let (lo, hi, shortest, longest): (String, String, i32, i32) = sqlx::query_as(
+        "SELECT min(serial), max(serial), min(length(serial)), max(length(serial)) FROM certificates",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!((shortest, longest), (40, 40), "every serial is 40 hex digits");
+    let ms = |s: &str| i64::from_str_radix(&s[..12], 16).unwrap();
+    assert!(ms(&lo) >= (t - 455 * 86_400) * 1000, "{lo}");
+    assert!(ms(&hi) <= (now() + 1) * 1000, "{hi}");
+    assert!(ms(&hi) - ms(&lo) >= 90 * 86_400 * 1000 * 2999 / 3000, "{lo} .. {hi}");
     // One audit entry for the act, and the chain still verifies.
     let audit = "SELECT count(*) FROM audit_log WHERE action = 'store.seed'";
     assert_eq!(count(&mut c, audit).await, 1);

@@ -179,9 +179,12 @@ impl Authority {
             }
             _ => &issuer.profile,
         };
-        // Step 3: a random serial (CSPRNG, 159 bits, positive) and the certificate built
-        // from the profile, never from the extensions the CSR asks for.
-        let serial = Serial::random(self.rng.as_ref());
+        // Step 3: a serial of the issuance time's milliseconds and 112 bits from the CSPRNG
+        // (`Serial::timed`: appended to the store's serial index, not inserted at random),
+        // and the certificate built from the profile, never from the extensions the CSR
+        // asks for.
+        let ms = self.clock.now_ms().unwrap_or_else(|| now.0.saturating_mul(1000));
+        let serial = Serial::timed(ms, self.rng.as_ref());
         let (tbs_der, validity) = match &ctx.server_names {
             None => devid_ca::profile::leaf_tbs(
                 &issuer.info,

@@ -12,11 +12,13 @@
 //!   notAfter has passed; the others expire between `min(1 h, validity / 4)` and one
 //!   validity (`issuance.validity`) from now, uniformly. Backdated certificates may predate
 //!   the issuing CA's own notBefore.
-//! - **Serials.** 20 octets, positive, from the CSPRNG, except that the first 8 fall in
-//!   the certificate's own slot of the serial space, slots in position order: rows arrive
-//!   in primary-key order, so the index is appended to instead of split at random. Real
-//!   issuance uses 159 random bits (`Serial::random`); the spread over the serial space,
-//!   which is what CRL shards and index shapes see, is the same.
+//! - **Serials.** The shape issuance gives them ([`Serial::timed`]): 20 octets, the first 6
+//!   a time in milliseconds, the other 14 from the CSPRNG. The time is not the
+//!   certificate's own issuance time but a point of the seed's issuance window (from
+//!   `HISTORY_SECS + validity` ago to now) that grows with the position: rows arrive in
+//!   primary-key order, so the index is appended to instead of split at random, and every
+//!   seeded serial sorts before those issued afterwards, as in a store that issuance
+//!   filled. CRL shards ([`devid_ca::crl::shard_of`]) take the low 32 bits, random in both.
 //! - **Keys and CSRs.** Each device gets a fresh P-256 key (one per device per chunk: a
 //!   device whose certificates straddle two chunks has two keys, like a device that rotated
 //!   its key on renewal). No CSR exists: `csr_sha256` is SHA-256 of the key and the serial.
@@ -356,11 +358,13 @@ impl Plan {
                 group,
             });
         }
-        let mut serial_bytes = vec![0u8; 20 * (hi - lo) as usize];
-        self.rng.fill(&mut serial_bytes);
+        let mut serial_bytes = vec![[0u8; Serial::TIMED_RANDOM]; (hi - lo) as usize];
+        for r in &mut serial_bytes {
+            self.rng.fill(r);
+        }
         let mut key: Option<(u64, Vec<u8>)> = None;
         let alg = self.signer.algorithm();
-        for (k, i) in (lo..hi).enumerate() {
+        for (i, random) in (lo..hi).zip(&serial_bytes) {
             let d = self.owner(i);
             let spki = match &key {
                 Some((owner, spki)) if *owner == d => spki.clone(),
@@ -372,7 +376,7 @@ impl Plan {
             };
             let device =
                 DeviceId::new(self.device_id(d)).map_err(|e| AuthorityError::Internal(e.to_string()))?;
-            let serial = self.serial(i, &serial_bytes[20 * k..20 * (k + 1)])?;
+            let serial = self.serial(i, random);
             let h = mix(i ^ self.salt);
             let not_after = if self.expired.picks(i) {
                 self.now.plus(-60 - (unit(h) * (HISTORY_SECS - 60) as f64) as i64)
@@ -424,23 +428,15 @@ impl Plan {
         (u128::from(d) * u128::from(self.n)).div_ceil(u128::from(self.m)) as u64
     }
 
-    /// Serial of position `i` from 20 random octets `r`: the first 8 are a random point of
-    /// slot `i` of `n` equal slots of `0x0100…` to `0x7fff…` (first octet 0x01 to 0x7f:
-    /// positive and exactly 20 octets; slots are ordered, so serials grow with `i`), the
-    /// other 12 are `r`'s own.
-    fn serial(&self, i: u64, r: &[u8]) -> Result<Serial, AuthorityError> {
-        const LOW: u64 = 0x0100_0000_0000_0000;
-        const SPAN: u64 = 0x7eff_ffff_ffff_ffff;
-        let slot = (SPAN / self.n).max(1);
-        let mut head = [0u8; 8];
-        head.copy_from_slice(&r[..8]);
-        let head = LOW
-            + ((u128::from(i) * u128::from(SPAN)) / u128::from(self.n)) as u64
-            + u64::from_be_bytes(head) % slot;
-        let mut b = [0u8; 20];
-        b[..8].copy_from_slice(&head.to_be_bytes());
-        b[8..].copy_from_slice(&r[8..]);
-        Serial::from_bytes(&b).map_err(|e| AuthorityError::Internal(format!("seed serial: {e}")))
+    /// Serial of position `i` from 14 random octets `r`: [`Serial::timed`] at the point
+    /// `i / n` of the issuance window, from `HISTORY_SECS + validity` ago to now (the
+    /// window is at least 90 days, so 10,000,000 positions are each at least 0.7 s apart
+    /// and the serials grow with `i`).
+    fn serial(&self, i: u64, r: &[u8; Serial::TIMED_RANDOM]) -> Serial {
+        let span_ms = u128::from((HISTORY_SECS + self.validity).unsigned_abs()) * 1000;
+        let start_ms = self.now.0.saturating_sub(HISTORY_SECS + self.validity).saturating_mul(1000);
+        let offset = (u128::from(i) * span_ms / u128::from(self.n.max(1))) as i64;
+        Serial::timed_from(start_ms.saturating_add(offset), r)
     }
 }
 
