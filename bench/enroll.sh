@@ -14,7 +14,8 @@
 # the work directory), OCSP_SHARE= (a share of devices also asks OCSP), SEED=N (first fill
 # the store with N certificates by `devid seed`, 5 % revoked and 20 % expired, to compare
 # with a small store: issue #6 wants the figures within 10 %), SEED_ARGS= (more `devid seed`
-# flags), PERF=1 (record the server with `perf record` during each run and print its top
+# flags), WAL_RELATIONS=1 (also print which relations' pages went whole into the WAL, with
+# pg_walinspect: the database user must be a superuser), PERF=1 (record the server with `perf record` during each run and print its top
 # symbols for each phase alone, PERF_TOP=30; implies KEEP=1; PERF_ARGS overrides "-F 499 -g").
 #
 # After each phase it prints the CPU used per operation by devid, all of PostgreSQL (WAL
@@ -42,6 +43,10 @@ fi
 bench_workdir enroll
 
 db_create
+if [ -n "${WAL_RELATIONS:-}" ]; then
+  psql "$DB_URL" -qAtX -c 'CREATE EXTENSION IF NOT EXISTS pg_walinspect' >/dev/null \
+    || die "WAL_RELATIONS=1 needs pg_walinspect (PostgreSQL 15 contrib) and a superuser"
+fi
 D=(--data-dir "$W/data" --database-url "$DB_URL")
 pin_server=()
 pin_sim=()
@@ -86,6 +91,7 @@ for m in "${methods[@]}"; do
   [ -n "${OCSP_SHARE:-}" ] && extra=(--ocsp-share "$OCSP_SHARE")
   : >"$W/cpu.samples"
   wal0=$(wal_stats)
+  [ -n "${WAL_RELATIONS:-}" ] && lsn0=$(wal_lsn)
   cpu_sampler_start "$SERVER_PID"
   perf_pid=
   if [ -n "${PERF:-}" ]; then
@@ -101,6 +107,7 @@ for m in "${methods[@]}"; do
   sleep 0.5  # one more sample after the last phase ends
   cpu_sampler_stop
   wal1=$(wal_stats)
+  [ -n "${WAL_RELATIONS:-}" ] && lsn1=$(wal_lsn)
   if [ -n "$perf_pid" ]; then
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
@@ -123,5 +130,8 @@ for m in "${methods[@]}"; do
   # full-page images grow with the share of index pages that an insert touches first after a
   # checkpoint, which is what a big store with random keys changes.
   say "  wal $(wal_per_cert "$wal0" "$wal1" "$(jq '.enroll.ok + (.renew.ok // 0)' "$W/$m.json")")"
+  if [ -n "${WAL_RELATIONS:-}" ]; then
+    say "  full-page images by relation: $(wal_fpi_by_relation "$lsn0" "$lsn1")"
+  fi
   jq -c . "$W/$m.json"
 done

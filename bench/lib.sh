@@ -232,3 +232,18 @@ wal_per_cert() {
     printf "%.1f records, %.2f full-page images, %.0f bytes per certificate (%d certificates)\n",
       (y[1] - x[1]) / n, (y[2] - x[2]) / n, (y[3] - x[3]) / n, n }'
 }
+# wal_lsn: the cluster's current WAL position.
+wal_lsn() { psql "$DB_URL" -qAtX -c 'SELECT pg_current_wal_lsn()'; }
+# wal_fpi_by_relation LSN0 LSN1: the relations of this database whose pages were written
+# whole into the WAL in between (pg_walinspect, PostgreSQL 15 or later; superuser), most
+# first, "name=count" on one line; a failure (the WAL already recycled, no extension)
+# prints why instead.
+wal_fpi_by_relation() {
+  psql "$DB_URL" -qAtX -v ON_ERROR_STOP=1 -F = -R ' ' 2>&1 -c "
+    SELECT coalesce(c.relname, 'relfilenode ' || m[2]), count(*)
+    FROM pg_get_wal_records_info('$1', '$2') w
+    CROSS JOIN LATERAL regexp_matches(w.block_ref, 'rel \d+/(\d+)/(\d+) fork \w+ blk \d+ \(FPW\)', 'g') m
+    LEFT JOIN pg_class c ON c.relfilenode = m[2]::oid
+    WHERE m[1]::oid = (SELECT oid FROM pg_database WHERE datname = current_database())
+    GROUP BY 1 ORDER BY 2 DESC LIMIT 10" | tr -s '\n' ' ' || true
+}
