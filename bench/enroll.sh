@@ -15,8 +15,9 @@
 # the store with N certificates by `devid seed`, 5 % revoked and 20 % expired, to compare
 # with a small store: issue #6 wants the figures within 10 %), SEED_ARGS= (more `devid seed`
 # flags), WAL_RELATIONS=1 (also print which relations' pages went whole into the WAL, with
-# pg_walinspect: the database user must be a superuser), PERF=1 (record the server with `perf record` during each run and print its top
-# symbols for each phase alone, PERF_TOP=30; implies KEEP=1; PERF_ARGS overrides "-F 499 -g").
+# pg_walinspect: the database user must be a superuser), PERF=1 (record the server with
+# `perf record` during each run and print its top symbols for each phase alone,
+# PERF_TOP=30; implies KEEP=1; PERF_ARGS overrides "-F 499 -g").
 #
 # After each phase it prints the CPU used per operation by devid, all of PostgreSQL (WAL
 # writer included), the simulator and everything else, sampled from /proc every 0.2 s; after
@@ -127,8 +128,8 @@ for m in "${methods[@]}"; do
     fi
   done
   # The WAL both phases wrote (the whole cluster's, pg_stat_wal), per certificate issued:
-  # full-page images grow with the share of index pages that an insert touches first after a
-  # checkpoint, which is what a big store with random keys changes.
+  # full-page images grow with the share of pages that a write touches first after a
+  # checkpoint, which is what a big store with random keys (or scattered free space) changes.
   say "  wal $(wal_per_cert "$wal0" "$wal1" "$(jq '.enroll.ok + (.renew.ok // 0)' "$W/$m.json")")"
   if [ -n "${WAL_RELATIONS:-}" ]; then
     say "  full-page images by relation: $(wal_fpi_by_relation "$lsn0" "$lsn1")"
