@@ -146,9 +146,9 @@ impl MakeRequestId for RequestIds {
 /// at the default level, making, entering and closing an info span (the fields formatted
 /// once, the subscriber's registry on every poll) cost 4.5–6.5 µs of a cached OCSP answer's
 /// 24–32 µs on the twelfth benchmark machine, about a sixth of the responder's throughput,
-/// and 1–1.5 µs of 12 on the thirteenth (bench/RESULTS.md). Their failures are still logged at `warn`/`error`, with the issuer and serial
-/// they concern, and counted by route in the metrics; `DEVID_LOG__LEVEL=debug` gives them
-/// their span back.
+/// and 1–1.5 µs of 12 on the thirteenth (bench/RESULTS.md). Their failures are still logged
+/// at `warn`/`error`, with the issuer and serial they concern, and counted by route in the
+/// metrics; `DEVID_LOG__LEVEL=debug` gives them their span back.
 fn request_span<B>(req: &Request<B>) -> tracing::Span {
     let path = req.uri().path();
     let id = req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
