@@ -198,6 +198,14 @@ pub fn server_config(
         .with_cert_resolver(server);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ignore_client_order = true;
+    // No session resumption: every renewal is a full handshake that verifies the device's
+    // certificate and its proof of the key (RFC 8446 §4.4.2-4.4.3). rustls would otherwise
+    // send two NewSessionTicket messages after each handshake (RFC 8446 §4.6.1) and keep
+    // each session, client certificate included, in a 256-entry memory cache. A device
+    // renews once per certificate lifetime, long after such an entry is gone, so the
+    // tickets were work and bytes that no device could use.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
 }
 
@@ -287,4 +295,123 @@ pub fn generate_server_key() -> Result<(zeroize::Zeroizing<Vec<u8>>, Vec<u8>), T
         return Err(TlsError("unexpected P-256 public key length".into()));
     }
     Ok((pkcs8, [PREFIX.as_slice(), point].concat()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+    /// An issuing CA, a server certificate for `localhost` and a device certificate
+    /// (clientAuth) it signed: (CA DER, server chain and PKCS#8, device DER and PKCS#8).
+    #[allow(clippy::type_complexity)]
+    fn pki() -> (Vec<u8>, (Vec<Vec<u8>>, Vec<u8>), (Vec<u8>, Vec<u8>)) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "test issuing CA");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let ca = p.self_signed(&key).unwrap().der().to_vec();
+        let issuer = rcgen::Issuer::new(p, key);
+        let leaf = |names: Vec<String>, eku: rcgen::ExtendedKeyUsagePurpose| {
+            let mut p = rcgen::CertificateParams::new(names).unwrap();
+            p.extended_key_usages = vec![eku];
+            let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            (p.signed_by(&k, &issuer).unwrap().der().to_vec(), k.serialize_der())
+        };
+        let (server, server_key) = leaf(vec!["localhost".into()], rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+        let device = leaf(vec![], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+        (ca.clone(), (vec![server, ca], server_key), device)
+    }
+
+    /// Run a handshake in memory, then one application record from the server (after
+    /// which any NewSessionTicket has reached the client).
+    fn connect(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+        let mut wire = Vec::new();
+        for _ in 0..16 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+            wire.clear();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            let mut r = wire.as_slice();
+            while !r.is_empty() {
+                server.read_tls(&mut r).unwrap();
+            }
+            server.process_new_packets().unwrap();
+            wire.clear();
+            while server.wants_write() {
+                server.write_tls(&mut wire).unwrap();
+            }
+            let mut r = wire.as_slice();
+            while !r.is_empty() {
+                client.read_tls(&mut r).unwrap();
+            }
+            client.process_new_packets().unwrap();
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking(), "the handshake did not finish");
+        std::io::Write::write_all(&mut server.writer(), b"hello").unwrap();
+        wire.clear();
+        while server.wants_write() {
+            server.write_tls(&mut wire).unwrap();
+        }
+        let mut r = wire.as_slice();
+        while !r.is_empty() {
+            client.read_tls(&mut r).unwrap();
+        }
+        client.process_new_packets().unwrap();
+        let mut got = [0u8; 5];
+        std::io::Read::read_exact(&mut client.reader(), &mut got).unwrap();
+        assert_eq!(&got, b"hello");
+    }
+
+    /// RFC 8446 §4.6.1: the renewal listener sends no NewSessionTicket, so a device that
+    /// keeps sessions still makes a full handshake (with its certificate) the next time.
+    /// The same client against rustls's defaults gets two tickets and resumes, so the
+    /// test sees resumption when it is on.
+    #[test]
+    fn the_renewal_listener_offers_no_resumption() {
+        let (ca, (server_chain, server_key), (device, device_key)) = pki();
+        let resolver = Arc::new(ServerCert::new(server_chain, &server_key).unwrap());
+        let ours = Arc::new(server_config(resolver, std::slice::from_ref(&ca), 0).unwrap());
+        let mut defaults = (*ours).clone();
+        defaults.send_tls13_tickets = 2;
+        defaults.session_storage = rustls::server::ServerSessionMemoryCache::new(256);
+        let defaults = Arc::new(defaults);
+
+        for (server_config, tickets, second) in
+            [(ours, 0, rustls::HandshakeKind::Full), (defaults, 2, rustls::HandshakeKind::Resumed)]
+        {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from(ca.clone())).unwrap();
+            // One client configuration for both connections: its session store (rustls's
+            // default, in memory) keeps what the first one received.
+            let client_config = Arc::new(
+                rustls::ClientConfig::builder_with_provider(provider())
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_client_auth_cert(
+                        vec![CertificateDer::from(device.clone())],
+                        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(device_key.clone())),
+                    )
+                    .unwrap(),
+            );
+            let mut kinds = Vec::new();
+            for _ in 0..2 {
+                let name = ServerName::try_from("localhost").unwrap();
+                let mut client = rustls::ClientConnection::new(client_config.clone(), name).unwrap();
+                let mut server = rustls::ServerConnection::new(server_config.clone()).unwrap();
+                connect(&mut client, &mut server);
+                assert_eq!(client.tls13_tickets_received(), tickets);
+                assert!(server.peer_certificates().is_some_and(|c| c.len() == 1), "the device's certificate");
+                kinds.push(client.handshake_kind());
+            }
+            assert_eq!(kinds, [Some(rustls::HandshakeKind::Full), Some(second)]);
+        }
+    }
 }
