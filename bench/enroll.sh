@@ -17,7 +17,10 @@
 # flags), WAL_RELATIONS=1 (also print which relations' pages went whole into the WAL, with
 # pg_walinspect: the database user must be a superuser), PERF=1 (record the server with
 # `perf record` during each run and print its top symbols for each phase alone,
-# PERF_TOP=30; implies KEEP=1; PERF_ARGS overrides "-F 499 -g").
+# PERF_TOP=30; implies KEEP=1; PERF_ARGS overrides "-F 499 -g"), RATE= / RENEW_RATE= (an open
+# loop: start enrollments / renewals at this many a second, each timed from when it was
+# due, instead of CONCURRENCY workers each starting its next device when the last ends;
+# CONCURRENCY then bounds how many are in flight).
 #
 # After each phase it prints the CPU used per operation by devid, all of PostgreSQL (WAL
 # writer included), the simulator and everything else, sampled from /proc every 0.2 s; after
@@ -78,7 +81,7 @@ CRED=$("$DEVID" "${D[@]}" credential create --role admin --name bench --json)
 export DEVID_AGENT_CLIENT_SECRET
 DEVID_AGENT_CLIENT_SECRET=$(jq -r .client_secret <<<"$CRED")
 CLIENT_ID=$(jq -r .client_id <<<"$CRED")
-say "server $BASE (renewal $RENEW), database $DB_URL; $DEVICES devices, concurrency $CONCURRENCY"
+say "server $BASE (renewal $RENEW), database $DB_URL; $DEVICES devices, concurrency $CONCURRENCY${RATE:+, enroll rate $RATE/s}${RENEW_RATE:+, renew rate $RENEW_RATE/s}"
 say "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 # The PostgreSQL settings that move these figures most (a big store is slower when its hot
 # index pages do not fit in shared_buffers).
@@ -89,7 +92,9 @@ for m in "${methods[@]}"; do
   say ""
   say "=== $m"
   extra=()
-  [ -n "${OCSP_SHARE:-}" ] && extra=(--ocsp-share "$OCSP_SHARE")
+  [ -n "${OCSP_SHARE:-}" ] && extra+=(--ocsp-share "$OCSP_SHARE")
+  [ -n "${RATE:-}" ] && extra+=(--rate "$RATE")
+  [ -n "${RENEW_RATE:-}" ] && extra+=(--renew-rate "$RENEW_RATE")
   : >"$W/cpu.samples"
   wal0=$(wal_stats)
   [ -n "${WAL_RELATIONS:-}" ] && lsn0=$(wal_lsn)
@@ -114,7 +119,8 @@ for m in "${methods[@]}"; do
     wait "$perf_pid" 2>/dev/null || true
   fi
   kill -0 "$SERVER_PID" 2>/dev/null || die "the server died during the $m run (log: $W/serve.log)"
-  jq -r --arg m "$m" '"\($m): enroll \(.enroll.per_second|floor)/s p50 \(.enroll.p50_ms) ms p99 \(.enroll.p99_ms) ms errors \(.enroll.errors|tostring); renew \(.renew.per_second|floor)/s p99 \(.renew.p99_ms) ms errors \(.renew.errors|tostring)"' "$W/$m.json"
+  jq -r --arg m "$m" 'def open: if .rate then " (open loop at \(.rate)/s, latest start \(.max_start_lag_ms) ms late)" else "" end;
+    "\($m): enroll \(.enroll.per_second|floor)/s p50 \(.enroll.p50_ms) ms p99 \(.enroll.p99_ms) ms errors \(.enroll.errors|tostring)\(.enroll|open); renew \(.renew.per_second|floor)/s p99 \(.renew.p99_ms) ms errors \(.renew.errors|tostring)\(.renew|open)"' "$W/$m.json"
   # CPU per operation of each phase, by process: where the time goes (the rates alone
   # cannot tell a slow server from a busy machine).
   for phase in enroll renew; do

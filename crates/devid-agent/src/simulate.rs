@@ -35,7 +35,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
-use crate::client::{client_with_tls, endpoint, http_client, read_pem_certificates};
+use crate::client::{endpoint, http_client, read_pem_certificates};
 use crate::enroll::{issued_der, nonce_bytes};
 use crate::error::{AgentError, ErrorKind, Problem};
 use crate::keys::{Csr, DeviceKey, FactoryKey, read_key_material};
@@ -65,6 +65,14 @@ its CSR; the devices share one path validation of the server's certificate chain
 when the chain changes and at least every minute, and every handshake verifies the
 server's signature; the server's enroll.renew_after must allow renewing a fresh
 certificate, and its per-source and per-device rate limits must allow the load).
+
+Closed loop by default: each of the --concurrency workers starts its next device when its
+last one ends. With --rate R (--renew-rate R for the renewals) the phase is an open loop:
+device n is due n/R s after the phase starts whatever the answers' pace, at most
+--concurrency are in flight, and each latency counts from the due time, so a server that
+falls behind shows in the percentiles instead of slowing the load down. The summary says
+how late the latest start was: more than a few ms means too few workers, or a load
+generator short of CPU.
 
 Latencies (p50, p90, p99, max) are of successful operations. Errors are counted by kind:
 the server's problem code (token-used, rate-limited, ...), http-<status>, timeout,
@@ -151,6 +159,29 @@ pub struct SimulateArgs {
     /// Seed the choice of the devices that ask OCSP (default: random).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Open loop: start the enrollments at this rate (a second), device n at n/RATE s
+    /// after the phase's start, whatever the answers' pace; each is timed from when it was
+    /// due, so that a late start counts in its latency. At most --concurrency are in
+    /// flight. Default: closed loop (a worker starts its next device when the last ends).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub rate: Option<f64>,
+    /// Open loop for the renewals, as --rate.
+    #[arg(long, value_name = "PER_SECOND", requires = "renew")]
+    pub renew_rate: Option<f64>,
+}
+
+/// The fastest schedule `--rate` and `--renew-rate` take.
+const MAX_RATE: f64 = 1_000_000.0;
+
+/// A `--rate` value: a finite number of operations a second, above 0 and at most
+/// [`MAX_RATE`].
+fn check_rate(rate: Option<f64>, flag: &str) -> Result<Option<f64>, AgentError> {
+    match rate {
+        Some(r) if !(r.is_finite() && r > 0.0 && r <= MAX_RATE) => Err(AgentError::usage(format!(
+            "{flag} must be a number of operations a second above 0 and at most {MAX_RATE}"
+        ))),
+        r => Ok(r),
+    }
 }
 
 /// What one timed phase measured.
@@ -169,6 +200,19 @@ pub struct PhaseReport {
     pub latency_us: Histogram<u64>,
     /// OCSP only: how many answers said good, revoked, unknown.
     pub ocsp: Option<OcspCounts>,
+    /// Open loop (`--rate`): the schedule's operations a second, and how late the latest
+    /// start was after its due time (the timer's granularity, or every worker busy: more
+    /// --concurrency, or a load generator short of CPU).
+    pub open_loop: Option<OpenLoop>,
+}
+
+/// The schedule of an open-loop phase and how well it was kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpenLoop {
+    /// Operations started a second, as asked.
+    pub rate: f64,
+    /// The latest start after its due time.
+    pub max_start_lag: Duration,
 }
 
 /// OCSP answers by certificate status.
@@ -205,7 +249,8 @@ impl PhaseReport {
     }
 
     /// `{ok, errors, per_second, p50_ms, p90_ms, p99_ms, max_ms, elapsed_s}` (and
-    /// `good`, `revoked`, `unknown` for OCSP).
+    /// `good`, `revoked`, `unknown` for OCSP; `rate` and `max_start_lag_ms` for an open
+    /// loop).
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
             "ok": self.ok,
@@ -226,6 +271,10 @@ impl PhaseReport {
             o.insert("good".into(), c.good.into());
             o.insert("revoked".into(), c.revoked.into());
             o.insert("unknown".into(), c.unknown.into());
+        }
+        if let (Some(l), Some(o)) = (self.open_loop, v.as_object_mut()) {
+            o.insert("rate".into(), round3(l.rate).into());
+            o.insert("max_start_lag_ms".into(), round3(l.max_start_lag.as_secs_f64() * 1000.0).into());
         }
         v
     }
@@ -321,6 +370,15 @@ impl Report {
                 ms(p.max_ms()),
             ));
         }
+        for (name, p) in &phases {
+            if let Some(l) = p.open_loop {
+                s.push_str(&format!(
+                    "{name}: open loop at {:.1}/s, latencies from each due time; latest start {:.2} ms late\n",
+                    l.rate,
+                    l.max_start_lag.as_secs_f64() * 1000.0
+                ));
+            }
+        }
         if let Some(c) = self.ocsp.as_ref().and_then(|o| o.ocsp) {
             s.push_str(&format!(
                 "ocsp answers: good {}, revoked {}, unknown {}\n",
@@ -387,11 +445,16 @@ async fn fetch(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Failure> {
     let resp = req.send().await.map_err(|e| Failure::transport(&e))?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| Failure::transport(&e))?;
+    answer(status, &body)
+}
+
+/// The body of a 2xx answer, else the [`Failure`] it stands for.
+fn answer(status: hyper::StatusCode, body: &[u8]) -> Result<Vec<u8>, Failure> {
     if status.is_success() {
         return Ok(body.to_vec());
     }
     let code = status.as_u16();
-    let problem = serde_json::from_slice::<Problem>(&body).ok();
+    let problem = serde_json::from_slice::<Problem>(body).ok();
     let mut f = match &problem {
         Some(p) if !p.kind.is_empty() => {
             let mut m = format!("{code} {}", p.title);
@@ -593,6 +656,7 @@ struct WorkerOut<R> {
     errors: BTreeMap<String, u64>,
     first: BTreeMap<String, String>,
     results: Vec<(usize, R)>,
+    max_lag: Duration,
 }
 
 fn histogram() -> Result<Histogram<u64>, AgentError> {
@@ -602,9 +666,16 @@ fn histogram() -> Result<Histogram<u64>, AgentError> {
 
 /// Run `work(i)` for `i` in `0..n` on `concurrency` workers; time each call and the
 /// whole. Returns the phase report (without OCSP counts) and the results by index.
+///
+/// Closed loop without `rate`: a worker calls `work` for the next index as soon as its
+/// last call ends, and each call is timed from its start. With `rate`, an open loop: call
+/// `i` is due `i / rate` seconds after the phase's start, a free worker waits for that time,
+/// and the call is timed from its due time. A server that falls behind then shows in the
+/// latencies, where a closed loop would hide it by sending less (coordinated omission).
 async fn drive<R, F, Fut>(
     n: usize,
     concurrency: usize,
+    rate: Option<f64>,
     pb: ProgressBar,
     label: &str,
     work: F,
@@ -626,6 +697,7 @@ where
             errors: BTreeMap::new(),
             first: BTreeMap::new(),
             results: Vec::new(),
+            max_lag: Duration::ZERO,
         };
         tasks.push(tokio::spawn(async move {
             loop {
@@ -633,7 +705,15 @@ where
                 if i >= n {
                     break;
                 }
-                let t0 = Instant::now();
+                let t0 = match rate {
+                    Some(r) => {
+                        let due = start + Duration::from_secs_f64(i as f64 / r);
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+                        out.max_lag = out.max_lag.max(due.elapsed());
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 match work(i).await {
                     Ok(r) => {
                         let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -654,6 +734,7 @@ where
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut first: BTreeMap<String, String> = BTreeMap::new();
     let mut results = Vec::with_capacity(n);
+    let mut max_lag = Duration::ZERO;
     for t in tasks {
         let out =
             t.await.map_err(|e| AgentError::new(ErrorKind::Protocol, format!("a worker failed: {e}")))?;
@@ -666,6 +747,7 @@ where
             first.entry(k).or_insert(m);
         }
         results.extend(out.results);
+        max_lag = max_lag.max(out.max_lag);
     }
     let elapsed = start.elapsed();
     pb.finish_and_clear();
@@ -674,7 +756,8 @@ where
     }
     results.sort_unstable_by_key(|(i, _)| *i);
     let ok = results.len() as u64;
-    Ok((PhaseReport { ok, errors, elapsed, started, latency_us: hist, ocsp: None }, results))
+    let open_loop = rate.map(|rate| OpenLoop { rate, max_start_lag: max_lag });
+    Ok((PhaseReport { ok, errors, elapsed, started, latency_us: hist, ocsp: None, open_loop }, results))
 }
 
 struct Ctx {
@@ -731,7 +814,12 @@ async fn challenge(ctx: &Ctx, d: &Device) -> Result<(String, String, [u8; 32]), 
     Ok((group, resp.nonce, binding))
 }
 
-async fn renew_one(d: &Device, e: &Enrolled, url: &str, tls: &RenewTls) -> Result<Enrolled, Failure> {
+async fn renew_one(
+    d: &Device,
+    e: &Enrolled,
+    target: &RenewTarget,
+    tls: &RenewTls,
+) -> Result<Enrolled, Failure> {
     let verifier = tls.verifier(e)?;
     let key = d
         .keys
@@ -750,10 +838,102 @@ async fn renew_one(d: &Device, e: &Enrolled, url: &str, tls: &RenewTls) -> Resul
         .with_client_cert_resolver(identity);
     // A new client per device: a new TLS session, a full handshake, and nothing to resume.
     cfg.resumption = rustls::client::Resumption::disabled();
-    let http = client_with_tls(cfg).map_err(Failure::local)?;
-    let resp: EnrollResponse =
-        fetch_json(http.post(url).json(&RenewRequest { csr: d.keys.csr.pem.clone() })).await?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let body = serde_json::to_vec(&RenewRequest { csr: d.keys.csr.pem.clone() })
+        .map_err(|e| Failure::local(AgentError::new(ErrorKind::Protocol, format!("renewal request: {e}"))))?;
+    let answer = post_once(target, Arc::new(cfg), body).await?;
+    let resp: EnrollResponse = serde_json::from_slice(&answer)
+        .map_err(|e| Failure::protocol(format!("the answer is not the protocol: {e}")))?;
     issued(&resp, &d.keys.spki)
+}
+
+/// Where renewals go: the renewal listener's addresses (resolved once, in the set-up),
+/// the name its certificate must carry, and the request's path.
+struct RenewTarget {
+    addrs: Vec<std::net::SocketAddr>,
+    server_name: rustls::pki_types::ServerName<'static>,
+    /// `host[:port]`, for the `Host` header.
+    authority: String,
+    path: String,
+}
+
+impl RenewTarget {
+    async fn resolve(url: &str) -> Result<RenewTarget, AgentError> {
+        let u = url::Url::parse(url).map_err(|e| AgentError::usage(format!("{url:?} is not a URL: {e}")))?;
+        if u.scheme() != "https" {
+            return Err(AgentError::usage(format!(
+                "--renew-server must be an https:// URL (mutual TLS), not {url:?}"
+            )));
+        }
+        let host = u.host_str().ok_or_else(|| AgentError::usage(format!("{url:?} has no host")))?;
+        let port = u.port_or_known_default().unwrap_or(443);
+        // An IPv6 literal is bracketed in the URL, not in a server name or a lookup.
+        let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let server_name = rustls::pki_types::ServerName::try_from(bare.clone())
+            .map_err(|e| AgentError::usage(format!("{url:?}: not a TLS server name: {e}")))?;
+        let addrs: Vec<_> = tokio::net::lookup_host((bare.as_str(), port))
+            .await
+            .map_err(|e| AgentError::new(ErrorKind::Unavailable, format!("cannot resolve {host}: {e}")))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(AgentError::new(ErrorKind::Unavailable, format!("{host} has no address")));
+        }
+        let authority = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        Ok(RenewTarget { addrs, server_name, authority, path: u.path().to_string() })
+    }
+}
+
+/// POST `body` (JSON) on a new connection with the TLS configuration `cfg`, read the whole
+/// answer and close: a device's renewal. This is HTTP/1.1 straight on the connection,
+/// without an HTTP client's per-client set-up (a new reqwest client per device, its pool,
+/// connector and proxy settings), so that the simulator's CPU goes to the handshake
+/// itself; the answer is classified as [`fetch`] does.
+async fn post_once(
+    target: &RenewTarget,
+    cfg: Arc<rustls::ClientConfig>,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, Failure> {
+    use http_body_util::BodyExt;
+    let to = &target.authority;
+    let transport =
+        |what: &str, e: &dyn std::fmt::Display| Failure::new("transport", format!("{what} {to}: {e}"));
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(target.addrs.as_slice())
+            .await
+            .map_err(|e| transport("cannot connect to", &e))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(target.server_name.clone(), tcp)
+            .await
+            .map_err(|e| transport("TLS handshake with", &e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| transport("HTTP/1.1 with", &e))?;
+        let req = hyper::Request::post(target.path.as_str())
+            .header(hyper::header::HOST, to.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::USER_AGENT, crate::client::USER_AGENT)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| Failure::local(AgentError::usage(format!("renewal request: {e}"))))?;
+        let request = async move {
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            // The last handle gone, the connection closes once idle (TLS close_notify).
+            drop(sender);
+            Ok::<_, hyper::Error>((status, body))
+        };
+        // The connection is driven here, alongside the request: no task of its own.
+        let (result, _closed) = tokio::join!(request, conn);
+        let (status, body) = result.map_err(|e| transport("the answer of", &e))?;
+        answer(status, &body)
+    };
+    tokio::time::timeout(crate::client::REQUEST_TIMEOUT, exchange).await.map_err(|_| {
+        Failure::new("timeout", format!("no answer from {to} within {:?}", crate::client::REQUEST_TIMEOUT))
+    })?
 }
 
 /// The client side of the renewal phase that the simulated devices share: the crypto
@@ -1241,6 +1421,8 @@ pub async fn simulate(args: &SimulateArgs, show_progress: bool) -> Result<Report
     {
         return Err(AgentError::usage("--ocsp-share must be a fraction from 0 to 1"));
     }
+    let rate = check_rate(args.rate, "--rate")?;
+    let renew_rate = check_rate(args.renew_rate, "--renew-rate")?;
     if args.group_key.is_some() && args.method != SimMethod::Symmetric {
         return Err(AgentError::usage("--group-key is for --method symmetric"));
     }
@@ -1253,6 +1435,11 @@ pub async fn simulate(args: &SimulateArgs, show_progress: bool) -> Result<Report
             None
         }
         (None, false) => None,
+    };
+    // Resolved before the set-up, so that a wrong URL fails before any device enrolls.
+    let renew_target = match &renew_url {
+        Some(u) => Some(Arc::new(RenewTarget::resolve(u).await?)),
+        None => None,
     };
     let roots = match &args.ca {
         Some(p) => Some(read_pem_certificates(p)?),
@@ -1337,7 +1524,7 @@ pub async fn simulate(args: &SimulateArgs, show_progress: bool) -> Result<Report
     // Enroll.
     let pb = progress(args.devices, "enroll", show_progress);
     let c = ctx.clone();
-    let (enroll, results) = drive(n, concurrency, pb, "enroll", move |i| {
+    let (enroll, results) = drive(n, concurrency, rate, pb, "enroll", move |i| {
         let c = c.clone();
         async move { enroll_one(&c, i).await }
     })
@@ -1363,7 +1550,7 @@ pub async fn simulate(args: &SimulateArgs, show_progress: bool) -> Result<Report
             let urls = Arc::new(urls);
             let pb = progress(urls.len() as u64, "ocsp", show_progress);
             let (u, h) = (urls.clone(), http.clone());
-            let (mut report, statuses) = drive(urls.len(), concurrency, pb, "ocsp", move |i| {
+            let (mut report, statuses) = drive(urls.len(), concurrency, None, pb, "ocsp", move |i| {
                 let (u, h) = (u.clone(), h.clone());
                 async move {
                     let url = u.get(i).ok_or_else(|| Failure::new("local", "no such request"))?;
@@ -1386,12 +1573,12 @@ pub async fn simulate(args: &SimulateArgs, show_progress: bool) -> Result<Report
     };
 
     // Renew: a new mutual-TLS connection per device.
-    let renew = match renew_url {
-        Some(url) => {
+    let renew = match renew_target {
+        Some(target) => {
             let pb = progress(enrolled.len() as u64, "renew", show_progress);
             let tls = Arc::new(RenewTls::new(roots.as_deref(), &enrolled)?);
-            let (c, e, url) = (ctx.clone(), enrolled.clone(), Arc::new(url));
-            let (report, _) = drive(enrolled.len(), concurrency, pb, "renew", move |j| {
+            let (c, e, url) = (ctx.clone(), enrolled.clone(), target);
+            let (report, _) = drive(enrolled.len(), concurrency, renew_rate, pb, "renew", move |j| {
                 let (c, e, url, tls) = (c.clone(), e.clone(), url.clone(), tls.clone());
                 async move {
                     let (i, en) = e.get(j).ok_or_else(|| Failure::new("local", "no such device"))?;
@@ -1538,6 +1725,7 @@ mod tests {
             started: std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_250),
             latency_us: h,
             ocsp: None,
+            open_loop: None,
         };
         let r = Report {
             method: SimMethod::Token,
@@ -1547,7 +1735,10 @@ mod tests {
             group: None,
             enroll: phase.clone(),
             renew: None,
-            ocsp: Some(PhaseReport { ocsp: Some(OcspCounts { good: 4, ..Default::default() }), ..phase }),
+            ocsp: Some(PhaseReport {
+                ocsp: Some(OcspCounts { good: 4, ..Default::default() }),
+                ..phase.clone()
+            }),
         };
         let v = r.to_json();
         assert_eq!(v["method"], "token");
@@ -1563,5 +1754,71 @@ mod tests {
         let text = r.to_text();
         assert!(text.contains("enroll errors: token-used 1"), "{text}");
         assert!(text.contains("ocsp answers: good 4"), "{text}");
+        assert!(v["enroll"].get("rate").is_none() && !text.contains("open loop"), "closed loop: {v}");
+
+        let open = Report {
+            enroll: PhaseReport {
+                open_loop: Some(OpenLoop { rate: 2500.0, max_start_lag: Duration::from_micros(1_250) }),
+                ..phase
+            },
+            ocsp: None,
+            ..r
+        };
+        let v = open.to_json();
+        assert_eq!(v["enroll"]["rate"], 2500.0, "{v}");
+        assert_eq!(v["enroll"]["max_start_lag_ms"], 1.25, "{v}");
+        let text = open.to_text();
+        assert!(text.contains("enroll: open loop at 2500.0/s"), "{text}");
+    }
+
+    #[test]
+    fn rates_must_be_positive_finite_and_bounded() {
+        assert_eq!(check_rate(None, "--rate").expect("none"), None);
+        assert_eq!(check_rate(Some(4000.0), "--rate").expect("4000"), Some(4000.0));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, MAX_RATE * 2.0] {
+            let e = check_rate(Some(bad), "--renew-rate").expect_err("rejected");
+            assert_eq!(e.kind, ErrorKind::Usage, "{bad}");
+            assert!(e.to_string().contains("--renew-rate"), "{e}");
+        }
+    }
+
+    /// The open loop keeps its schedule: nothing starts before its due time, so 20
+    /// operations at 200/s take at least 95 ms.
+    #[tokio::test]
+    async fn an_open_loop_starts_each_operation_at_its_due_time() {
+        let (report, results) =
+            drive(20, 4, Some(200.0), ProgressBar::hidden(), "test", |i| async move { Ok::<_, Failure>(i) })
+                .await
+                .expect("drive");
+        assert_eq!(report.ok, 20);
+        assert_eq!(results.iter().map(|(i, _)| *i).collect::<Vec<_>>(), (0..20).collect::<Vec<_>>());
+        assert!(report.elapsed >= Duration::from_millis(95), "{:?}", report.elapsed);
+        assert_eq!(report.open_loop.map(|l| l.rate), Some(200.0));
+    }
+
+    /// A server slower than the schedule shows in the latencies: one worker, 5 ms a call,
+    /// 20 calls due within 2 ms. The last starts about 95 ms after it was due, and its
+    /// latency counts from then (a closed loop would report about 5 ms for every call).
+    #[tokio::test]
+    async fn an_open_loop_times_from_the_due_time_so_falling_behind_shows() {
+        let (report, _) = drive(20, 1, Some(10_000.0), ProgressBar::hidden(), "test", |_| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, Failure>(())
+        })
+        .await
+        .expect("drive");
+        assert_eq!(report.ok, 20);
+        let lag = report.open_loop.expect("open loop").max_start_lag;
+        assert!(lag >= Duration::from_millis(90), "{lag:?}");
+        assert!(report.max_ms().expect("max") >= 95.0, "{:?}", report.max_ms());
+
+        let (closed, _) = drive(4, 1, None, ProgressBar::hidden(), "test", |_| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, Failure>(())
+        })
+        .await
+        .expect("drive");
+        assert!(closed.open_loop.is_none());
+        assert!(closed.max_ms().expect("max") >= 5.0);
     }
 }

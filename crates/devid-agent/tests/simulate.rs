@@ -173,3 +173,78 @@ fn a_wrong_client_secret_fails_the_setup_clearly() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("DEVID_AGENT_CLIENT_SECRET"));
 }
+
+#[test]
+fn an_open_loop_run_keeps_its_rates_and_says_so() {
+    let data = tempfile::tempdir().unwrap();
+    let (client_id, secret) = admin_credential(data.path());
+    let server = serve(data.path());
+    let out = simulate(
+        &server,
+        &client_id,
+        &secret,
+        &[
+            "--devices",
+            "40",
+            "--concurrency",
+            "8",
+            "--method",
+            "token",
+            "--renew",
+            "--rate",
+            "200",
+            "--renew-rate",
+            "100",
+            "--json",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (phase, rate) in [("enroll", 200.0), ("renew", 100.0)] {
+        let p = &v[phase];
+        assert_eq!(p["ok"], 40, "{phase}: {v}");
+        assert_eq!(p["rate"], rate, "{phase}: {v}");
+        assert!(p["max_start_lag_ms"].as_f64().unwrap() >= 0.0, "{phase}: {v}");
+        // Device 39 is due 39/rate s after the start: the phase cannot end sooner.
+        assert!(p["elapsed_s"].as_f64().unwrap() >= 39.0 / rate, "{phase}: {v}");
+        assert!(p["per_second"].as_f64().unwrap() <= rate * 1.01, "{phase}: {v}");
+        assert_percentiles(p, phase);
+    }
+
+    // A rate that is no rate is a usage error, before any set-up.
+    for bad in ["0", "-5", "fast", "NaN", "inf"] {
+        let flag = format!("--rate={bad}");
+        let out = simulate(&server, &client_id, &secret, &["--devices", "1", "--method", "token", &flag]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--rate {bad}: {stderr}");
+        assert!(stderr.contains("--rate"), "--rate {bad}: {stderr}");
+    }
+    // --renew-rate without --renew.
+    let out =
+        simulate(&server, &client_id, &secret, &["--devices", "1", "--method", "token", "--renew-rate", "5"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A renewal the server refuses is counted under its problem code, as an enrollment's is,
+/// and the run still completes: here the server's default `enroll.renew_after` makes a
+/// fresh certificate too young to renew.
+#[test]
+fn refused_renewals_are_counted_by_problem_code() {
+    let data = tempfile::tempdir().unwrap();
+    let (client_id, secret) = admin_credential(data.path());
+    let mut c = common::devid(data.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    c.env("DEVID_LIMITS__PER_SOURCE", "0")
+        .env("DEVID_LIMITS__PER_DEVICE", "0")
+        .env("DEVID_LIMITS__PER_CREDENTIAL", "0");
+    let server = common::start_server(c);
+    let out =
+        simulate(&server, &client_id, &secret, &["--devices", "6", "--method", "token", "--renew", "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["enroll"]["ok"], 6, "{v}");
+    assert_eq!(v["renew"]["ok"], 0, "{v}");
+    assert_eq!(v["renew"]["errors"], serde_json::json!({"renewal-refused": 6}), "{v}");
+    assert!(stderr.contains("too early"), "the first refusal's detail is logged: {stderr}");
+}
