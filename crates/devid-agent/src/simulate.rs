@@ -922,7 +922,7 @@ async fn post_once(
             let resp = sender.send_request(req).await?;
             let status = resp.status();
             let body = resp.into_body().collect().await?.to_bytes();
-            // The last handle gone, the connection closes once idle (TLS close_notify).
+            // With the last handle gone, the connection future ends once the exchange is over.
             drop(sender);
             Ok::<_, hyper::Error>((status, body))
         };
@@ -1577,13 +1577,13 @@ pub async fn simulate(args: &SimulateArgs, show_progress: bool) -> Result<Report
         Some(target) => {
             let pb = progress(enrolled.len() as u64, "renew", show_progress);
             let tls = Arc::new(RenewTls::new(roots.as_deref(), &enrolled)?);
-            let (c, e, url) = (ctx.clone(), enrolled.clone(), target);
+            let (c, e) = (ctx.clone(), enrolled.clone());
             let (report, _) = drive(enrolled.len(), concurrency, renew_rate, pb, "renew", move |j| {
-                let (c, e, url, tls) = (c.clone(), e.clone(), url.clone(), tls.clone());
+                let (c, e, target, tls) = (c.clone(), e.clone(), target.clone(), tls.clone());
                 async move {
                     let (i, en) = e.get(j).ok_or_else(|| Failure::new("local", "no such device"))?;
                     let d = c.devices.get(*i).ok_or_else(|| Failure::new("local", "no such device"))?;
-                    renew_one(d, en, &url, &tls).await
+                    renew_one(d, en, &target, &tls).await
                 }
             })
             .await?;
