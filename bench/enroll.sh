@@ -38,12 +38,7 @@ if [ -n "${SERVER_CPUS:-}${SIM_CPUS:-}" ]; then need taskset util-linux; fi
 if [ -n "${PERF:-}" ]; then need perf linux-perf; KEEP=1; fi
 
 DEVID=$(devid_bin)
-if [ -n "${DEVID_AGENT_BIN:-}" ]; then
-  AGENT=$DEVID_AGENT_BIN
-else
-  (cd "$REPO" && cargo build --release -q -p devid-agent >&2) || die "cargo build --release -p devid-agent failed"
-  AGENT=$REPO/target/release/devid-agent
-fi
+AGENT=$(agent_bin)
 bench_workdir enroll
 
 db_create
@@ -77,10 +72,7 @@ fi
 start_server "${pin_server[@]}" "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}"
 RENEW=$(sed -n 's/^renewal listener on \(https:[^ ]*\).*/\1/p' "$W/serve.out" | head -n1)
 [ -n "$RENEW" ] || die "devid serve printed no renewal listener"
-CRED=$("$DEVID" "${D[@]}" credential create --role admin --name bench --json)
-export DEVID_AGENT_CLIENT_SECRET
-DEVID_AGENT_CLIENT_SECRET=$(jq -r .client_secret <<<"$CRED")
-CLIENT_ID=$(jq -r .client_id <<<"$CRED")
+admin_credential bench
 say "server $BASE (renewal $RENEW), database $DB_URL; $DEVICES devices, concurrency $CONCURRENCY${RATE:+, enroll rate $RATE/s}${RENEW_RATE:+, renew rate $RENEW_RATE/s}"
 say "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 # The PostgreSQL settings that move these figures most (a big store is slower when its hot

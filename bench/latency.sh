@@ -26,27 +26,24 @@ SECONDS_PER_STEP=${3:-5}
 CONCURRENCY=${4:-1024}
 
 case $METHOD in token | x509 | symmetric) ;; *) die "METHOD must be token, x509 or symmetric, not $METHOD" ;; esac
+IFS=, read -r -a rates <<<"$RATES"
+for r in "${rates[@]}"; do
+  case $r in '' | *[!0-9]* | 0) die "a rate is a whole number of enrollments a second, not '$r'" ;; esac
+done
+case $SECONDS_PER_STEP in '' | *[!0-9]* | 0) die "SECONDS must be a whole number of seconds, not '$SECONDS_PER_STEP'" ;; esac
 need psql postgresql-client
 need jq jq
 need curl curl
 
 DEVID=$(devid_bin)
-if [ -n "${DEVID_AGENT_BIN:-}" ]; then
-  AGENT=$DEVID_AGENT_BIN
-else
-  (cd "$REPO" && cargo build --release -q -p devid-agent >&2) || die "cargo build --release -p devid-agent failed"
-  AGENT=$REPO/target/release/devid-agent
-fi
+AGENT=$(agent_bin)
 bench_workdir latency
 db_create
 D=(--data-dir "$W/data" --database-url "$DB_URL")
 export DEVID_LOG__LEVEL=warn DEVID_TLS__LISTEN=127.0.0.1:0
 export DEVID_LIMITS__PER_SOURCE=0 DEVID_LIMITS__PER_DEVICE=0 DEVID_LIMITS__PER_CREDENTIAL=0
 start_server "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}"
-CRED=$("$DEVID" "${D[@]}" credential create --role admin --name bench --json)
-export DEVID_AGENT_CLIENT_SECRET
-DEVID_AGENT_CLIENT_SECRET=$(jq -r .client_secret <<<"$CRED")
-CLIENT_ID=$(jq -r .client_id <<<"$CRED")
+admin_credential bench
 say "server $BASE, database $DB_URL; method $METHOD, ${SECONDS_PER_STEP} s a step, at most $CONCURRENCY in flight"
 say "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
@@ -56,9 +53,7 @@ group_commits() {
 }
 
 printf '%-8s %10s %9s %9s %9s %12s %28s %11s\n' "rate" "achieved" "p50 ms" "p99 ms" "max ms" "late ms" "cpu/op devid pg sim (us)" "mean batch" >&2
-IFS=, read -r -a rates <<<"$RATES"
 for r in "${rates[@]}"; do
-  case $r in '' | *[!0-9]*) die "a rate is a whole number of enrollments a second, not '$r'" ;; esac
   n=$((r * SECONDS_PER_STEP))
   : >"$W/cpu.samples"
   read -r c0 i0 < <(group_commits)

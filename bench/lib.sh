@@ -24,6 +24,28 @@ devid_bin() {
   printf '%s\n' "$REPO/target/release/devid"
 }
 
+# agent_bin: the devid-agent binary, $DEVID_AGENT_BIN or a release build of the repo's.
+agent_bin() {
+  if [ -n "${DEVID_AGENT_BIN:-}" ]; then
+    [ -x "$DEVID_AGENT_BIN" ] || die "DEVID_AGENT_BIN=$DEVID_AGENT_BIN is not executable"
+    printf '%s\n' "$DEVID_AGENT_BIN"
+    return
+  fi
+  (cd "$REPO" && cargo build --release -q -p devid-agent >&2) || die "cargo build --release -p devid-agent failed"
+  printf '%s\n' "$REPO/target/release/devid-agent"
+}
+
+# admin_credential NAME: an admin API credential made with $DEVID and the data flags in the
+# array D; sets CLIENT_ID and exports DEVID_AGENT_CLIENT_SECRET for devid-agent simulate.
+admin_credential() {
+  local cred
+  cred=$("$DEVID" "${D[@]}" credential create --role admin --name "$1" --json 2>>"$W/cli.log") \
+    || die "devid credential create failed (log: $W/cli.log)"
+  export DEVID_AGENT_CLIENT_SECRET
+  DEVID_AGENT_CLIENT_SECRET=$(jq -r .client_secret <<<"$cred")
+  CLIENT_ID=$(jq -r .client_id <<<"$cred")
+}
+
 # db_create: set DB_URL. $DEVID_BENCH_DATABASE_URL is used as given (and kept); otherwise
 # a fresh database devid_bench_<random> is created next to $PG_ADMIN_URL (dropped by
 # db_drop).

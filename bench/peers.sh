@@ -82,13 +82,7 @@ need python3 python3
 python3 -c 'import ensurepip' 2>/dev/null || die "python3 venv support is missing: apt-get install -y python3-venv"
 
 DEVID=$(devid_bin)
-if [ -n "${DEVID_AGENT_BIN:-}" ]; then
-  [ -x "$DEVID_AGENT_BIN" ] || die "DEVID_AGENT_BIN=$DEVID_AGENT_BIN is not executable"
-  AGENT=$DEVID_AGENT_BIN
-else
-  (cd "$REPO" && cargo build --release -q -p devid-agent >&2) || die "cargo build --release -p devid-agent failed"
-  AGENT=$REPO/target/release/devid-agent
-fi
+AGENT=$(agent_bin)
 
 bench_workdir peers
 mkdir -p "$W/res"
@@ -293,10 +287,7 @@ export DEVID_LIMITS__PER_SOURCE=0 DEVID_LIMITS__PER_DEVICE=0 DEVID_LIMITS__PER_C
 start_server "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}"
 # One enrolled device (token), not revoked: its certificate is "good".
 enroll_one bench-peers-0001
-CRED=$("$DEVID" "${D[@]}" credential create --role admin --name bench-peers --json 2>>"$W/cli.log")
-export DEVID_AGENT_CLIENT_SECRET
-DEVID_AGENT_CLIENT_SECRET=$(jq -r .client_secret <<<"$CRED")
-CLIENT_ID=$(jq -r .client_id <<<"$CRED")
+admin_credential bench-peers
 
 # --- versions and the machine ---
 DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)

@@ -326,44 +326,32 @@ mod tests {
         (ca.clone(), (vec![server, ca], server_key), device)
     }
 
+    /// Move every TLS record `from` has to send into `to`, and let `to` process them.
+    fn pump<A, B>(from: &mut rustls::ConnectionCommon<A>, to: &mut rustls::ConnectionCommon<B>) {
+        let mut wire = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut wire).unwrap();
+        }
+        let mut r = wire.as_slice();
+        while !r.is_empty() {
+            to.read_tls(&mut r).unwrap();
+        }
+        to.process_new_packets().unwrap();
+    }
+
     /// Run a handshake in memory, then one application record from the server (after
     /// which any NewSessionTicket has reached the client).
     fn connect(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
-        let mut wire = Vec::new();
         for _ in 0..16 {
             if !client.is_handshaking() && !server.is_handshaking() {
                 break;
             }
-            wire.clear();
-            while client.wants_write() {
-                client.write_tls(&mut wire).unwrap();
-            }
-            let mut r = wire.as_slice();
-            while !r.is_empty() {
-                server.read_tls(&mut r).unwrap();
-            }
-            server.process_new_packets().unwrap();
-            wire.clear();
-            while server.wants_write() {
-                server.write_tls(&mut wire).unwrap();
-            }
-            let mut r = wire.as_slice();
-            while !r.is_empty() {
-                client.read_tls(&mut r).unwrap();
-            }
-            client.process_new_packets().unwrap();
+            pump(client, server);
+            pump(server, client);
         }
         assert!(!client.is_handshaking() && !server.is_handshaking(), "the handshake did not finish");
         std::io::Write::write_all(&mut server.writer(), b"hello").unwrap();
-        wire.clear();
-        while server.wants_write() {
-            server.write_tls(&mut wire).unwrap();
-        }
-        let mut r = wire.as_slice();
-        while !r.is_empty() {
-            client.read_tls(&mut r).unwrap();
-        }
-        client.process_new_packets().unwrap();
+        pump(server, client);
         let mut got = [0u8; 5];
         std::io::Read::read_exact(&mut client.reader(), &mut got).unwrap();
         assert_eq!(&got, b"hello");
