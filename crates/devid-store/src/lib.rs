@@ -598,8 +598,12 @@ pub trait Store: Send + Sync + 'static {
     async fn record_intent(&self, pending: &PendingCert, redeem: Redeem<'_>) -> Result<(), StoreError>;
     /// Step 6: store the signed certificate for a pending serial and mark the device
     /// enrolled. If the device was quarantined meanwhile, the certificate is stored revoked
-    /// (privilegeWithdrawn) and [`ErrorKind::Forbidden`] is returned: it must not be handed out. Returns the stored certificate: if another caller completed the same serial
-    /// first, theirs is returned and `cert_der` is discarded (a serial is handed out once).
+    /// (privilegeWithdrawn) and [`ErrorKind::Forbidden`] is returned: it must not be handed
+    /// out. A quarantine that overlaps this call either commits first, and is seen here, or
+    /// revokes this certificate with the device's others: never a quarantined device with
+    /// a valid certificate. Returns the stored certificate: if another caller completed the
+    /// same serial first, theirs is returned and `cert_der` is discarded (a serial is
+    /// handed out once).
     async fn complete_issuance(
         &self,
         serial: &Serial,
@@ -614,8 +618,9 @@ pub trait Store: Send + Sync + 'static {
     /// others. An admitted item that registers its device ([`Intent::register`]) inserts it
     /// enrolled, with its audit entry, unless a device with that id exists (then the intent
     /// is recorded for the existing device, whose status step 6 checks as for any other); a
-    /// device named by several items is inserted by the first. The outer error means the transaction as a whole failed (nothing was
-    /// written); the caller may then retry the items one by one.
+    /// device named by several items is inserted by the first. The outer error means the
+    /// transaction as a whole failed (nothing was written); the caller may then retry the
+    /// items one by one.
     ///
     /// Unless `wait_for_flush`, the commit does not wait for the WAL flush on PostgreSQL:
     /// the intent is recorded (committed, seen by every node) before the certificate is

@@ -52,6 +52,10 @@ pub(crate) trait Lists: sqlx::Database + Sized {
     /// allows no data-modifying statement in a `WITH`).
     const WRITABLE_CTE: bool;
 
+    /// Whether a read can lock rows (`SELECT … FOR UPDATE`: PostgreSQL; SQLite has one
+    /// writer at a time and no such clause).
+    const ROW_LOCKS: bool;
+
     /// Append `{column}` matching any of `values` (`values` must not be empty).
     fn push_any_text(q: &mut QueryBuilder<Self>, column: &str, values: Vec<String>);
 
@@ -65,6 +69,7 @@ pub(crate) trait Lists: sqlx::Database + Sized {
 
 impl Lists for sqlx::Postgres {
     const WRITABLE_CTE: bool = true;
+    const ROW_LOCKS: bool = true;
 
     fn push_any_text(q: &mut QueryBuilder<Self>, column: &str, values: Vec<String>) {
         q.push(column).push(" = ANY(").push_bind(values).push(")");
@@ -96,6 +101,7 @@ impl Lists for sqlx::Postgres {
 
 impl Lists for sqlx::Sqlite {
     const WRITABLE_CTE: bool = false;
+    const ROW_LOCKS: bool = false;
 
     fn push_any_text(q: &mut QueryBuilder<Self>, column: &str, values: Vec<String>) {
         sqlite_in(q, column, values);
@@ -164,4 +170,9 @@ pub(crate) fn rows<DB: Lists>(q: &mut QueryBuilder<DB>, columns: Vec<Column>) {
 /// [`Lists::WRITABLE_CTE`] of the backend `q` is built for.
 pub(crate) fn writable_cte<DB: Lists>(_q: &QueryBuilder<DB>) -> bool {
     DB::WRITABLE_CTE
+}
+
+/// [`Lists::ROW_LOCKS`] of the backend of the transaction `tx`.
+pub(crate) fn row_locks_in<DB: Lists>(_tx: &sqlx::Transaction<'_, DB>) -> bool {
+    DB::ROW_LOCKS
 }

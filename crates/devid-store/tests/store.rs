@@ -1944,3 +1944,100 @@ async fn batched_completions_answer_each_item(backend: Backend) {
     assert_eq!(store.audit_head().await.unwrap(), (all.len() as i64, prev));
     db.cleanup().await;
 }
+
+/// How many sessions of `db` wait for a lock: polled until it reaches `n` (10 s at most).
+async fn wait_for_lock_waiters(db: &TestDb, n: i64) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if waiting >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{waiting} sessions wait for a lock, expected {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// PostgreSQL only (SQLite has one writer at a time, so nothing interleaves): a quarantine
+/// that overlaps the completion of its device's certificate leaves that certificate revoked,
+/// in both orders.
+///
+/// A third session holds the audit head, where both transactions end, so that each stops
+/// there with its other writes done and uncommitted:
+/// - completion first: its certificate row is written when the quarantine revokes the
+///   device's certificates;
+/// - quarantine first: the device is quarantined, uncommitted, when the completion looks at
+///   the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quarantine_overlapping_a_completion_leaves_no_valid_certificate() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = open(&db).await;
+    let issuer = with_ca(store.as_ref()).await;
+    for (n, completion_first) in [(1u64, true), (2, false)] {
+        let token = [n as u8; 32];
+        let dev = device(&format!("overlap-{n}"), Some(&token));
+        store.insert_device(&dev, &DeviceMeta::default(), &ev()).await.unwrap();
+        // The token's redemption enrolls the device: the completion has no device row to update.
+        store
+            .record_intent(&pending(&serial(n), &issuer, &dev.id, b"csr", 10), Redeem::Token(&token))
+            .await
+            .unwrap();
+
+        let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+        sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE").execute(&mut holder).await.unwrap();
+        let complete = {
+            let store = store.clone();
+            move || {
+                tokio::spawn(async move { store.complete_issuance(&serial(n), b"der", t(12), &ev()).await })
+            }
+        };
+        let quarantine = {
+            let (store, id) = (store.clone(), dev.id.clone());
+            move || {
+                tokio::spawn(async move {
+                    store.quarantine_device(&id, RevocationReason::KeyCompromise, t(13), &ev()).await
+                })
+            }
+        };
+        let (completed, quarantined) = if completion_first {
+            let c = complete();
+            wait_for_lock_waiters(&db, 1).await;
+            let q = quarantine();
+            wait_for_lock_waiters(&db, 2).await;
+            (c, q)
+        } else {
+            let q = quarantine();
+            wait_for_lock_waiters(&db, 1).await;
+            let c = complete();
+            wait_for_lock_waiters(&db, 2).await;
+            (c, q)
+        };
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        let completed = completed.await.unwrap();
+        let revoked = quarantined.await.unwrap().unwrap();
+
+        let c = store.get_certificate(&serial(n)).await.unwrap().unwrap();
+        assert_eq!(c.status, CertStatus::Revoked, "completion first: {completion_first}");
+        assert_eq!(store.get_device(&dev.id).await.unwrap().unwrap().status, DeviceStatus::Quarantined);
+        if completion_first {
+            // Stored first, then revoked by the quarantine, which reports it.
+            assert_eq!(completed.unwrap().serial, serial(n));
+            assert_eq!(revoked, vec![serial(n)]);
+        } else {
+            // Stored revoked by the completion, which refuses it.
+            assert_eq!(kind(completed), ErrorKind::Forbidden);
+            assert!(revoked.is_empty());
+        }
+    }
+    drop(store);
+    db.cleanup().await;
+}
