@@ -1969,8 +1969,9 @@ async fn wait_for_lock_waiters(db: &TestDb, n: i64) {
 /// that overlaps the completion of its device's certificate leaves that certificate revoked,
 /// in both orders.
 ///
-/// A third session holds the audit head, where both transactions end, so that each stops
-/// there with its other writes done and uncommitted:
+/// A third session holds the audit head, where both transactions end. The first one stops
+/// there with its other writes done and uncommitted; the second runs as far as it can (to
+/// the audit head too without the fix, to the lock the fix makes it wait on with it):
 /// - completion first: its certificate row is written when the quarantine revokes the
 ///   device's certificates;
 /// - quarantine first: the device is quarantined, uncommitted, when the completion looks at
