@@ -20,7 +20,10 @@
 # PERF_TOP=30; implies KEEP=1; PERF_ARGS overrides "-F 499 -g"), RATE= / RENEW_RATE= (an open
 # loop: start enrollments / renewals at this many a second, each timed from when it was
 # due, instead of CONCURRENCY workers each starting its next device when the last ends;
-# CONCURRENCY then bounds how many are in flight).
+# CONCURRENCY then bounds how many are in flight), ROUNDS=N (run the methods N times against
+# the same server and database, new devices each time, so that the store grows and the
+# tables that churn (issuance_intents, challenges) age as in a sustained load; after each
+# round it prints their live and dead rows and sizes, and at the end one line per round).
 #
 # After each phase it prints the CPU used per operation by devid, all of PostgreSQL (WAL
 # writer included), the simulator and everything else, sampled from /proc every 0.2 s; after
@@ -80,9 +83,19 @@ say "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 say "PostgreSQL $(psql "$DB_URL" -qAtX -c "SELECT string_agg(name || '=' || current_setting(name), ' ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'max_wal_size')")"
 
 IFS=, read -r -a methods <<<"$METHODS"
+ROUNDS=${ROUNDS:-1}
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive whole number, not '$ROUNDS'"
+# The tables a sustained load churns or grows, as PostgreSQL's statistics see them.
+table_stats() {
+  psql "$DB_URL" -qAtX -c "SELECT string_agg(format('%s %s live %s dead %s (autovacuum %s)', relname, n_live_tup,
+      n_dead_tup, pg_size_pretty(pg_total_relation_size(relid)), coalesce(autovacuum_count, 0)), '; ' ORDER BY relname)
+    FROM pg_stat_user_tables WHERE relname IN ('issuance_intents', 'challenges', 'devices', 'certificates')"
+}
+: >"$W/rounds.txt"
+for round in $(seq 1 "$ROUNDS"); do
 for m in "${methods[@]}"; do
   say ""
-  say "=== $m"
+  if [ "$ROUNDS" -gt 1 ]; then say "=== $m, round $round of $ROUNDS"; else say "=== $m"; fi
   extra=()
   [ -n "${OCSP_SHARE:-}" ] && extra+=(--ocsp-share "$OCSP_SHARE")
   [ -n "${RATE:-}" ] && extra+=(--rate "$RATE")
@@ -133,4 +146,15 @@ for m in "${methods[@]}"; do
     say "  full-page images by relation: $(wal_fpi_by_relation "$lsn0" "$lsn1")"
   fi
   jq -c . "$W/$m.json"
+  if [ "$ROUNDS" -gt 1 ]; then
+    say "  tables: $(table_stats)"
+    jq -r --arg m "$m" --arg r "$round" '"round \($r) \($m): enroll \(.enroll.per_second|floor)/s p50 \(.enroll.p50_ms) p99 \(.enroll.p99_ms) ms; renew \(.renew.per_second|floor)/s p99 \(.renew.p99_ms) ms"' \
+      "$W/$m.json" >>"$W/rounds.txt"
+  fi
 done
+done
+if [ "$ROUNDS" -gt 1 ]; then
+  say ""
+  say "=== rounds"
+  cat "$W/rounds.txt" >&2
+fi

@@ -292,8 +292,9 @@ fn walk(node: &serde_json::Value, out: &mut Reads) {
 }
 
 /// The store, opened with `auto_explain` on every connection: each statement's plan (with
-/// actual row counts, without timing) comes back as a NOTICE.
-async fn explaining_store(url: &str) -> PgStore {
+/// actual row counts, without timing) comes back as a NOTICE. `pool`: its pool size (the
+/// store's default when `None`).
+async fn explaining_store(url: &str, pool: Option<u32>) -> PgStore {
     use tracing_subscriber::layer::SubscriberExt;
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
@@ -306,8 +307,12 @@ async fn explaining_store(url: &str) -> PgStore {
          &options[auto_explain.log_analyze]=on&options[auto_explain.log_timing]=off\
          &options[client_min_messages]=notice"
     );
-    PgStore::connect(&url).await.unwrap()
+    let pool = devid_store::PoolSize(pool.map(|n| std::num::NonZeroU32::new(n).unwrap()));
+    PgStore::connect_with(&url, pool).await.unwrap()
 }
+
+/// The plan tests share [`PLANS`]: one at a time.
+static PLAN_TEST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A CRL sink that counts entries and signs nothing.
 struct CountingSink(u64);
@@ -418,6 +423,50 @@ async fn inputs(c: &mut sqlx::PgConnection, issuer: devid_core::CaId) -> Inputs 
 /// filters discard): 40 per row of a 100-row page.
 const PAGE_BUDGET: f64 = 40.0 * 101.0;
 
+/// Run `call` and check the plans it sent: none may scan a big table sequentially, nor read
+/// more than `budget` rows of big tables (all scans, all loops, with what filters discard).
+/// Returns (name, a failure per offending plan); `report` gets one line per plan.
+async fn check_plans<T>(
+    name: impl Into<String>,
+    budget: f64,
+    call: impl std::future::Future<Output = T>,
+    report: &mut Vec<String>,
+) -> (String, Outcome) {
+    let name: String = name.into();
+    let before = PLANS.lock().unwrap().len();
+    let _ = call.await;
+    let plans: Vec<serde_json::Value> = PLANS.lock().unwrap()[before..].to_vec();
+    let mut failures = Vec::new();
+    if plans.is_empty() {
+        failures.push("no plan captured (is auto_explain loaded?)".to_string());
+    }
+    for p in &plans {
+        let mut r = Reads::default();
+        walk(&p["Plan"], &mut r);
+        let sql = p["Query Text"].as_str().unwrap_or_default().to_string();
+        let plan = serde_json::to_string_pretty(&p["Plan"]).unwrap();
+        if !r.seq_scans.is_empty() {
+            failures.push(format!("sequential scan of {:?}\n  query: {sql}\n  plan: {plan}", r.seq_scans));
+        } else if r.rows_read > budget {
+            failures.push(format!(
+                "read {} rows of big tables ({} discarded by filters; budget {budget}): an index that does not \
+                 narrow the scan\n  query: {sql}\n  plan: {plan}",
+                r.rows_read, r.discarded
+            ));
+        }
+        if !r.scans.is_empty() {
+            report.push(format!(
+                "{:<44} read {:>6} discarded {:>6}  {}",
+                name,
+                r.rows_read,
+                r.discarded,
+                r.scans.join(", ")
+            ));
+        }
+    }
+    (name, failures)
+}
+
 /// Run the checks, each the store call the API makes, and return (name, outcome); `report`
 /// gets one line per plan.
 async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Vec<(String, Outcome)> {
@@ -430,41 +479,9 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
     let mut out = Vec::new();
     // check!(name, budget of rows read on big tables per plan, call)
     macro_rules! check {
-        ($name:expr, $budget:expr, $call:expr) => {{
-            let name: String = $name.into();
-            let before = PLANS.lock().unwrap().len();
-            let _ = $call.await;
-            let plans: Vec<serde_json::Value> = PLANS.lock().unwrap()[before..].to_vec();
-            let mut failures = Vec::new();
-            if plans.is_empty() {
-                failures.push("no plan captured (is auto_explain loaded?)".to_string());
-            }
-            for p in &plans {
-                let mut r = Reads::default();
-                walk(&p["Plan"], &mut r);
-                let sql = p["Query Text"].as_str().unwrap_or_default().to_string();
-                let plan = serde_json::to_string_pretty(&p["Plan"]).unwrap();
-                if !r.seq_scans.is_empty() {
-                    failures.push(format!("sequential scan of {:?}\n  query: {sql}\n  plan: {plan}", r.seq_scans));
-                } else if r.rows_read > $budget as f64 {
-                    failures.push(format!(
-                        "read {} rows of big tables ({} discarded by filters; budget {}): an index that does not narrow \
-                         the scan\n  query: {sql}\n  plan: {plan}",
-                        r.rows_read, r.discarded, $budget
-                    ));
-                }
-                if !r.scans.is_empty() {
-                    report.push(format!(
-                        "{:<44} read {:>6} discarded {:>6}  {}",
-                        name,
-                        r.rows_read,
-                        r.discarded,
-                        r.scans.join(", ")
-                    ));
-                }
-            }
-            out.push((name, failures));
-        }};
+        ($name:expr, $budget:expr, $call:expr) => {
+            out.push(check_plans($name, $budget as f64, $call, report).await)
+        };
     }
     // GET /v1/devices and its filters.
     check!("devices", PAGE_BUDGET, store.list_devices_filtered(&DeviceFilter::default(), None, page));
@@ -620,85 +637,7 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
         60,
         store.renewal_contexts(&[(i.serial.clone(), i.csr.clone()), (i.serial.clone(), vec![0; 32])])
     );
-    // The issuance cycle's batched writes (the group commit's steps 4 and 6), on the big
-    // store: a new device redeems its token (and is enrolled by it), a challenge its nonce
-    // for another new device (which step 6 enrolls), a seeded device renews (nothing to
-    // redeem); then the three certificates are stored. Every statement of both transactions
-    // must find its rows by index (a device update planned on a status index once scanned
-    // every registered device per batch).
-    let hash = |b: u8| vec![b; 32];
-    let new_device = |id: &str, token_hash: Option<Vec<u8>>| devid_store::DeviceRecord {
-        id: DeviceId::new(id).unwrap(),
-        status: DeviceStatus::Registered,
-        token_hash,
-        token_used_at: None,
-        created_at: UnixTime(now()),
-        updated_at: UnixTime(now()),
-    };
-    let fresh = new_device("plan-fresh", Some(hash(0xa1)));
-    let attested = new_device("plan-attested", None);
-    for d in [&fresh, &attested] {
-        store.insert_device(d, &devid_store::DeviceMeta::default(), &audit).await.unwrap();
-    }
-    let challenge = |h: u8| devid_store::ChallengeRecord {
-        nonce_hash: hash(h),
-        group: i.group.clone(),
-        method: "x509".into(),
-        state: None,
-        expires_at: soon,
-        redeemed_at: None,
-    };
-    store.insert_challenges(&[challenge(0xa2), challenge(0xa3)], Some(UnixTime(now()))).await.unwrap();
-    let pending = |n: u8, device: &DeviceId| devid_store::PendingCert {
-        serial: Serial::from_bytes(&[0x7f, 0xa0, n]).unwrap(),
-        issuer: i.issuer.clone(),
-        device: device.clone(),
-        not_before: UnixTime(now()),
-        not_after: soon,
-        csr_sha256: hash(n),
-        tbs_der: vec![n; 8],
-        created_at: UnixTime(now()),
-        predecessor: None,
-    };
-    // The fourth item registers a device the store does not know (optional registration).
-    let unknown = DeviceId::new("plan-unknown").unwrap();
-    let ps = [pending(1, &fresh.id), pending(2, &attested.id), pending(3, &i.device), pending(4, &unknown)];
-    let (token, nonce, nonce2) = (hash(0xa1), hash(0xa2), hash(0xa3));
-    let meta = devid_store::DeviceMeta { group: Some(i.group.clone()), ..Default::default() };
-    let items = [
-        devid_store::Intent::new(&ps[0], devid_store::Redeem::Token(&token)),
-        devid_store::Intent::new(&ps[1], devid_store::Redeem::Nonce(&nonce)),
-        devid_store::Intent::new(&ps[2], devid_store::Redeem::Nothing),
-        devid_store::Intent {
-            pending: &ps[3],
-            redeem: devid_store::Redeem::Nonce(&nonce2),
-            register: Some((&meta, &audit)),
-        },
-    ];
-    check!("intents: redeem, probe, insert (batch)", 30, store.record_intents(&items, false));
-    let status = |d: &DeviceId| {
-        let d = d.clone();
-        async move { store.get_device(&d).await.unwrap().unwrap().status }
-    };
-    assert_eq!(status(&fresh.id).await, DeviceStatus::Enrolled, "the token's redemption enrolls its device");
-    assert_eq!(status(&attested.id).await, DeviceStatus::Registered);
-    assert_eq!(
-        status(&unknown).await,
-        DeviceStatus::Enrolled,
-        "a device registered with its intent is enrolled"
-    );
-    let completions: Vec<devid_store::Completion<'_>> = ps
-        .iter()
-        .map(|p| devid_store::Completion { serial: &p.serial, cert_der: b"der", audit: &audit })
-        .collect();
-    check!(
-        "completions: intents to certificates (batch)",
-        40,
-        store.complete_issuances(&completions, UnixTime(now()))
-    );
-    let stored = store.get_certificate(&ps[0].serial).await.unwrap().unwrap();
-    assert_eq!(stored.status, CertStatus::Issued, "the batched writes stored no certificate");
-    assert_eq!(status(&attested.id).await, DeviceStatus::Enrolled, "step 6 enrolls a registered device");
+    out.extend(group_commit_cycle(store, &i.issuer, &i.group, &i.device, 0, report).await);
     // Revocation publishing: the CRL's streamed read, the change log.
     let mut sink = CountingSink(0);
     check!("CRL entries (rebuild_crl)", 2500, store.rebuild_crl(&i.issuer, 0, UnixTime(now()), &mut sink));
@@ -741,6 +680,112 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
     out
 }
 
+/// The group commit's two batched transactions (steps 4 and 6 of an issuance), checked as
+/// [`run_checks`] checks, with devices, tokens, nonces and serials of round `k` (`renewing`:
+/// a device that exists).
+async fn group_commit_cycle(
+    store: &PgStore,
+    issuer: &devid_core::CaId,
+    group: &str,
+    renewing: &DeviceId,
+    k: u8,
+    report: &mut Vec<String>,
+) -> Vec<(String, Outcome)> {
+    let soon = UnixTime(now() + 3600);
+    let audit =
+        devid_store::AuditEvent::new(UnixTime(now()), "system", "test.plan", "x", serde_json::json!({}));
+    let mut out = Vec::new();
+    macro_rules! check {
+        ($name:expr, $budget:expr, $call:expr) => {
+            out.push(check_plans($name, $budget as f64, $call, report).await)
+        };
+    }
+    // The issuance cycle's batched writes (the group commit's steps 4 and 6), on the big
+    // store (or, made on an empty store, its plans): a new device redeems its token (and is enrolled by it), a challenge its nonce
+    // for another new device (which step 6 enrolls), a known device renews (nothing to
+    // redeem); then the three certificates are stored. Every statement of both transactions
+    // must find its rows by index (a device update planned on a status index once scanned
+    // every registered device per batch).
+    let hash = |b: u8| {
+        let mut h = vec![b; 32];
+        h[0] = k;
+        h
+    };
+    let new_device = |id: &str, token_hash: Option<Vec<u8>>| devid_store::DeviceRecord {
+        id: DeviceId::new(id).unwrap(),
+        status: DeviceStatus::Registered,
+        token_hash,
+        token_used_at: None,
+        created_at: UnixTime(now()),
+        updated_at: UnixTime(now()),
+    };
+    let fresh = new_device(&format!("plan-fresh-{k}"), Some(hash(0xa1)));
+    let attested = new_device(&format!("plan-attested-{k}"), None);
+    for d in [&fresh, &attested] {
+        store.insert_device(d, &devid_store::DeviceMeta::default(), &audit).await.unwrap();
+    }
+    let challenge = |h: u8| devid_store::ChallengeRecord {
+        nonce_hash: hash(h),
+        group: group.to_string(),
+        method: "x509".into(),
+        state: None,
+        expires_at: soon,
+        redeemed_at: None,
+    };
+    store.insert_challenges(&[challenge(0xa2), challenge(0xa3)], Some(UnixTime(now()))).await.unwrap();
+    let pending = |n: u8, device: &DeviceId| devid_store::PendingCert {
+        serial: Serial::from_bytes(&[0x7f, 0xa0, k, n]).unwrap(),
+        issuer: issuer.clone(),
+        device: device.clone(),
+        not_before: UnixTime(now()),
+        not_after: soon,
+        csr_sha256: hash(n),
+        tbs_der: vec![n; 8],
+        created_at: UnixTime(now()),
+        predecessor: None,
+    };
+    // The fourth item registers a device the store does not know (optional registration).
+    let unknown = DeviceId::new(format!("plan-unknown-{k}")).unwrap();
+    let ps = [pending(1, &fresh.id), pending(2, &attested.id), pending(3, renewing), pending(4, &unknown)];
+    let (token, nonce, nonce2) = (hash(0xa1), hash(0xa2), hash(0xa3));
+    let meta = devid_store::DeviceMeta { group: Some(group.to_string()), ..Default::default() };
+    let items = [
+        devid_store::Intent::new(&ps[0], devid_store::Redeem::Token(&token)),
+        devid_store::Intent::new(&ps[1], devid_store::Redeem::Nonce(&nonce)),
+        devid_store::Intent::new(&ps[2], devid_store::Redeem::Nothing),
+        devid_store::Intent {
+            pending: &ps[3],
+            redeem: devid_store::Redeem::Nonce(&nonce2),
+            register: Some((&meta, &audit)),
+        },
+    ];
+    check!("intents: redeem, probe, insert (batch)", 30, store.record_intents(&items, false));
+    let status = |d: &DeviceId| {
+        let d = d.clone();
+        async move { store.get_device(&d).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(&fresh.id).await, DeviceStatus::Enrolled, "the token's redemption enrolls its device");
+    assert_eq!(status(&attested.id).await, DeviceStatus::Registered);
+    assert_eq!(
+        status(&unknown).await,
+        DeviceStatus::Enrolled,
+        "a device registered with its intent is enrolled"
+    );
+    let completions: Vec<devid_store::Completion<'_>> = ps
+        .iter()
+        .map(|p| devid_store::Completion { serial: &p.serial, cert_der: b"der", audit: &audit })
+        .collect();
+    check!(
+        "completions: intents to certificates (batch)",
+        40,
+        store.complete_issuances(&completions, UnixTime(now()))
+    );
+    let stored = store.get_certificate(&ps[0].serial).await.unwrap().unwrap();
+    assert_eq!(stored.status, CertStatus::Issued, "the batched writes stored no certificate");
+    assert_eq!(status(&attested.id).await, DeviceStatus::Enrolled, "step 6 enrolls a registered device");
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_list_and_lookup_query_uses_an_index() {
     let install = Install::new(Backend::Postgres).await;
@@ -777,11 +822,202 @@ async fn every_list_and_lookup_query_uses_an_index() {
     .await
     .unwrap();
     let i = inputs(&mut c, issuer).await;
-    let store = explaining_store(&install.db.url).await;
+    let _one_at_a_time = PLAN_TEST.lock().await;
+    let store = explaining_store(&install.db.url, None).await;
 
     let mut report = Vec::new();
     let outcomes = run_checks(&store, &i, &mut report).await;
     println!("plans of the store's queries ({PLAN_CERTIFICATES} + 20000 seeded certificates):");
+    for line in &report {
+        println!("  {line}");
+    }
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(name, f)| format!("{name}: {}", f.join("\n")))
+        .collect();
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    store.close().await;
+    let _ = c.close().await;
+    install.cleanup().await;
+}
+
+/// The batched reads of step 1 (the enrollments and renewals of one moment together), by
+/// keys that exist (`device` with its certificate `serial` for the CSR hash `csr`) and keys
+/// that do not; checked as [`run_checks`] checks.
+async fn step_one_reads(
+    store: &PgStore,
+    device: &DeviceId,
+    serial: &Serial,
+    csr: &[u8],
+    report: &mut Vec<String>,
+) -> Vec<(String, Outcome)> {
+    let (csr, other) = (csr.to_vec(), vec![0; 32]);
+    vec![
+        check_plans(
+            "devices by token hashes (batch)",
+            20.0,
+            store.devices_by_token_hashes(std::slice::from_ref(&other)),
+            report,
+        )
+        .await,
+        check_plans(
+            "challenges by nonce hashes (batch)",
+            10.0,
+            store.get_challenges(std::slice::from_ref(&other)),
+            report,
+        )
+        .await,
+        check_plans(
+            "devices with their certificates for CSRs (batch)",
+            50.0,
+            store.device_for_csrs(&[(device.clone(), csr.clone()), (device.clone(), other.clone())]),
+            report,
+        )
+        .await,
+        check_plans(
+            "renewals: certificates, devices, certificates for CSRs (batch)",
+            60.0,
+            store.renewal_contexts(&[(serial.clone(), csr), (serial.clone(), other)]),
+            report,
+        )
+        .await,
+    ]
+}
+
+/// A statement keeps the plan a connection first gave it: the group commit's statements run
+/// with `plan_cache_mode = force_generic_plan`, and a plan is made anew only when the
+/// statistics of its tables change (ANALYZE). On a fresh store that plan is made while the
+/// tables are empty, and it must still find its rows by index once they hold many rows and
+/// before any ANALYZE: a `NOT EXISTS` probe of `certificates` was made an anti-join whose
+/// plan from the empty table read the whole primary key index on every batch (6 times the
+/// statement's time at 20,000 certificates), and the test on a seeded, analyzed store did
+/// not see it.
+///
+/// Here one connection (a pool of one, with `auto_explain`) runs six rounds of the cycle on
+/// an empty store; another fills it with 9,000 devices and certificates through the same
+/// store calls; autovacuum is off for the tables, so that no ANALYZE changes the plans
+/// meanwhile (9,000, fewer than the 10,000 deleted intents after which the store vacuums
+/// `issuance_intents`: a VACUUM updates a table's statistics too, so the statements on it
+/// would be planned anew, on the full tables, and the test would not see the plans of the
+/// empty ones; a plan that reads a whole index reads 9,000 rows, against a budget of 30); then the first connection runs the cycle again, and the batched reads of
+/// step 1, and their plans are checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_made_on_an_empty_store_still_use_indexes_once_it_is_full() {
+    let install = Install::new(Backend::Postgres).await;
+    let ca: serde_json::Value =
+        serde_json::from_str(install.run_ok(&["ca", "init", "--json"]).trim()).unwrap();
+    let issuer = devid_core::CaId::new(ca["issuing_id"].as_str().unwrap()).unwrap();
+    let mut c = db(&install).await;
+    let tables = ["devices", "certificates", "cert_events", "audit_log", "issuance_intents", "challenges"];
+    for t in tables {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER TABLE {t} SET (autovacuum_enabled = off)")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let audit = |action: &str| {
+        devid_store::AuditEvent::new(UnixTime(now()), "system", action, "x", serde_json::json!({}))
+    };
+    let group = devid_store::GroupRecord {
+        name: "plan-group".into(),
+        methods: vec!["token".into(), "x509".into()],
+        registration: "optional".into(),
+        id_source: "claimed".into(),
+        validity_secs: None,
+        trust_anchors: Vec::new(),
+        crls: Vec::new(),
+        master_key: None,
+        rate_per_minute: None,
+        created_at: UnixTime(now()),
+        updated_at: UnixTime(now()),
+    };
+    let _one_at_a_time = PLAN_TEST.lock().await;
+    let store = explaining_store(&install.db.url, Some(1)).await;
+    store.put_group(&group, false, &audit("test.group")).await.unwrap();
+    let first = devid_store::DeviceRecord {
+        id: DeviceId::new("plan-first").unwrap(),
+        status: DeviceStatus::Registered,
+        token_hash: None,
+        token_used_at: None,
+        created_at: UnixTime(now()),
+        updated_at: UnixTime(now()),
+    };
+    store.insert_device(&first, &devid_store::DeviceMeta::default(), &audit("test.device")).await.unwrap();
+    // Six rounds, with the batched reads: the plans are made (generic from the first
+    // execution where forced, after five custom plans elsewhere).
+    let mut warm_up = Vec::new();
+    let mut renewing = first.id.clone();
+    for k in 1..=6u8 {
+        let _ = group_commit_cycle(&store, &issuer, &group.name, &renewing, k, &mut warm_up).await;
+        renewing = DeviceId::new(format!("plan-attested-{k}")).unwrap();
+        let serial = Serial::from_bytes(&[0x7f, 0xa0, k, 2]).unwrap();
+        let _ = step_one_reads(&store, &renewing, &serial, &[k; 32], &mut warm_up).await;
+    }
+
+    // Fill: 9 batches of 1,000 new devices (optional registration) and their certificates,
+    // on other connections.
+    let filler = PgStore::connect(&install.db.url).await.unwrap();
+    let meta = devid_store::DeviceMeta { group: Some(group.name.clone()), ..Default::default() };
+    let (registered, issued) = (audit("test.register"), audit("test.issue"));
+    for b in 0u16..9 {
+        let pending: Vec<devid_store::PendingCert> = (0u16..1000)
+            .map(|j| {
+                let [b0, b1] = b.to_be_bytes();
+                let [j0, j1] = j.to_be_bytes();
+                devid_store::PendingCert {
+                    serial: Serial::from_bytes(&[0x3c, b0, b1, j0, j1]).unwrap(),
+                    issuer: issuer.clone(),
+                    device: DeviceId::new(format!("fill-{b:02}-{j:04}")).unwrap(),
+                    not_before: UnixTime(now()),
+                    not_after: UnixTime(now() + 86_400),
+                    csr_sha256: vec![b0, b1, j0, j1],
+                    tbs_der: vec![0x30, 0x00],
+                    created_at: UnixTime(now()),
+                    predecessor: None,
+                }
+            })
+            .collect();
+        let items: Vec<devid_store::Intent<'_>> = pending
+            .iter()
+            .map(|p| devid_store::Intent {
+                pending: p,
+                redeem: devid_store::Redeem::Nothing,
+                register: Some((&meta, &registered)),
+            })
+            .collect();
+        let recorded = filler.record_intents(&items, false).await.unwrap();
+        assert!(recorded.iter().all(Result::is_ok), "batch {b}: {:?}", recorded.iter().find(|r| r.is_err()));
+        let completions: Vec<devid_store::Completion<'_>> = pending
+            .iter()
+            .map(|p| devid_store::Completion { serial: &p.serial, cert_der: b"der", audit: &issued })
+            .collect();
+        let done = filler.complete_issuances(&completions, UnixTime(now())).await.unwrap();
+        assert!(done.iter().all(Result::is_ok), "batch {b}: {:?}", done.iter().find(|r| r.is_err()));
+    }
+    filler.close().await;
+    assert!(count(&mut c, "SELECT count(*) FROM certificates").await >= 9_000);
+    let vacuumed = count(
+        &mut c,
+        "SELECT coalesce(sum(vacuum_count), 0)::bigint FROM pg_stat_user_tables WHERE relname = 'issuance_intents'",
+    )
+    .await;
+    assert_eq!(vacuumed, 0, "issuance_intents was vacuumed: the plans on it were made anew");
+    let analyzed = count(
+        &mut c,
+        "SELECT count(*) FROM pg_stat_user_tables WHERE relname IN ('devices', 'certificates') \
+         AND (last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL)",
+    )
+    .await;
+    assert_eq!(analyzed, 0, "an ANALYZE ran: the plans of the empty store were replaced");
+
+    let mut report = Vec::new();
+    let mut outcomes = group_commit_cycle(&store, &issuer, &group.name, &renewing, 7, &mut report).await;
+    // A device of the fill, its certificate and CSR hash.
+    let (fill_device, fill_serial) =
+        (DeviceId::new("fill-05-0500").unwrap(), Serial::from_bytes(&[0x3c, 0, 5, 1, 244]).unwrap());
+    outcomes.extend(step_one_reads(&store, &fill_device, &fill_serial, &[0, 5, 1, 244], &mut report).await);
+    println!("plans made on the empty store, run on 9,000 certificates:");
     for line in &report {
         println!("  {line}");
     }

@@ -994,7 +994,12 @@ pub(crate) use revoke_device_rows;
 /// - `async fn begin_keyed_relaxed(&self)`: both of the above;
 /// - `async fn begin_read(&self)`: a read transaction, for a read by a list of keys;
 /// - `fn db_err(&self, e: sqlx::Error) -> StoreError`: [`crate::error::from_sqlx`] with the
-///   store's target description.
+///   store's target description;
+/// - `async fn settings_advice(&self) -> Result<Vec<String>, StoreError>`: see
+///   [`crate::Store::advisories`];
+/// - `fn intents_deleted(&self, n: u64)`, `fn challenges_deleted(&self, n: u64)`: `n` rows of
+///   `issuance_intents` (of `challenges`) were deleted and committed (PostgreSQL: counted
+///   towards vacuuming the table).
 macro_rules! impl_store {
     ($store:ty, $backend:literal) => {
         #[async_trait::async_trait]
@@ -1006,6 +1011,10 @@ macro_rules! impl_store {
             async fn ping(&self) -> Result<(), $crate::StoreError> {
                 sqlx::query("SELECT 1").execute(self.reader()).await.map_err(|e| self.db_err(e))?;
                 Ok(())
+            }
+
+            async fn advisories(&self) -> Result<Vec<String>, $crate::StoreError> {
+                self.settings_advice().await
             }
 
             // --- CAs ---
@@ -1644,6 +1653,7 @@ macro_rules! impl_store {
                 );
                 let taken: Vec<$crate::common::IntentRow> =
                     q.build_query_as().fetch_all(&mut *tx).await.map_err(|e| self.db_err(e))?;
+                let deleted = taken.len() as u64;
                 let mut stored: std::collections::HashMap<String, $crate::CertRecord> = std::collections::HashMap::new();
                 let mut forbidden = std::collections::HashSet::new();
                 let mut issued_here = std::collections::HashSet::new();
@@ -1769,6 +1779,7 @@ macro_rules! impl_store {
                 // so it is held for as short a time as possible.
                 $crate::common::append_audit_batch!(self, tx, &events);
                 tx.commit().await.map_err(|e| self.db_err(e))?;
+                self.intents_deleted(deleted);
                 Ok(hexes
                     .iter()
                     .map(|h| {
@@ -2374,22 +2385,25 @@ macro_rules! impl_store {
                 }
                 // See the trait: losing a challenge in a crash costs the device a retry.
                 let mut tx = self.begin_relaxed().await?;
+                let mut purged = 0;
                 if let Some(before) = purge_before {
-                    sqlx::query("DELETE FROM challenges WHERE expires_at < $1")
+                    purged = sqlx::query("DELETE FROM challenges WHERE expires_at < $1")
                         .bind(before.0)
                         .execute(&mut *tx)
                         .await
-                        .map_err(|e| self.db_err(e))?;
+                        .map_err(|e| self.db_err(e))?
+                        .rows_affected();
                 }
-                if items.is_empty() {
-                    return tx.commit().await.map_err(|e| self.db_err(e));
+                if !items.is_empty() {
+                    let mut q = $crate::common::challenge_insert(items, None);
+                    q.build()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| self.db_err(e).on_conflict(|| "nonce collision".to_string()))?;
                 }
-                let mut q = $crate::common::challenge_insert(items, None);
-                q.build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| self.db_err(e).on_conflict(|| "nonce collision".to_string()))?;
-                tx.commit().await.map_err(|e| self.db_err(e))
+                tx.commit().await.map_err(|e| self.db_err(e))?;
+                self.challenges_deleted(purged);
+                Ok(())
             }
 
             async fn service_secret(

@@ -466,6 +466,10 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round trip, for readiness checks.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// What the operator should change in the database's settings, one sentence each
+    /// (PostgreSQL: `autovacuum` off); empty when nothing. The server logs them at start.
+    async fn advisories(&self) -> Result<Vec<String>, StoreError>;
+
     // --- CAs ---
 
     /// Record a new CA hierarchy (root then issuing). If `replace` is false and any CA

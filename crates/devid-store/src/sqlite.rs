@@ -153,6 +153,18 @@ impl SqliteStore {
     fn db_err(&self, e: sqlx::Error) -> StoreError {
         from_sqlx(e, &self.target)
     }
+
+    /// [`crate::Store::advisories`]: none.
+    async fn settings_advice(&self) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Nothing to do: SQLite reuses a deleted row's space (its free-page list) without a
+    /// VACUUM, unlike PostgreSQL (`PgStore::intents_deleted`).
+    fn intents_deleted(&self, _n: u64) {}
+
+    /// Nothing to do, as [`Self::intents_deleted`].
+    fn challenges_deleted(&self, _n: u64) {}
 }
 
 impl_store!(SqliteStore, "sqlite");

@@ -2042,3 +2042,92 @@ async fn quarantine_overlapping_a_completion_leaves_no_valid_certificate() {
     drop(store);
     db.cleanup().await;
 }
+
+/// `issuance_intents` is written and emptied by every issuance; PostgreSQL reclaims a
+/// deleted row's space only in a VACUUM, which autovacuum runs at most once a minute (or
+/// never, where it is off). The store vacuums the table itself after every 10,000 deleted
+/// intents, so the table stops growing: 25,000 more issuances after the first 25,000 leave
+/// it at about the size it had, where without the VACUUM it doubles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuance_intents_stop_growing_as_the_store_vacuums_them() {
+    use sqlx::Connection;
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = open(&db).await;
+    let issuer = with_ca(store.as_ref()).await;
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    // Only the store's own VACUUM, whatever the server's autovacuum does.
+    sqlx::query("ALTER TABLE issuance_intents SET (autovacuum_enabled = false)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let meta = DeviceMeta::default();
+    let (registered, issued) = (ev(), ev());
+    let mut n = 0u64;
+    let mut issue = async |batches: u64| {
+        for _ in 0..batches {
+            let pending: Vec<PendingCert> = (n..n + 1000)
+                .map(|i| {
+                    pending(&serial(i), &issuer, &DeviceId::new(format!("churn-{i}")).unwrap(), b"csr", 10)
+                })
+                .collect();
+            n += 1000;
+            let items: Vec<Intent<'_>> = pending
+                .iter()
+                .map(|p| Intent { pending: p, redeem: Redeem::Nothing, register: Some((&meta, &registered)) })
+                .collect();
+            assert!(store.record_intents(&items, false).await.unwrap().iter().all(Result::is_ok));
+            let done: Vec<Completion<'_>> = pending
+                .iter()
+                .map(|p| Completion { serial: &p.serial, cert_der: b"der", audit: &issued })
+                .collect();
+            assert!(store.complete_issuances(&done, t(11)).await.unwrap().iter().all(Result::is_ok));
+        }
+    };
+    let vacuums = async |c: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'issuance_intents'")
+            .fetch_one(c)
+            .await
+            .unwrap()
+    };
+    let size = async |c: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT pg_relation_size('issuance_intents')").fetch_one(c).await.unwrap()
+    };
+    // Wait until the VACUUMs the store started have ended (the statistics lag a little).
+    async fn settle(c: &mut sqlx::PgConnection) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let running: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'VACUUM%issuance_intents' AND state = 'active'",
+            )
+            .fetch_one(&mut *c)
+            .await
+            .unwrap();
+            if running == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a VACUUM of issuance_intents still runs after 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+
+    issue(25).await;
+    settle(&mut c).await;
+    let (vacuumed, first) = (vacuums(&mut c).await, size(&mut c).await);
+    assert!(vacuumed >= 2, "25,000 deleted intents, {vacuumed} VACUUMs");
+    issue(25).await;
+    settle(&mut c).await;
+    let (vacuumed, second) = (vacuums(&mut c).await, size(&mut c).await);
+    assert!(vacuumed >= 4, "50,000 deleted intents, {vacuumed} VACUUMs");
+    println!(
+        "issuance_intents: {first} bytes after 25,000 issuances, {second} after 50,000; {vacuumed} VACUUMs"
+    );
+    assert!(
+        second * 2 < first * 3,
+        "issuance_intents grew from {first} to {second} bytes over 25,000 more issuances"
+    );
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM issuance_intents").fetch_one(&mut c).await.unwrap();
+    assert_eq!(left, 0);
+    let _ = c.close().await;
+}

@@ -670,6 +670,9 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     let base = public_url.as_str().trim_end_matches('/');
     println!("devid {}", env!("CARGO_PKG_VERSION"));
     println!("store: {} ({})", store.backend(), redact_url(&cfg.database_url));
+    for advice in store.advisories().await? {
+        tracing::warn!("{advice}");
+    }
     println!("root CA SHA-256 fingerprint: {}", devid_ca::fingerprint_sha256(&issuer.root_der));
     println!("issuing CA: {}", issuer.id);
     println!("enroll: POST {base}/v1/enroll   chain: GET {base}/v1/ca/chain   API: GET {base}/openapi.json");
