@@ -23,7 +23,8 @@
 # CONCURRENCY then bounds how many are in flight), ROUNDS=N (run the methods N times against
 # the same server and database, new devices each time, so that the store grows and the
 # tables that churn (issuance_intents, challenges) age as in a sustained load; after each
-# round it prints their live and dead rows and sizes, and at the end one line per round).
+# round it prints their live and dead rows and sizes and devid's resident memory, and at the
+# end one line per round).
 #
 # After each phase it prints the CPU used per operation by devid, all of PostgreSQL (WAL
 # writer included), the simulator and everything else, sampled from /proc every 0.2 s; after
@@ -34,6 +35,8 @@ source "$(dirname "$0")/lib.sh"
 DEVICES=${1:-20000}
 CONCURRENCY=${2:-64}
 METHODS=${3:-token,x509,symmetric}
+ROUNDS=${ROUNDS:-1}
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive whole number, not '$ROUNDS'"
 
 need psql postgresql-client
 need jq jq
@@ -83,8 +86,6 @@ say "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 say "PostgreSQL $(psql "$DB_URL" -qAtX -c "SELECT string_agg(name || '=' || current_setting(name), ' ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'max_wal_size')")"
 
 IFS=, read -r -a methods <<<"$METHODS"
-ROUNDS=${ROUNDS:-1}
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive whole number, not '$ROUNDS'"
 # The tables a sustained load churns or grows, as PostgreSQL's statistics see them.
 table_stats() {
   psql "$DB_URL" -qAtX -c "SELECT string_agg(format('%s %s live %s dead %s (autovacuum %s)', relname, n_live_tup,
@@ -148,6 +149,7 @@ for m in "${methods[@]}"; do
   jq -c . "$W/$m.json"
   if [ "$ROUNDS" -gt 1 ]; then
     say "  tables: $(table_stats)"
+    say "  devid resident memory: $(($(ps -o rss= -p "$SERVER_PID") / 1024)) MiB"
     jq -r --arg m "$m" --arg r "$round" '"round \($r) \($m): enroll \(.enroll.per_second|floor)/s p50 \(.enroll.p50_ms) p99 \(.enroll.p99_ms) ms; renew \(.renew.per_second|floor)/s p99 \(.renew.p99_ms) ms"' \
       "$W/$m.json" >>"$W/rounds.txt"
   fi
