@@ -467,6 +467,37 @@ async fn check_plans<T>(
     (name, failures)
 }
 
+/// An enrollment group of claimed ids with these methods and registration, nothing else set.
+fn group_record(name: &str, methods: &[&str], registration: &str) -> devid_store::GroupRecord {
+    devid_store::GroupRecord {
+        name: name.into(),
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+        registration: registration.into(),
+        id_source: "claimed".into(),
+        validity_secs: None,
+        trust_anchors: Vec::new(),
+        crls: Vec::new(),
+        master_key: None,
+        rate_per_minute: None,
+        created_at: UnixTime(now()),
+        updated_at: UnixTime(now()),
+    }
+}
+
+/// Print `report` under `title`, then fail with every failure of `outcomes`, if any.
+fn assert_plans(title: &str, report: &[String], outcomes: &[(String, Outcome)]) {
+    println!("{title}:");
+    for line in report {
+        println!("  {line}");
+    }
+    let failures: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, f)| !f.is_empty())
+        .map(|(name, f)| format!("{name}: {}", f.join("\n")))
+        .collect();
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
 /// Run the checks, each the store call the API makes, and return (name, outcome); `report`
 /// gets one line per plan.
 async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Vec<(String, Outcome)> {
@@ -661,19 +692,7 @@ async fn run_checks(store: &PgStore, i: &Inputs, report: &mut Vec<String>) -> Ve
     );
     check!("release a device", 10, store.release_device(&i.other_device, UnixTime(now()), &audit));
     check!("remove a group in use", 10, store.delete_group(&i.group, &audit));
-    let empty = devid_store::GroupRecord {
-        name: "plan-empty".into(),
-        methods: vec!["token".into()],
-        registration: "required".into(),
-        id_source: "claimed".into(),
-        validity_secs: None,
-        trust_anchors: Vec::new(),
-        crls: Vec::new(),
-        master_key: None,
-        rate_per_minute: None,
-        created_at: UnixTime(now()),
-        updated_at: UnixTime(now()),
-    };
+    let empty = group_record("plan-empty", &["token"], "required");
     store.put_group(&empty, true, &audit).await.unwrap();
     check!("remove an empty group", 10, store.delete_group("plan-empty", &audit));
     assert!(sink.0 > 0, "the CRL read streamed no entry");
@@ -827,16 +846,8 @@ async fn every_list_and_lookup_query_uses_an_index() {
 
     let mut report = Vec::new();
     let outcomes = run_checks(&store, &i, &mut report).await;
-    println!("plans of the store's queries ({PLAN_CERTIFICATES} + 20000 seeded certificates):");
-    for line in &report {
-        println!("  {line}");
-    }
-    let failures: Vec<String> = outcomes
-        .iter()
-        .filter(|(_, f)| !f.is_empty())
-        .map(|(name, f)| format!("{name}: {}", f.join("\n")))
-        .collect();
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    let title = format!("plans of the store's queries ({PLAN_CERTIFICATES} + 20000 seeded certificates)");
+    assert_plans(&title, &report, &outcomes);
     store.close().await;
     let _ = c.close().await;
     install.cleanup().await;
@@ -853,36 +864,29 @@ async fn step_one_reads(
     report: &mut Vec<String>,
 ) -> Vec<(String, Outcome)> {
     let (csr, other) = (csr.to_vec(), vec![0; 32]);
-    vec![
-        check_plans(
-            "devices by token hashes (batch)",
-            20.0,
-            store.devices_by_token_hashes(std::slice::from_ref(&other)),
-            report,
-        )
-        .await,
-        check_plans(
-            "challenges by nonce hashes (batch)",
-            10.0,
-            store.get_challenges(std::slice::from_ref(&other)),
-            report,
-        )
-        .await,
-        check_plans(
-            "devices with their certificates for CSRs (batch)",
-            50.0,
-            store.device_for_csrs(&[(device.clone(), csr.clone()), (device.clone(), other.clone())]),
-            report,
-        )
-        .await,
-        check_plans(
-            "renewals: certificates, devices, certificates for CSRs (batch)",
-            60.0,
-            store.renewal_contexts(&[(serial.clone(), csr), (serial.clone(), other)]),
-            report,
-        )
-        .await,
-    ]
+    let mut out = Vec::new();
+    macro_rules! check {
+        ($name:expr, $budget:expr, $call:expr) => {
+            out.push(check_plans($name, $budget as f64, $call, report).await)
+        };
+    }
+    check!(
+        "devices by token hashes (batch)",
+        20,
+        store.devices_by_token_hashes(std::slice::from_ref(&other))
+    );
+    check!("challenges by nonce hashes (batch)", 10, store.get_challenges(std::slice::from_ref(&other)));
+    check!(
+        "devices with their certificates for CSRs (batch)",
+        50,
+        store.device_for_csrs(&[(device.clone(), csr.clone()), (device.clone(), other.clone())])
+    );
+    check!(
+        "renewals: certificates, devices, certificates for CSRs (batch)",
+        60,
+        store.renewal_contexts(&[(serial.clone(), csr), (serial.clone(), other)])
+    );
+    out
 }
 
 /// A statement keeps the plan a connection first gave it: the group commit's statements run
@@ -919,19 +923,7 @@ async fn plans_made_on_an_empty_store_still_use_indexes_once_it_is_full() {
     let audit = |action: &str| {
         devid_store::AuditEvent::new(UnixTime(now()), "system", action, "x", serde_json::json!({}))
     };
-    let group = devid_store::GroupRecord {
-        name: "plan-group".into(),
-        methods: vec!["token".into(), "x509".into()],
-        registration: "optional".into(),
-        id_source: "claimed".into(),
-        validity_secs: None,
-        trust_anchors: Vec::new(),
-        crls: Vec::new(),
-        master_key: None,
-        rate_per_minute: None,
-        created_at: UnixTime(now()),
-        updated_at: UnixTime(now()),
-    };
+    let group = group_record("plan-group", &["token", "x509"], "optional");
     let _one_at_a_time = PLAN_TEST.lock().await;
     let store = explaining_store(&install.db.url, Some(1)).await;
     store.put_group(&group, false, &audit("test.group")).await.unwrap();
@@ -1017,16 +1009,7 @@ async fn plans_made_on_an_empty_store_still_use_indexes_once_it_is_full() {
     let (fill_device, fill_serial) =
         (DeviceId::new("fill-05-0500").unwrap(), Serial::from_bytes(&[0x3c, 0, 5, 1, 244]).unwrap());
     outcomes.extend(step_one_reads(&store, &fill_device, &fill_serial, &[0, 5, 1, 244], &mut report).await);
-    println!("plans made on the empty store, run on 9,000 certificates:");
-    for line in &report {
-        println!("  {line}");
-    }
-    let failures: Vec<String> = outcomes
-        .iter()
-        .filter(|(_, f)| !f.is_empty())
-        .map(|(name, f)| format!("{name}: {}", f.join("\n")))
-        .collect();
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert_plans("plans made on the empty store, run on 9,000 certificates", &report, &outcomes);
     store.close().await;
     let _ = c.close().await;
     install.cleanup().await;
