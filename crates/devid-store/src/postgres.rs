@@ -51,7 +51,7 @@ pub struct PgStore {
 /// VACUUM, and until then an insert cannot reuse its space. Autovacuum looks at a table at
 /// most once a minute (`autovacuum_naptime`), and not at all where it is off: measured with
 /// it off (`ROUNDS=6 bench/enroll.sh 100000 256 token`), `issuance_intents` held 945 live
-/// rows in 561 MB after 600,000 certificates, growing by 0.94 KB with each. Vacuumed after
+/// rows in 561 MB after 600,000 certificates, growing by about 1 KB with each. Vacuumed after
 /// every 10,000 deletions it stays at about that many rows' pages, and the VACUUM reads
 /// only those pages.
 const VACUUM_AFTER_DELETED: u64 = 10_000;

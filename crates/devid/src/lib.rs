@@ -670,8 +670,10 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     let base = public_url.as_str().trim_end_matches('/');
     println!("devid {}", env!("CARGO_PKG_VERSION"));
     println!("store: {} ({})", store.backend(), redact_url(&cfg.database_url));
-    for advice in store.advisories().await? {
-        tracing::warn!("{advice}");
+    // Advice only: a failure to read the settings does not stop the start.
+    match store.advisories().await {
+        Ok(advice) => advice.iter().for_each(|a| tracing::warn!("{a}")),
+        Err(e) => tracing::warn!(error = %e, "could not read the database's settings"),
     }
     println!("root CA SHA-256 fingerprint: {}", devid_ca::fingerprint_sha256(&issuer.root_der));
     println!("issuing CA: {}", issuer.id);
