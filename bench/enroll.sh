@@ -88,8 +88,8 @@ say "PostgreSQL $(psql "$DB_URL" -qAtX -c "SELECT string_agg(name || '=' || curr
 IFS=, read -r -a methods <<<"$METHODS"
 # The tables a sustained load churns or grows, as PostgreSQL's statistics see them.
 table_stats() {
-  psql "$DB_URL" -qAtX -c "SELECT string_agg(format('%s %s live %s dead %s (autovacuum %s)', relname, n_live_tup,
-      n_dead_tup, pg_size_pretty(pg_total_relation_size(relid)), coalesce(autovacuum_count, 0)), '; ' ORDER BY relname)
+  psql "$DB_URL" -qAtX -c "SELECT string_agg(format('%s %s live %s dead %s (vacuum %s, autovacuum %s)', relname,
+      n_live_tup, n_dead_tup, pg_size_pretty(pg_total_relation_size(relid)), vacuum_count, autovacuum_count), '; ' ORDER BY relname)
     FROM pg_stat_user_tables WHERE relname IN ('issuance_intents', 'challenges', 'devices', 'certificates')"
 }
 : >"$W/rounds.txt"

@@ -134,12 +134,101 @@ impl Caching {
     }
 }
 
+/// A cached answer, packed so that a full cache stays small (it held each answer as an
+/// [`OcspAnswer`] and its CertID apart, about 1.45 KB an entry; `bench/RESULTS.md`,
+/// eighteenth machine):
+/// - one buffer holds the DER response up to its responder certificate, then its HTTP
+///   caching header values ([`Caching`]); the CertID it answers is read from the response,
+///   which echoes it byte for byte (`SingleResponse.certID`, RFC 6960 §4.2.1);
+/// - the responder certificate itself is shared between every answer it signed: it ends
+///   each of them, since `certs` is the last field of the BasicOCSPResponse, which is the
+///   last thing in the OCSPResponse (RFC 6960 §4.2.1).
+///
+/// A hit copies the two parts into one response (about 800 bytes).
 struct Cached {
-    cert_id: Box<[u8]>,
-    answer: OcspAnswer,
+    buf: bytes::Bytes,
+    head_len: u32,
+    cert_id_at: u32,
+    cert_id_len: u32,
+    values_at: u32,
+    /// The responder certificate's DER, shared (empty when the answer does not end with it).
+    tail: bytes::Bytes,
+    this_update: UnixTime,
+    next_update: UnixTime,
     refresh_at: UnixTime,
     /// The status the answer states; current, because entries are evicted on every change.
     status: Status,
+}
+
+impl Cached {
+    /// Pack an answer (with its HTTP caching facts) that `responder_cert` signed.
+    fn new(
+        answer: &OcspAnswer,
+        caching: &Caching,
+        cert_id: &[u8],
+        responder_cert: &bytes::Bytes,
+        refresh_at: UnixTime,
+        status: Status,
+    ) -> Option<Cached> {
+        let der = &answer.der;
+        let shared = !responder_cert.is_empty() && der.ends_with(responder_cert);
+        let head = if shared { &der[..der.len() - responder_cert.len()] } else { &der[..] };
+        let mut buf = Vec::with_capacity(head.len() + caching.values.len());
+        buf.extend_from_slice(head);
+        let found = (!cert_id.is_empty()).then(|| head.windows(cert_id.len()).position(|w| w == cert_id));
+        let cert_id_at = match found.flatten() {
+            Some(at) => at,
+            None => {
+                buf.extend_from_slice(cert_id);
+                head.len()
+            }
+        };
+        let values_at = buf.len();
+        buf.extend_from_slice(&caching.values);
+        Some(Cached {
+            buf: buf.into(),
+            head_len: u32::try_from(head.len()).ok()?,
+            cert_id_at: u32::try_from(cert_id_at).ok()?,
+            cert_id_len: u32::try_from(cert_id.len()).ok()?,
+            values_at: u32::try_from(values_at).ok()?,
+            tail: if shared { responder_cert.clone() } else { bytes::Bytes::new() },
+            this_update: caching.this_update,
+            next_update: caching.next_update,
+            refresh_at,
+            status,
+        })
+    }
+
+    fn cert_id(&self) -> &[u8] {
+        let start = self.cert_id_at as usize;
+        self.buf.get(start..start + self.cert_id_len as usize).unwrap_or_default()
+    }
+
+    /// The answer, whole again: the DER in one buffer, the caching values shared.
+    fn answer(&self) -> OcspAnswer {
+        let head = self.head_len as usize;
+        let der = if self.tail.is_empty() {
+            self.buf.slice(..head)
+        } else {
+            let mut der = bytes::BytesMut::with_capacity(head + self.tail.len());
+            der.extend_from_slice(&self.buf[..head]);
+            der.extend_from_slice(&self.tail);
+            der.freeze()
+        };
+        let values = self.buf.slice(self.values_at as usize..);
+        OcspAnswer {
+            der,
+            caching: Some(Caching { this_update: self.this_update, next_update: self.next_update, values }),
+        }
+    }
+}
+
+/// An issuer's current delegated responder.
+struct ActiveResponder {
+    responder: Responder,
+    /// Its certificate, DER, shared by the cached answers it signed (their common tail).
+    cert: bytes::Bytes,
+    not_after: UnixTime,
 }
 
 /// One issuing CA as the publisher sees it.
@@ -148,7 +237,7 @@ struct IssuerCtx {
     info: IssuerInfo,
     hashes: IssuerHashes,
     signer: Arc<dyn Signer>,
-    responder: RwLock<Option<(Arc<Responder>, UnixTime)>>,
+    responder: RwLock<Option<Arc<ActiveResponder>>>,
     urls: PublicUrls,
 }
 
@@ -160,7 +249,7 @@ pub struct Publisher {
     rng: Arc<dyn Entropy>,
     config: PublishConfig,
     issuers: RwLock<Vec<Arc<IssuerCtx>>>,
-    cache: RwLock<HashMap<Serial, Vec<Arc<Cached>>>>,
+    cache: RwLock<HashMap<Serial, Vec<Cached>>>,
     cache_len: std::sync::atomic::AtomicUsize,
     /// Bumped on every eviction: a response signed from a status read before an eviction
     /// is not cached (it may predate the change that caused the eviction).
@@ -281,7 +370,7 @@ impl Publisher {
         let now = self.clock.now();
         let margin = self.config.responder_validity_secs / 3;
         for ctx in self.issuers() {
-            let current = ctx.responder.read().map_err(lock_err)?.as_ref().map(|(_, na)| *na);
+            let current = ctx.responder.read().map_err(lock_err)?.as_ref().map(|r| r.not_after);
             if current.is_some_and(|na| na.0 - now.0 > margin) {
                 continue;
             }
@@ -297,7 +386,9 @@ impl Publisher {
                 Some(c) => c,
                 None => self.issue_responder(&ctx, now).await?,
             };
-            *ctx.responder.write().map_err(lock_err)? = Some((Arc::new(responder), not_after));
+            let cert = bytes::Bytes::copy_from_slice(responder.certificate_der());
+            *ctx.responder.write().map_err(lock_err)? =
+                Some(Arc::new(ActiveResponder { responder, cert, not_after }));
         }
         Ok(())
     }
@@ -404,14 +495,14 @@ impl Publisher {
             .collect();
         if let Some(nonce) = req.nonce.as_deref() {
             // Signed for this request only, never cached.
-            let der = responder.sign_response(now, &singles, Some(nonce)).map_err(|e| {
+            let der = responder.responder.sign_response(now, &singles, Some(nonce)).map_err(|e| {
                 tracing::error!(issuer = %ctx.id, error = %e, "OCSP signing failed");
                 ErrorStatus::InternalError
             })?;
             crate::metrics::OCSP_SIGNED.inc();
             return Ok(OcspAnswer { der: der.into(), caching: None });
         }
-        let der = responder.sign_response(now, &singles, None).map_err(|e| {
+        let der = responder.responder.sign_response(now, &singles, None).map_err(|e| {
             tracing::error!(issuer = %ctx.id, error = %e, "OCSP signing failed");
             ErrorStatus::InternalError
         })?;
@@ -424,13 +515,21 @@ impl Publisher {
         {
             // Another request or the pre-signer may have cached an answer meanwhile: every
             // client gets that one.
-            return Ok(self.insert_cached(serial, &one.der, answer, *status, now, Some(epoch)));
+            return Ok(self.insert_cached(
+                serial,
+                &one.der,
+                &responder.cert,
+                answer,
+                *status,
+                now,
+                Some(epoch),
+            ));
         }
         Ok(answer)
     }
 
-    fn responder(&self, ctx: &IssuerCtx) -> Option<Arc<Responder>> {
-        ctx.responder.read().ok().and_then(|g| g.as_ref().map(|(r, _)| r.clone()))
+    fn responder(&self, ctx: &IssuerCtx) -> Option<Arc<ActiveResponder>> {
+        ctx.responder.read().ok().and_then(|g| g.clone())
     }
 
     async fn status_of(&self, issuer: &CaId, serial: &Serial) -> Result<Status, AuthorityError> {
@@ -442,8 +541,8 @@ impl Publisher {
 
     fn cached(&self, serial: &Serial, cert_id: &[u8], now: UnixTime) -> Option<OcspAnswer> {
         let cache = self.cache.read().ok()?;
-        let hit = cache.get(serial)?.iter().find(|c| &*c.cert_id == cert_id)?;
-        (now < hit.refresh_at).then(|| hit.answer.clone())
+        let hit = cache.get(serial)?.iter().find(|c| c.cert_id() == cert_id)?;
+        (now < hit.refresh_at).then(|| hit.answer())
     }
 
     fn cached_status(&self, serial: &Serial) -> Option<Status> {
@@ -458,10 +557,12 @@ impl Publisher {
     /// of [`Self::epoch`] (its status may predate the change that caused the eviction).
     /// The test runs under the cache's write lock, which an eviction also takes after
     /// counting itself, so no eviction slips between the test and the insert.
+    #[allow(clippy::too_many_arguments)]
     fn insert_cached(
         &self,
         serial: &Serial,
         cert_id: &[u8],
+        responder_cert: &bytes::Bytes,
         answer: OcspAnswer,
         status: Status,
         now: UnixTime,
@@ -471,7 +572,9 @@ impl Publisher {
         // Re-sign when half the validity has passed (RFC 5019 §2.2.4: responders pre-produce
         // responses and refresh them before nextUpdate).
         let refresh_at = UnixTime(now.0 + (c.next_update.0 - now.0) / 2);
-        let entry = Arc::new(Cached { cert_id: cert_id.into(), answer: answer.clone(), refresh_at, status });
+        let Some(entry) = Cached::new(&answer, c, cert_id, responder_cert, refresh_at, status) else {
+            return answer;
+        };
         let Ok(mut cache) = self.cache.write() else { return answer };
         use std::sync::atomic::Ordering;
         if epoch.is_some_and(|e| self.evictions.load(Ordering::Acquire) != e) {
@@ -485,12 +588,14 @@ impl Publisher {
             self.cache_len.fetch_sub(gone.len(), Ordering::Relaxed);
         }
         let slot = cache.entry(serial.clone()).or_default();
-        if let Some(pos) = slot.iter().position(|c| c.cert_id == entry.cert_id) {
+        if let Some(pos) = slot.iter().position(|c| c.cert_id() == cert_id) {
             if now < slot[pos].refresh_at {
-                return slot[pos].answer.clone();
+                return slot[pos].answer();
             }
             slot[pos] = entry;
         } else {
+            // Most serials have one answer (the SHA-1 CertID): no room for more up front.
+            slot.reserve_exact(1);
             slot.push(entry);
             self.cache_len.fetch_add(1, Ordering::Relaxed);
         }
@@ -537,6 +642,7 @@ impl Publisher {
         }
         let next_update = now.plus(self.config.ocsp_validity_secs);
         let der: bytes::Bytes = responder
+            .responder
             .sign_response(
                 now,
                 &[SingleStatus { cert_id_der: &cert_id, status, this_update: now, next_update }],
@@ -544,7 +650,7 @@ impl Publisher {
             )?
             .into();
         let answer = OcspAnswer { der: der.clone(), caching: Some(caching(&der, now, next_update)) };
-        self.insert_cached(serial, &cert_id, answer, status, now, epoch);
+        self.insert_cached(serial, &cert_id, &responder.cert, answer, status, now, epoch);
         Ok(())
     }
 
@@ -914,6 +1020,34 @@ mod tests {
         let c = Caching::new(UnixTime(0), UnixTime(253_402_300_799), "");
         assert_eq!(&c.expires_value()[..], b"Fri, 31 Dec 9999 23:59:59 GMT");
         assert_eq!(c.etag(), "");
+    }
+
+    #[test]
+    fn a_cached_answer_keeps_its_bytes_and_shares_the_responder_certificate() {
+        let cert = bytes::Bytes::from_static(b"0\x82\x01\x00 the responder certificate");
+        let caching = Caching::new(UnixTime(784_111_777), UnixTime(784_126_177), "e-1");
+        let signed = [&b"0\x82 head of the cert-id response"[..], &cert[..]].concat();
+        let answer = OcspAnswer { der: signed.clone().into(), caching: Some(caching.clone()) };
+        let c = Cached::new(&answer, &caching, b"cert-id", &cert, UnixTime(5), Status::Good).expect("pack");
+        assert_eq!(c.tail.as_ptr(), cert.as_ptr(), "the certificate is shared, not copied");
+        // The CertID is read from the response, which echoes it.
+        assert_eq!(c.buf.len(), signed.len() - cert.len() + caching.values.len());
+        assert_eq!(c.cert_id(), b"cert-id");
+        let back = c.answer();
+        assert_eq!(&back.der[..], &signed[..]);
+        let got = back.caching.expect("caching");
+        assert_eq!((got.this_update, got.next_update), (caching.this_update, caching.next_update));
+        assert_eq!(got.values, caching.values);
+        assert_eq!(got.etag(), "e-1");
+
+        // An answer that does not end with the certificate (another responder's) is kept
+        // whole, and a CertID it does not hold is kept beside it.
+        let other =
+            OcspAnswer { der: bytes::Bytes::from_static(b"0\x03abc"), caching: Some(caching.clone()) };
+        let c = Cached::new(&other, &caching, b"id", &cert, UnixTime(5), Status::Good).expect("pack");
+        assert!(c.tail.is_empty());
+        assert_eq!(c.answer().der, other.der);
+        assert_eq!(c.cert_id(), b"id");
     }
 
     #[test]

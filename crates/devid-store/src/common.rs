@@ -2106,15 +2106,20 @@ macro_rules! impl_store {
                 .map_err(|e| self.db_err(e))?;
                 sink.begin(number, expected.max(0) as u64).map_err(sink_err)?;
                 {
-                    // One index range scan of revocations (issuer_id, not_after), streamed.
-                    let mut rows = sqlx::query_as::<_, (String, i16, i64)>(
+                    use sqlx::Row;
+                    // One index range scan of revocations (issuer_id, not_after), streamed;
+                    // the serial is read in place from the row (no String a row).
+                    let mut rows = sqlx::query(
                         "SELECT serial, reason, revoked_at FROM revocations WHERE issuer_id = $1 AND not_after > $2",
                     )
                     .bind(issuer.as_str())
                     .bind(now.0)
                     .fetch(&mut *tx);
-                    while let Some((hex, reason, at)) = rows.try_next().await.map_err(|e| self.db_err(e))? {
-                        let serial = devid_core::Serial::from_hex(&hex)
+                    while let Some(row) = rows.try_next().await.map_err(|e| self.db_err(e))? {
+                        let hex: &str = row.try_get(0).map_err(|e| self.db_err(e))?;
+                        let reason: i16 = row.try_get(1).map_err(|e| self.db_err(e))?;
+                        let at: i64 = row.try_get(2).map_err(|e| self.db_err(e))?;
+                        let serial = devid_core::Serial::from_hex(hex)
                             .map_err(|e| $crate::StoreError::internal(format!("bad serial {hex:?}: {e}")))?;
                         let reason = u8::try_from(reason)
                             .ok()
