@@ -173,10 +173,13 @@ impl Cached {
         let der = &answer.der;
         let shared = !responder_cert.is_empty() && der.ends_with(responder_cert);
         let head = if shared { &der[..der.len() - responder_cert.len()] } else { &der[..] };
-        let mut buf = Vec::with_capacity(head.len() + caching.values.len());
-        buf.extend_from_slice(head);
         let found = (!cert_id.is_empty()).then(|| head.windows(cert_id.len()).position(|w| w == cert_id));
-        let cert_id_at = match found.flatten() {
+        let found = found.flatten();
+        let apart = if found.is_some() { 0 } else { cert_id.len() };
+        // Exactly the size it needs: `Bytes` keeps a vector's spare capacity.
+        let mut buf = Vec::with_capacity(head.len() + apart + caching.values.len());
+        buf.extend_from_slice(head);
+        let cert_id_at = match found {
             Some(at) => at,
             None => {
                 buf.extend_from_slice(cert_id);
