@@ -623,21 +623,6 @@ pub(crate) struct NewCrl<'a> {
     pub(crate) der: &'a [u8],
 }
 
-/// Store a CRL unless a newer one is stored; the value comes from `$source` (a `VALUES`
-/// placeholder or a `SELECT … FROM` clause), binds `$1`–`$5` are the row's other fields.
-macro_rules! upsert_crl {
-    ($select:literal) => {
-        concat!(
-            "INSERT INTO crls (issuer_id, shard, crl_number, this_update, next_update, der) ",
-            $select,
-            " ON CONFLICT (issuer_id, shard) DO UPDATE SET crl_number = excluded.crl_number, \
-             this_update = excluded.this_update, next_update = excluded.next_update, der = excluded.der \
-             WHERE crls.crl_number < excluded.crl_number"
-        )
-    };
-}
-pub(crate) use upsert_crl;
-
 // --- SQL, shared by both backends. `concat!` needs literals, hence the macros. ---
 
 macro_rules! ca_select {

@@ -205,22 +205,29 @@ impl SqliteStore {
         Ok(true)
     }
 
-    /// Store a CRL (one bound parameter: SQLite runs in this process, there is no wire copy).
+    /// Store a CRL unless a newer one is stored (one bound parameter: SQLite runs in this
+    /// process, there is no wire copy).
     async fn store_crl(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
         crl: &crate::common::NewCrl<'_>,
     ) -> Result<(), StoreError> {
-        sqlx::query(crate::common::upsert_crl!("VALUES ($1, $2, $3, $4, $5, $6)"))
-            .bind(crl.issuer.as_str())
-            .bind(i64::from(crl.shard))
-            .bind(crl.number)
-            .bind(crl.this_update)
-            .bind(crl.next_update)
-            .bind(crl.der)
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| self.db_err(e))?;
+        sqlx::query(
+            "INSERT INTO crls (issuer_id, shard, crl_number, this_update, next_update, der) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (issuer_id, shard) DO UPDATE SET crl_number = excluded.crl_number, \
+             this_update = excluded.this_update, next_update = excluded.next_update, der = excluded.der \
+             WHERE crls.crl_number < excluded.crl_number",
+        )
+        .bind(crl.issuer.as_str())
+        .bind(i64::from(crl.shard))
+        .bind(crl.number)
+        .bind(crl.this_update)
+        .bind(crl.next_update)
+        .bind(crl.der)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| self.db_err(e))?;
         Ok(())
     }
 }
