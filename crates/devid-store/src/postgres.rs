@@ -394,9 +394,9 @@ impl PgStore {
     /// as before, wrote those 47 MiB twice: 160 ms for the COPY, then 235 ms for the
     /// upsert, `bench/RESULTS.md`, eighteenth machine.)
     ///
-    /// Only [`crate::Store::rebuild_crl`] writes CRLs, under the build lock, with the number after
-    /// the one it read: a newer CRL cannot be there. If one were, it is not deleted, and the
-    /// COPY fails on the primary key instead of replacing it.
+    /// Only [`crate::Store::rebuild_crl`] writes CRLs, under the build lock, with the
+    /// number after the one it read: a newer CRL cannot be there. If one were, it is not
+    /// deleted, and the COPY fails on the primary key instead of replacing it.
     async fn store_crl(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
