@@ -161,18 +161,17 @@ struct Cached {
 }
 
 impl Cached {
-    /// Pack an answer (with its HTTP caching facts) that `responder_cert` signed.
+    /// Pack a DER answer and its HTTP caching facts; `responder_cert` signed it.
     fn new(
-        answer: &OcspAnswer,
+        der: &[u8],
         caching: &Caching,
         cert_id: &[u8],
         responder_cert: &bytes::Bytes,
         refresh_at: UnixTime,
         status: Status,
     ) -> Option<Cached> {
-        let der = &answer.der;
         let shared = !responder_cert.is_empty() && der.ends_with(responder_cert);
-        let head = if shared { &der[..der.len() - responder_cert.len()] } else { &der[..] };
+        let head = if shared { &der[..der.len() - responder_cert.len()] } else { der };
         let found = (!cert_id.is_empty()).then(|| head.windows(cert_id.len()).position(|w| w == cert_id));
         let found = found.flatten();
         let apart = if found.is_some() { 0 } else { cert_id.len() };
@@ -575,7 +574,7 @@ impl Publisher {
         // Re-sign when half the validity has passed (RFC 5019 §2.2.4: responders pre-produce
         // responses and refresh them before nextUpdate).
         let refresh_at = UnixTime(now.0 + (c.next_update.0 - now.0) / 2);
-        let Some(entry) = Cached::new(&answer, c, cert_id, responder_cert, refresh_at, status) else {
+        let Some(entry) = Cached::new(&answer.der, c, cert_id, responder_cert, refresh_at, status) else {
             return answer;
         };
         let Ok(mut cache) = self.cache.write() else { return answer };
@@ -1031,7 +1030,8 @@ mod tests {
         let caching = Caching::new(UnixTime(784_111_777), UnixTime(784_126_177), "e-1");
         let signed = [&b"0\x82 head of the cert-id response"[..], &cert[..]].concat();
         let answer = OcspAnswer { der: signed.clone().into(), caching: Some(caching.clone()) };
-        let c = Cached::new(&answer, &caching, b"cert-id", &cert, UnixTime(5), Status::Good).expect("pack");
+        let c =
+            Cached::new(&answer.der, &caching, b"cert-id", &cert, UnixTime(5), Status::Good).expect("pack");
         assert_eq!(c.tail.as_ptr(), cert.as_ptr(), "the certificate is shared, not copied");
         // The CertID is read from the response, which echoes it.
         assert_eq!(c.buf.len(), signed.len() - cert.len() + caching.values.len());
@@ -1047,7 +1047,7 @@ mod tests {
         // whole, and a CertID it does not hold is kept beside it.
         let other =
             OcspAnswer { der: bytes::Bytes::from_static(b"0\x03abc"), caching: Some(caching.clone()) };
-        let c = Cached::new(&other, &caching, b"id", &cert, UnixTime(5), Status::Good).expect("pack");
+        let c = Cached::new(&other.der, &caching, b"id", &cert, UnixTime(5), Status::Good).expect("pack");
         assert!(c.tail.is_empty());
         assert_eq!(c.answer().der, other.der);
         assert_eq!(c.cert_id(), b"id");

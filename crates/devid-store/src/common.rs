@@ -2093,7 +2093,7 @@ macro_rules! impl_store {
                 {
                     use sqlx::Row;
                     // One index range scan of revocations (issuer_id, not_after), streamed;
-                    // the serial is read in place from the row (no String a row).
+                    // each serial is read in place from its row, without a String per row.
                     let mut rows = sqlx::query(
                         "SELECT serial, reason, revoked_at FROM revocations WHERE issuer_id = $1 AND not_after > $2",
                     )
