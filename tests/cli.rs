@@ -191,6 +191,24 @@ fn example_production_configuration_parses() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// The OCSP cache's size is logged at start: the configured one, or without one the
+/// figure sized from this host's memory (10,000 to 1,000,000 answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_the_ocsp_cache_capacity() {
+    let capacity = |log: &str| -> u64 {
+        let line = log.lines().find(|l| l.contains("OCSP cache capacity")).expect("logged");
+        let at = line.find("responses=").expect("the figure") + "responses=".len();
+        line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let mut install = Install::new(Backend::Sqlite).await;
+    install.env.push(("RUST_LOG".into(), "info".into()));
+    let sized = capacity(&install.serve().stop());
+    assert!((10_000..=1_000_000).contains(&sized), "{sized}");
+    install.env.push(("DEVID_OCSP__CACHE_CAPACITY".into(), "2500".into()));
+    assert_eq!(capacity(&install.serve().stop()), 2500);
+    install.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_crl_build_needs_the_public_url() {
     let mut install = Install::new(Backend::Sqlite).await;

@@ -337,21 +337,32 @@ pub(crate) fn issued_der(
     resp: &EnrollResponse,
     spki_der: &[u8],
 ) -> Result<(Vec<u8>, Vec<Vec<u8>>), AgentError> {
+    let der = issued_certificate(resp, spki_der)?;
+    Ok((der, issued_chain(&resp.chain)?))
+}
+
+/// The answer's certificate, DER, checked to be for the key in the CSR (`spki_der`).
+pub(crate) fn issued_certificate(resp: &EnrollResponse, spki_der: &[u8]) -> Result<Vec<u8>, AgentError> {
     let der = pem_certificates(&resp.certificate)?
         .into_iter()
         .next()
         .ok_or_else(|| AgentError::new(ErrorKind::Protocol, "the answer holds no certificate"))?;
-    let chain = pem_certificates(&resp.chain)?;
-    if chain.is_empty() {
-        return Err(AgentError::new(ErrorKind::Protocol, "the answer holds no CA chain"));
-    }
     if files::cert_spki_der(&der)? != spki_der {
         return Err(AgentError::new(
             ErrorKind::Protocol,
             "the issued certificate is not for the key in the CSR",
         ));
     }
-    Ok((der, chain))
+    Ok(der)
+}
+
+/// The answer's CA chain (`chain`, PEM), DER, at least one certificate.
+pub(crate) fn issued_chain(pem: &str) -> Result<Vec<Vec<u8>>, AgentError> {
+    let chain = pem_certificates(pem)?;
+    if chain.is_empty() {
+        return Err(AgentError::new(ErrorKind::Protocol, "the answer holds no CA chain"));
+    }
+    Ok(chain)
 }
 
 /// Write the certificate, the chain and (when given) the key, atomically each.

@@ -175,15 +175,47 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, AgentError> {
     })
 }
 
-/// The SubjectPublicKeyInfo of a DER certificate, DER (RFC 5280 §4.1.2.7).
-pub fn cert_spki_der(der: &[u8]) -> Result<Vec<u8>, AgentError> {
-    use der::Encode;
-    let cert = x509_cert::Certificate::from_der(der)
-        .map_err(|e| AgentError::crypto(format!("the certificate does not parse: {e}")))?;
-    cert.tbs_certificate
-        .subject_public_key_info
-        .to_der()
-        .map_err(|e| AgentError::crypto(format!("the certificate's public key: {e}")))
+/// The SubjectPublicKeyInfo of a DER certificate, DER, borrowed from it (RFC 5280 §4.1.2.7).
+///
+/// ```text
+/// Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }
+/// TBSCertificate ::= SEQUENCE { version [0] EXPLICIT (optional), serialNumber, signature,
+///      issuer, validity, subject, subjectPublicKeyInfo, ... }
+/// ```
+///
+/// Each field is read as a TLV and the key is the seventh (sixth without a version), so
+/// the names and extensions around it are not decoded: the simulator checks every answer
+/// this way, and decoding the whole certificate was an eighth of its CPU (perf, issue #6).
+/// Where the agent needs more of a certificate it decodes it whole ([`cert_info`]).
+pub fn cert_spki_der(der: &[u8]) -> Result<&[u8], AgentError> {
+    use der::{Reader, SliceReader, Tag, TagNumber};
+    let bad = |e: der::Error| AgentError::crypto(format!("the certificate does not parse: {e}"));
+    let mut reader = SliceReader::new(der).map_err(bad)?;
+    let spki = reader
+        .sequence(|cert| {
+            let spki = cert.sequence(|tbs| {
+                if tbs.peek_tag()? == (Tag::ContextSpecific { constructed: true, number: TagNumber::N0 }) {
+                    tbs.tlv_bytes()?;
+                }
+                for _field in ["serialNumber", "signature", "issuer", "validity", "subject"] {
+                    tbs.tlv_bytes()?;
+                }
+                let spki = tbs.tlv_bytes()?;
+                while !tbs.is_finished() {
+                    tbs.tlv_bytes()?;
+                }
+                Ok(spki)
+            })?;
+            cert.tlv_bytes()?; // signatureAlgorithm
+            cert.tlv_bytes()?; // signatureValue
+            Ok(spki)
+        })
+        .map_err(bad)?;
+    let spki = reader.finish(spki).map_err(bad)?;
+    if spki.first() != Some(&0x30) {
+        return Err(AgentError::crypto("the certificate does not parse: its public key is not a SEQUENCE"));
+    }
+    Ok(spki)
 }
 
 /// id-at-commonName, 2.5.4.3 (RFC 4519 §2.3).
@@ -193,6 +225,40 @@ const ID_AT_COMMON_NAME: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifi
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_public_key_is_read_where_the_whole_decoding_finds_it() {
+        use der::Encode;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["device-1".into()]).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        let v3 = params.self_signed(&key).expect("cert").der().to_vec();
+        let whole = |der: &[u8]| {
+            let cert = x509_cert::Certificate::from_der(der).expect("decodes");
+            cert.tbs_certificate.subject_public_key_info.to_der().expect("encodes")
+        };
+        assert_eq!(cert_spki_der(&v3).expect("v3"), whole(&v3).as_slice());
+        assert_eq!(
+            cert_spki_der(&v3).expect("v3"),
+            rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+        );
+        // Without the version field (v1: DER leaves the default out) and the extensions.
+        let mut cert = x509_cert::Certificate::from_der(&v3).expect("decodes");
+        cert.tbs_certificate.version = x509_cert::Version::V1;
+        cert.tbs_certificate.extensions = None;
+        let v1 = cert.to_der().expect("encodes");
+        let version_v3 = [0xa0, 0x03, 0x02, 0x01, 0x02];
+        assert!(v3.windows(5).any(|w| w == version_v3));
+        assert!(!v1.windows(5).any(|w| w == version_v3), "the version field is gone");
+        assert_eq!(cert_spki_der(&v1).expect("v1"), whole(&v1).as_slice());
+        // Not a certificate: an error each, never a slice of something else.
+        assert!(cert_spki_der(&v3[..v3.len() - 1]).is_err(), "truncated");
+        assert!(cert_spki_der(&[v3.as_slice(), &[0]].concat()).is_err(), "trailing byte");
+        assert!(cert_spki_der(b"").is_err());
+        assert!(cert_spki_der(&[0x30, 0x03, 0x02, 0x01, 0x01]).is_err(), "too few fields");
+        let csr = params.serialize_request(&key).expect("csr").der().to_vec();
+        assert!(cert_spki_der(&csr).is_err(), "a CSR is not a certificate");
+    }
 
     #[test]
     fn keys_are_0600_and_the_new_dir_0700() {

@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
 
 use crate::client::{endpoint, http_client, read_pem_certificates};
-use crate::enroll::{issued_der, nonce_bytes};
+use crate::enroll::{issued_certificate, issued_chain, nonce_bytes};
 use crate::error::{AgentError, ErrorKind, Problem};
 use crate::keys::{Csr, DeviceKey, FactoryKey, read_key_material};
 use crate::protocol::{
@@ -508,8 +508,38 @@ struct Device {
 /// A certificate the device got.
 struct Enrolled {
     cert_der: Vec<u8>,
-    /// DER, issuing CA first, root last.
-    chain: Vec<Vec<u8>>,
+    /// DER, issuing CA first, root last; shared by the devices whose answers carried the
+    /// same chain ([`Chains`]).
+    chain: Chain,
+}
+
+/// The CA chains of the answers, each decoded once. Every answer carries the chain, and
+/// in a run it is nearly always the same text: an answer whose chain is the last one's
+/// shares that decoding instead of decoding its PEM again (with the certificate's full
+/// decoding, which [`crate::files::cert_spki_der`] replaced, a fifth of the simulator's
+/// CPU per enrollment: perf, issue #6). A different chain (the CA rotated) is decoded and
+/// becomes the last one.
+#[derive(Default)]
+struct Chains {
+    /// The last chain's text and its decoding.
+    last: std::sync::Mutex<Option<(String, Chain)>>,
+}
+
+/// A decoded CA chain: DER, issuing CA first, root last.
+type Chain = Arc<[Vec<u8>]>;
+
+impl Chains {
+    fn decode(&self, pem: &str) -> Result<Chain, Failure> {
+        let lock = || self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((text, chain)) = lock().as_ref()
+            && text == pem
+        {
+            return Ok(chain.clone());
+        }
+        let chain: Chain = issued_chain(pem).map_err(|e| Failure::protocol(e.to_string()))?.into();
+        *lock() = Some((pem.to_string(), chain.clone()));
+        Ok(chain)
+    }
 }
 
 fn device_id(run_id: &str, i: usize) -> String {
@@ -687,18 +717,25 @@ where
 {
     let work = Arc::new(work);
     let next = Arc::new(AtomicUsize::new(0));
+    // Each worker's histogram is about 170 KB of zeroed memory: made before the phase
+    // starts, so that neither its time nor its page faults count in the phase (at c=256,
+    // 44 MB and 3 % of the simulator's CPU in an enrollment phase: perf, issue #6).
+    let outs = (0..concurrency.clamp(1, n.max(1)))
+        .map(|_| {
+            Ok(WorkerOut {
+                hist: histogram()?,
+                errors: BTreeMap::new(),
+                first: BTreeMap::new(),
+                results: Vec::new(),
+                max_lag: Duration::ZERO,
+            })
+        })
+        .collect::<Result<Vec<_>, AgentError>>()?;
     let start = Instant::now();
     let started = std::time::SystemTime::now();
     let mut tasks = Vec::new();
-    for _ in 0..concurrency.clamp(1, n.max(1)) {
+    for mut out in outs {
         let (work, next, pb) = (work.clone(), next.clone(), pb.clone());
-        let mut out = WorkerOut {
-            hist: histogram()?,
-            errors: BTreeMap::new(),
-            first: BTreeMap::new(),
-            results: Vec::new(),
-            max_lag: Duration::ZERO,
-        };
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -767,6 +804,7 @@ struct Ctx {
     method: SimMethod,
     group: Option<String>,
     devices: Vec<Device>,
+    chains: Arc<Chains>,
 }
 
 async fn enroll_one(ctx: &Ctx, i: usize) -> Result<Enrolled, Failure> {
@@ -795,13 +833,13 @@ async fn enroll_one(ctx: &Ctx, i: usize) -> Result<Enrolled, Failure> {
         }
     };
     let resp: EnrollResponse = fetch_json(ctx.http.post(&ctx.enroll_url).json(&body)).await?;
-    issued(&resp, &d.keys.spki)
+    issued(&resp, &d.keys.spki, &ctx.chains)
 }
 
-fn issued(resp: &EnrollResponse, spki: &[u8]) -> Result<Enrolled, Failure> {
-    // The same checks as `devid-agent enroll`, each certificate parsed once.
-    let (cert_der, chain) = issued_der(resp, spki).map_err(|e| Failure::protocol(e.to_string()))?;
-    Ok(Enrolled { cert_der, chain })
+fn issued(resp: &EnrollResponse, spki: &[u8], chains: &Chains) -> Result<Enrolled, Failure> {
+    // The same checks as `devid-agent enroll`.
+    let cert_der = issued_certificate(resp, spki).map_err(|e| Failure::protocol(e.to_string()))?;
+    Ok(Enrolled { cert_der, chain: chains.decode(&resp.chain)? })
 }
 
 /// `POST /v1/enroll/challenge`: the group, the nonce as sent, and the binding.
@@ -844,7 +882,7 @@ async fn renew_one(
     let answer = post_once(target, Arc::new(cfg), body).await?;
     let resp: EnrollResponse = serde_json::from_slice(&answer)
         .map_err(|e| Failure::protocol(format!("the answer is not the protocol: {e}")))?;
-    issued(&resp, &d.keys.spki)
+    issued(&resp, &d.keys.spki, &tls.chains)
 }
 
 /// Where renewals go: the renewal listener's addresses (resolved once, in the set-up),
@@ -944,11 +982,17 @@ struct RenewTls {
     fixed: Option<Arc<SharedVerifier>>,
     /// Otherwise the root of each device's enrollment chain, by its DER.
     by_root: HashMap<Vec<u8>, Arc<SharedVerifier>>,
+    /// The renewal answers' chains.
+    chains: Arc<Chains>,
 }
 
 impl RenewTls {
     /// Verifiers for `roots` (`--ca`), or for the roots of the `enrolled` chains.
-    fn new(roots: Option<&[Vec<u8>]>, enrolled: &[(usize, Enrolled)]) -> Result<RenewTls, AgentError> {
+    fn new(
+        roots: Option<&[Vec<u8>]>,
+        enrolled: &[(usize, Enrolled)],
+        chains: Arc<Chains>,
+    ) -> Result<RenewTls, AgentError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let verifier = |roots: &[Vec<u8>]| -> Result<Arc<SharedVerifier>, AgentError> {
             let mut store = rustls::RootCertStore::empty();
@@ -965,7 +1009,7 @@ impl RenewTls {
             .map_err(|e| AgentError::crypto(format!("TLS set-up: {e}")))?;
             Ok(Arc::new(SharedVerifier { inner, verified: std::sync::Mutex::new(None) }))
         };
-        let mut tls = RenewTls { provider: provider.clone(), fixed: None, by_root: HashMap::new() };
+        let mut tls = RenewTls { provider: provider.clone(), fixed: None, by_root: HashMap::new(), chains };
         match roots {
             Some(r) => tls.fixed = Some(verifier(r)?),
             None => {
@@ -1519,6 +1563,7 @@ pub async fn simulate(args: &SimulateArgs, show_progress: bool) -> Result<Report
         method: args.method,
         group: group.clone(),
         devices,
+        chains: Arc::new(Chains::default()),
     });
 
     // Enroll.
@@ -1576,7 +1621,7 @@ pub async fn simulate(args: &SimulateArgs, show_progress: bool) -> Result<Report
     let renew = match renew_target {
         Some(target) => {
             let pb = progress(enrolled.len() as u64, "renew", show_progress);
-            let tls = Arc::new(RenewTls::new(roots.as_deref(), &enrolled)?);
+            let tls = Arc::new(RenewTls::new(roots.as_deref(), &enrolled, ctx.chains.clone())?);
             let (c, e) = (ctx.clone(), enrolled.clone());
             let (report, _) = drive(enrolled.len(), concurrency, renew_rate, pb, "renew", move |j| {
                 let (c, e, target, tls) = (c.clone(), e.clone(), target.clone(), tls.clone());
@@ -1647,10 +1692,27 @@ mod tests {
     }
 
     #[test]
+    fn answers_with_the_same_chain_share_one_decoding() {
+        let pem = |der: &[u8]| crate::keys::certificate_pem(der);
+        let (a, b) = (vec![0x30, 0x03, 0x02, 0x01, 0x01], vec![0x30, 0x03, 0x02, 0x01, 0x02]);
+        let chains = Chains::default();
+        let first = chains.decode(&format!("{}{}", pem(&a), pem(&b))).expect("decodes");
+        assert_eq!(&*first, &[a.clone(), b.clone()]);
+        let again = chains.decode(&format!("{}{}", pem(&a), pem(&b))).expect("decodes");
+        assert!(Arc::ptr_eq(&first, &again), "the same text shares the decoding");
+        let rotated = chains.decode(&pem(&b)).expect("decodes");
+        assert_eq!(&*rotated, std::slice::from_ref(&b));
+        assert!(!Arc::ptr_eq(&first, &rotated));
+        assert!(Arc::ptr_eq(&rotated, &chains.decode(&pem(&b)).expect("decodes")));
+        assert_eq!(chains.decode("no PEM here").expect_err("no chain").kind, "protocol");
+        assert!(chains.decode("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n").is_err());
+    }
+
+    #[test]
     fn the_shared_server_verifier_reuses_only_the_same_valid_chain() {
         let (root, leaf, not_after) = server_chain("sim root");
         let (_, stranger, _) = server_chain("another root");
-        let tls = RenewTls::new(Some(&[root]), &[]).unwrap();
+        let tls = RenewTls::new(Some(&[root]), &[], Arc::default()).unwrap();
         let v = tls.fixed.clone().unwrap();
         let name = ServerName::try_from("localhost").unwrap();
         let now = not_after - 1800;
@@ -1675,14 +1737,14 @@ mod tests {
     fn renewal_verifiers_follow_each_devices_root() {
         let (root_a, _, _) = server_chain("root a");
         let (root_b, _, _) = server_chain("root b");
-        let device = |root: &[u8]| Enrolled { cert_der: vec![1], chain: vec![vec![2], root.to_vec()] };
+        let device = |root: &[u8]| Enrolled { cert_der: vec![1], chain: vec![vec![2], root.to_vec()].into() };
         let enrolled = vec![(0, device(&root_a)), (1, device(&root_b)), (2, device(&root_a))];
-        let tls = RenewTls::new(None, &enrolled).unwrap();
+        let tls = RenewTls::new(None, &enrolled, Arc::default()).unwrap();
         assert_eq!(tls.by_root.len(), 2);
         let (a, b) = (tls.verifier(&enrolled[0].1).unwrap(), tls.verifier(&enrolled[1].1).unwrap());
         assert!(Arc::ptr_eq(&a, &tls.verifier(&enrolled[2].1).unwrap()));
         assert!(!Arc::ptr_eq(&a, &b));
-        assert!(tls.verifier(&Enrolled { cert_der: vec![1], chain: vec![] }).is_err());
+        assert!(tls.verifier(&Enrolled { cert_der: vec![1], chain: Vec::new().into() }).is_err());
     }
 
     #[test]

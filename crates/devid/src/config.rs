@@ -457,6 +457,97 @@ fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_mul(2).clamp(2, 1024)
 }
 
+/// Memory one cached OCSP answer takes, rounded up: 771 bytes measured with its share of
+/// the map (`ROUNDS=2 bench/enroll.sh 100000 256 token`, 400,000 answers cached).
+const OCSP_CACHE_ENTRY_BYTES: u64 = 1024;
+/// The default OCSP cache's share of the memory devid may use.
+const OCSP_CACHE_MEMORY_SHARE: u64 = 8;
+/// The default OCSP cache's bounds: at most about 1 GiB, and at least enough for a small fleet.
+const OCSP_CACHE_DEFAULT_MAX: usize = 1_000_000;
+const OCSP_CACHE_DEFAULT_MIN: usize = 10_000;
+
+/// `ocsp.cache_capacity` when the configuration does not set it: an eighth of the memory
+/// devid may use (`memory_bytes`, from [`host_memory_bytes`]) at about 1 KiB an answer,
+/// within 10,000 to 1,000,000 answers. On a host of 8 GiB or more that is the 1,000,000
+/// of earlier releases; in a container limited to 1 GiB it is 131,072 (128 MiB), so the
+/// cache cannot by default take a small host's memory. Unknown memory: 1,000,000.
+fn default_ocsp_cache_capacity(memory_bytes: Option<u64>) -> usize {
+    match memory_bytes {
+        None => OCSP_CACHE_DEFAULT_MAX,
+        Some(bytes) => {
+            let entries = bytes / OCSP_CACHE_MEMORY_SHARE / OCSP_CACHE_ENTRY_BYTES;
+            usize::try_from(entries)
+                .unwrap_or(usize::MAX)
+                .clamp(OCSP_CACHE_DEFAULT_MIN, OCSP_CACHE_DEFAULT_MAX)
+        }
+    }
+}
+
+/// The memory this process may use: the machine's `MemTotal` (`/proc/meminfo`), or the
+/// lowest cgroup memory limit from the process's cgroup up to the root where that is less
+/// (`/proc/self/cgroup` names the cgroups: v2 `memory.max`, v1 `memory.limit_in_bytes`);
+/// `None` where none can be read.
+fn host_memory_bytes() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let total = read("/proc/meminfo").and_then(|text| meminfo_total(&text));
+    let cgroups = read("/proc/self/cgroup").unwrap_or_default();
+    let limit = cgroup_limit_files(&cgroups)
+        .iter()
+        .filter_map(|f| read(f).and_then(|text| cgroup_limit(&text)))
+        .min();
+    match (total, limit) {
+        (Some(t), Some(l)) => Some(t.min(l)),
+        (t, l) => t.or(l),
+    }
+}
+
+/// The files holding the memory limits of the process's cgroups and their ancestors, from
+/// the text of `/proc/self/cgroup`: `0::/path` (v2) and `N:…memory…:/path` (v1).
+fn cgroup_limit_files(text: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (root, file) = if id == "0" && controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = path.trim_end_matches('/');
+        loop {
+            files.push(format!("{root}{dir}/{file}"));
+            match dir.rfind('/') {
+                Some(at) => dir = &dir[..at],
+                None => break,
+            }
+        }
+    }
+    files
+}
+
+/// `MemTotal` in bytes from the text of `/proc/meminfo` (`MemTotal:  24596436 kB`).
+fn meminfo_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
+    }
+}
+
+/// A cgroup memory limit in bytes: `max` (v2) or a huge v1 value means none.
+fn cgroup_limit(text: &str) -> Option<u64> {
+    let n: u64 = text.trim().parse().ok()?;
+    // cgroup v1 reports "no limit" as a page-rounded i64::MAX.
+    (n < (1 << 62)).then_some(n)
+}
+
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
     let listen: SocketAddr = listen_text
@@ -581,8 +672,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if ocsp_responder_validity < ocsp_validity * 3 {
         return Err(bad("ocsp.responder_validity", "must be at least three times ocsp.validity"));
     }
-    let ocsp_cache_capacity =
-        number("ocsp.cache_capacity", raw.ocsp.cache_capacity.as_deref(), 1_000_000, 1, 100_000_000)?;
+    let ocsp_cache_capacity = number(
+        "ocsp.cache_capacity",
+        raw.ocsp.cache_capacity.as_deref(),
+        default_ocsp_cache_capacity(host_memory_bytes()),
+        1,
+        100_000_000,
+    )?;
     let crl_validity = duration(
         "crl.validity",
         raw.crl.validity.as_deref(),
@@ -719,6 +815,55 @@ mod tests {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         assert_eq!(c.workers, (cores * 2).max(2));
         assert_eq!(c.database_pool_size, None);
+    }
+
+    #[test]
+    fn the_default_ocsp_cache_is_sized_from_the_memory_devid_may_use() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(default_ocsp_cache_capacity(None), 1_000_000);
+        assert_eq!(default_ocsp_cache_capacity(Some(24 * GIB)), 1_000_000);
+        assert_eq!(default_ocsp_cache_capacity(Some(8 * GIB)), 1_000_000);
+        assert_eq!(default_ocsp_cache_capacity(Some(4 * GIB)), 524_288);
+        assert_eq!(default_ocsp_cache_capacity(Some(GIB)), 131_072);
+        assert_eq!(default_ocsp_cache_capacity(Some(64 << 20)), 10_000);
+        assert_eq!(default_ocsp_cache_capacity(Some(0)), 10_000);
+        assert_eq!(default_ocsp_cache_capacity(Some(u64::MAX)), 1_000_000);
+        // What this host gives is within the bounds, and a set value wins over it.
+        let here = from_toml("").expect("defaults are valid").ocsp_cache_capacity;
+        assert_eq!(here, default_ocsp_cache_capacity(host_memory_bytes()));
+        assert!((10_000..=1_000_000).contains(&here));
+        let set = from_toml("[ocsp]\ncache_capacity = '5'").expect("valid").ocsp_cache_capacity;
+        assert_eq!(set, 5);
+    }
+
+    #[test]
+    fn memory_is_read_from_meminfo_and_the_cgroup_limit() {
+        let meminfo = "MemFree:         1000 kB\nMemTotal:       24596436 kB\nBuffers: 1 kB\n";
+        assert_eq!(meminfo_total(meminfo), Some(24_596_436 * 1024));
+        assert_eq!(meminfo_total("MemTotal: 4096\n"), Some(4096));
+        assert_eq!(meminfo_total("MemTotal: 12 MB\n"), None);
+        assert_eq!(meminfo_total("MemTotal: lots kB\n"), None);
+        assert_eq!(meminfo_total("MemFree: 1 kB\n"), None);
+        assert_eq!(cgroup_limit("max\n"), None);
+        assert_eq!(cgroup_limit("1073741824\n"), Some(1 << 30));
+        assert_eq!(cgroup_limit("9223372036854771712\n"), None);
+        assert_eq!(cgroup_limit(""), None);
+        let files =
+            cgroup_limit_files("4:memory:/process_api/abc\n3:cpu:/\n0::/system.slice/devid.service\n");
+        assert_eq!(
+            files,
+            [
+                "/sys/fs/cgroup/memory/process_api/abc/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/process_api/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "/sys/fs/cgroup/system.slice/devid.service/memory.max",
+                "/sys/fs/cgroup/system.slice/memory.max",
+                "/sys/fs/cgroup/memory.max",
+            ]
+        );
+        assert_eq!(cgroup_limit_files("0::/\n"), ["/sys/fs/cgroup/memory.max"]);
+        assert!(cgroup_limit_files("garbage\n").is_empty());
+        assert!(host_memory_bytes().is_some_and(|b| b > 0), "this Linux host has /proc/meminfo");
     }
 
     #[test]

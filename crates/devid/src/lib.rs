@@ -596,6 +596,7 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     // Metrics are recorded by this process only (GET /metrics); other commands leave them off.
     devid_authority::metrics::install();
     tracing::info!(workers = cfg.workers, "runtime threads");
+    tracing::info!(responses = cfg.ocsp_cache_capacity, "OCSP cache capacity");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let rng: Arc<dyn Entropy> = Arc::new(OsEntropy);
     let store = open_store(&cfg).await?;
