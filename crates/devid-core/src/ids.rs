@@ -296,6 +296,10 @@ mod tests {
                 }
             }
         }
+        // Bytes from 0x80 up reach the decoder only inside a multi-byte character (a `&str`
+        // is UTF-8), which the loop above cannot build from one byte: refused too.
+        assert!(Serial::from_hex("01\u{e9}").is_err(), "two UTF-8 bytes where a digit pair goes");
+        assert!(Serial::from_hex("\u{e9}01").is_err());
         let mixed = Serial::from_hex("7fAbCdEf0123456789aBcDeF0123456789abcdef").expect("mixed case");
         assert_eq!(mixed.to_hex(), "7fabcdef0123456789abcdef0123456789abcdef");
         assert!(Serial::from_hex(&"7f".repeat(20)).is_ok());
