@@ -112,13 +112,17 @@ bench_cleanup() {
 }
 
 # start_server CMD...: run `devid serve --listen 127.0.0.1:0` (CMD is the binary, maybe
-# behind taskset, with its flags) in the background; set SERVER_PID and BASE (its URL).
+# behind taskset, with its flags) in the background; set SERVER_PID, BASE (its URL) and
+# RESPONDER (the responder listener's URL, empty without DEVID_OCSP__LISTEN).
 start_server() {
   "$@" >"$W/serve.out" 2>"$W/serve.log" &
   SERVER_PID=$!
   BASE=
+  RESPONDER=
   for _ in $(seq 600); do
     BASE=$(sed -n 's/^listening on \(http:[^ ]*\).*/\1/p' "$W/serve.out" | head -n1)
+    # The responder listener (ocsp.listen), when the server has one; printed before BASE.
+    RESPONDER=$(sed -n 's/^responder listener on \(http:[^ ]*\).*/\1/p' "$W/serve.out" | head -n1)
     [ -n "$BASE" ] && return
     kill -0 "$SERVER_PID" 2>/dev/null || { cat "$W/serve.out" "$W/serve.log" >&2; die "devid serve exited"; }
     sleep 0.1

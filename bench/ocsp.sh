@@ -14,7 +14,11 @@
 #   WORKLOADS="post get nonce"
 #   WARMUP=2s                 an unreported wrk run before each workload ("0" to skip)
 #   SERVER_CPUS=, WRK_CPUS=   pin the server / wrk with `taskset -c` (e.g. 0 and 1)
-#   DEVID_WORKERS=            the server's runtime threads (devid's default: twice the usable cores)
+#   DEVID_WORKERS=            the server's runtime threads, and the responder listener's
+#                             event loops (devid's default: twice the usable cores)
+#   LISTENER=responder        where wrk asks: the responder listener (`ocsp.listen`, one
+#                             single-threaded event loop per worker) or `main` (the API's
+#                             listener, the multi-threaded runtime)
 #   DEVID_BIN=                the devid binary (default: cargo build --release -p devid)
 #   DEVID_BENCH_DATABASE_URL= an existing PostgreSQL database to use (kept). Default: a fresh
 #                             devid_bench_<random> on $DEVID_BENCH_PG_ADMIN_URL
@@ -52,8 +56,19 @@ pin_wrk=()
 [ -n "${WRK_CPUS:-}" ] && pin_wrk=(taskset -c "$WRK_CPUS")
 
 # --- the server ---
+LISTENER=${LISTENER:-responder}
+case $LISTENER in
+  responder) export DEVID_OCSP__LISTEN=127.0.0.1:0 ;;
+  main) export DEVID_OCSP__LISTEN=off ;;
+  *) die "LISTENER must be responder or main, not $LISTENER" ;;
+esac
 start_server "${pin_server[@]}" "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}"
-URL="$BASE/ocsp"
+if [ "$LISTENER" = responder ]; then
+  [ -n "$RESPONDER" ] || die "the server printed no responder listener (a devid from before ocsp.listen?)"
+  URL="$RESPONDER/ocsp"
+else
+  URL="$BASE/ocsp"
+fi
 
 # --- one enrolled device ---
 enroll_one bench-ocsp-0001
@@ -192,7 +207,7 @@ run_workload() {
 }
 
 say "devid: $DEVID ($("$DEVID" --version))"
-say "server: $BASE pid $SERVER_PID${SERVER_CPUS:+ cpus $SERVER_CPUS}${DEVID_WORKERS:+ runtime threads $DEVID_WORKERS}; leaf serial $SERIAL"
+say "server: $BASE pid $SERVER_PID${SERVER_CPUS:+ cpus $SERVER_CPUS}${DEVID_WORKERS:+ runtime threads $DEVID_WORKERS}; OCSP asked at $URL ($LISTENER listener); leaf serial $SERIAL"
 say "wrk: -t$THREADS -c$CONNS -d$DUR${WRK_CPUS:+ cpus $WRK_CPUS}; warm-up $WARMUP; $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)"
 for t in ${THREADS//,/ }; do
   for c in ${CONNS//,/ }; do

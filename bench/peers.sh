@@ -282,7 +282,8 @@ PY=$PEERS/.venv/bin/python
 # of bench/enroll.sh (rate limits off: one source plays the whole fleet).
 db_create
 D=(--data-dir "$W/data" --database-url "$DB_URL")
-export DEVID_LOG__LEVEL=warn DEVID_TLS__LISTEN=127.0.0.1:0
+# OCSP is asked at the responder listener (ocsp.listen), as a deployment for brokers has it.
+export DEVID_LOG__LEVEL=warn DEVID_TLS__LISTEN=127.0.0.1:0 DEVID_OCSP__LISTEN=127.0.0.1:0
 export DEVID_LIMITS__PER_SOURCE=0 DEVID_LIMITS__PER_DEVICE=0 DEVID_LIMITS__PER_CREDENTIAL=0
 start_server "$DEVID" serve --listen 127.0.0.1:0 "${D[@]}"
 # One enrolled device (token), not revoked: its certificate is "good".
@@ -324,8 +325,9 @@ ocsp_check cfssl "$CFSSL_OCSP" "$S/int.pem" "$S/chain.pem" "$S/good.pem"
 SRV=$S/ocsp.pid ocsp_load cfssl "$CFSSL_OCSP"
 peer_stop cfssl-ocsp
 
-ocsp_check devid "$BASE/ocsp" "$W/issuer.pem" "$W/chain.pem" "$W/leaf.pem"
-SRV=devid ocsp_load devid "$BASE/ocsp"
+[ -n "$RESPONDER" ] || die "the server printed no responder listener (a devid from before ocsp.listen?)"
+ocsp_check devid "$RESPONDER/ocsp" "$W/issuer.pem" "$W/chain.pem" "$W/leaf.pem"
+SRV=devid ocsp_load devid "$RESPONDER/ocsp"
 
 # --- issuance: cfssl sign API, devid x509 and token ---
 # best KEY RUN...: keep as KEY the run (a result key) with the highest rate, with its

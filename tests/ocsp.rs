@@ -509,3 +509,91 @@ async fn replicas_on_one_postgres_agree() {
     drop(rb);
     install.cleanup().await;
 }
+
+/// The responder listener (`ocsp.listen`), with openssl as the client: good over POST (with
+/// and without a nonce) and GET, a revocation seen there, the CRL with the serial on it and
+/// the CA certificate; no route that needs a credential, and no enrollment. Certificates
+/// name `ocsp.public_url` as their OCSP responder, and the server stops gracefully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_responder_listener_answers_ocsp_and_publishes_nothing_else() {
+    let mut install = Install::new(Backend::Postgres).await;
+    install.env.push(("DEVID_OCSP__LISTEN".into(), "127.0.0.1:0".into()));
+    install.env.push(("DEVID_OCSP__PUBLIC_URL".into(), "http://ocsp.example.net:8081/".into()));
+    install.env.push(("DEVID_WORKERS".into(), "3".into()));
+    install.env.push(("RUST_LOG".into(), "info".into()));
+    let server = install.serve();
+    let (base, loops) = server.responder();
+    assert_eq!(loops, 3, "one event loop per worker");
+    assert_ne!(base, server.url(""), "a listener of its own");
+    let a = enroll_device(&install, &server, "resp-a").await;
+    let b = enroll_device(&install, &server, "resp-b").await;
+    let d = OpensslDir::with_chain(&a);
+    d.write("a.pem", &a.cert_pem);
+    d.write("b.pem", &b.cert_pem);
+
+    // The certificates name ocsp.public_url; the CRL stays at public_url.
+    let (ok, out) = d.openssl(&["x509", "-noout", "-ocsp_uri", "-in", "a.pem"]);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "http://ocsp.example.net:8081/ocsp");
+    let (ok, out) = d.openssl(&["x509", "-noout", "-ext", "crlDistributionPoints", "-in", "a.pem"]);
+    assert!(ok && out.contains(&server.url("/crl/")), "{out}");
+
+    // OCSP: POST with and without a nonce, and GET; the same answer as the main listener's.
+    let url = format!("{base}/ocsp");
+    let (ok, out) = d.ocsp(&url, &["-cert", "a.pem", "-cert", "b.pem"]);
+    assert_verified(ok, &out);
+    assert!(out.contains("a.pem: good") && out.contains("b.pem: good"), "{out}");
+    let (ok, out) = d.ocsp(&url, &["-no_nonce", "-cert", "a.pem"]);
+    assert_verified(ok, &out);
+    assert!(out.contains("a.pem: good"), "{out}");
+    let (ok, out) =
+        d.openssl(&["ocsp", "-issuer", "issuing.pem", "-cert", "a.pem", "-no_nonce", "-reqout", "req.der"]);
+    assert!(ok, "{out}");
+    let path = get_path(&d.read("req.der"));
+    let (status, h, here) = get(&format!("{base}{path}"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&h, "content-type"), "application/ocsp-response");
+    let (status, _, there) = get(&server.url(&path), None).await;
+    assert_eq!((status, &here), (200, &there), "the same cached answer on both listeners");
+
+    // A revocation reaches the responder listener.
+    install.run_ok(&["revoke", &b.serial, "--reason", "keyCompromise"]);
+    poll_until(PATIENCE, Duration::from_millis(20), async || {
+        let (ok, out) = d.ocsp(&url, &["-no_nonce", "-cert", "b.pem"]);
+        (ok && out.contains("b.pem: revoked")).then_some(())
+    })
+    .await
+    .expect("b is revoked at the responder listener");
+
+    // The CRL (with b on it, once rebuilt) and the CA certificates are published there too.
+    let issuing = server.issuing_ca();
+    let serial = b.serial.to_uppercase().trim_start_matches('0').to_string();
+    poll_until(PATIENCE, Duration::from_millis(50), async || {
+        let (status, _, der) = get(&format!("{base}/crl/{issuing}.crl"), None).await;
+        (status == 200 && d.crl_text(&der).contains(&serial)).then_some(())
+    })
+    .await
+    .expect("the CRL at the responder listener lists b");
+    let (status, _, der) = get(&format!("{base}/v1/ca/{issuing}.cer"), None).await;
+    assert_eq!(status, 200);
+    d.write("issuing.der", &der);
+    let (ok, out) = d.openssl(&["x509", "-inform", "DER", "-in", "issuing.der", "-noout", "-subject"]);
+    assert!(ok && out.contains("Issuing CA"), "{out}");
+    for path in ["/healthz", "/readyz", "/v1/ca/chain"] {
+        assert_eq!(get(&format!("{base}{path}"), None).await.0, 200, "{path}");
+    }
+
+    // Nothing else: the API, enrollment and the metrics are not routes here.
+    for path in ["/v1/devices", "/metrics", "/openapi.json"] {
+        let resp = http().get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 404, "{path}");
+        assert_eq!(header(resp.headers(), "content-type"), "application/problem+json", "{path}");
+    }
+    let resp = http().post(format!("{base}/v1/enroll")).json(&serde_json::json!({})).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+
+    // A graceful stop ends every event loop (the last line comes after they are joined).
+    let log = server.stop();
+    assert!(log.lines().any(|l| l.contains("INFO") && l.ends_with("stopped")), "{log}");
+    install.cleanup().await;
+}

@@ -129,6 +129,18 @@ impl Server {
         self.banner.iter().find_map(|l| l.strip_prefix("renewal listener on ")).unwrap().to_string()
     }
 
+    /// The responder listener's base URL (`http://127.0.0.1:PORT`, with `ocsp.listen`) and
+    /// its number of event loops.
+    pub fn responder(&self) -> (String, usize) {
+        let line = self
+            .banner
+            .iter()
+            .find_map(|l| l.strip_prefix("responder listener on "))
+            .expect("a responder listener");
+        let (url, rest) = line.split_once(" (").unwrap();
+        (url.to_string(), rest.split(' ').next().unwrap().parse().unwrap())
+    }
+
     /// The root fingerprint the server printed.
     pub fn root_fingerprint(&self) -> String {
         self.banner.iter().find_map(|l| l.strip_prefix("root CA SHA-256 fingerprint: ")).unwrap().to_string()

@@ -162,7 +162,22 @@ fn request_span<B>(req: &Request<B>) -> tracing::Span {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
-    let router = router.merge(pki::wildcard_routes()).route_layer(auth::AuthorizeLayer::new(state.clone()));
+    finish(router.merge(pki::wildcard_routes()), state)
+}
+
+/// The responder listener's application (`ocsp.listen`): OCSP (RFC 6960 Appendix A.1, GET
+/// and POST), the CRLs, the CA certificates, health and readiness; nothing that needs a
+/// credential. The same handlers, middleware and rate limits as in [`router`], so an
+/// answer is the same on either listener.
+pub fn responder_router(state: AppState) -> Router {
+    let (router, _) =
+        OpenApiRouter::<AppState>::new().merge(pki::routes()).merge(ops::public_routes()).split_for_parts();
+    finish(router.merge(pki::wildcard_routes()), state)
+}
+
+/// The middleware every route gets, the problem+json fallbacks and the state.
+fn finish(router: axum::Router<AppState>, state: AppState) -> Router {
+    let router = router.route_layer(auth::AuthorizeLayer::new(state.clone()));
     let x_request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     // One `Router::layer` with the whole stack: axum wraps every route once in it, so a
     // request clones one boxed service and boxes one future and one body. Seven `layer`

@@ -74,10 +74,14 @@ async fn openapi_doc() -> impl IntoResponse {
 }
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    public_routes().routes(routes!(openapi_doc))
+}
+
+/// Health, readiness and the CA certificates: the part the responder listener serves too.
+pub(crate) fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(chain))
         .routes(routes!(ca_cert))
-        .routes(routes!(openapi_doc))
 }

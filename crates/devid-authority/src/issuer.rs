@@ -66,7 +66,8 @@ impl ActiveIssuer {
             validity_secs: config.leaf_validity_secs,
             backdate_secs: config.backdate_secs,
             device_uri_prefix: config.device_uri_prefix.clone(),
-            urls: PublicUrls::for_issuer(&config.public_url, &ca.id),
+            urls: PublicUrls::for_issuer(&config.public_url, &ca.id)
+                .with_ocsp_base(config.ocsp_public_url.as_ref()),
             crl_shards: config.crl_shards.max(1),
         };
         let chain_pem = format!(

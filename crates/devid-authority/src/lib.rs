@@ -46,6 +46,10 @@ pub use revocation::{quarantine, release, revoke_certificate, revoke_device};
 pub struct AuthorityConfig {
     /// The public base URL of this service (AIA, CRL distribution point).
     pub public_url: url::Url,
+    /// The base URL of the OCSP responder, when brokers reach it elsewhere than
+    /// `public_url` (a listener of its own): certificates name `{it}/ocsp` in their
+    /// authorityInfoAccess (RFC 5280 §4.2.2.1, id-ad-ocsp).
+    pub ocsp_public_url: Option<url::Url>,
     /// Device certificate lifetime in seconds (default 24 h).
     pub leaf_validity_secs: i64,
     /// notBefore backdating in seconds.

@@ -93,6 +93,15 @@ impl PublicUrls {
             crl: format!("{base}/crl/{issuer}.crl"),
         }
     }
+
+    /// The OCSP URL at another base (`{ocsp_base}/ocsp`), when the responder is reached
+    /// elsewhere than the rest; `None` keeps it as it is.
+    pub fn with_ocsp_base(mut self, ocsp_base: Option<&url::Url>) -> PublicUrls {
+        if let Some(b) = ocsp_base {
+            self.ocsp = format!("{}/ocsp", b.as_str().trim_end_matches('/'));
+        }
+        self
+    }
 }
 
 /// The device leaf profile.

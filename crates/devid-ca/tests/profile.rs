@@ -184,3 +184,16 @@ fn ca_certificates_verify_strictly() {
     assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
     assert!(text.contains("Certificate Sign, CRL Sign"), "{text}");
 }
+
+#[test]
+fn the_ocsp_url_may_have_a_base_of_its_own() {
+    let base = url::Url::parse("https://ca.example.net/pki/").expect("url");
+    let id = CaId::new("issuing-1").expect("id");
+    let urls = PublicUrls::for_issuer(&base, &id);
+    assert_eq!(urls.ocsp, "https://ca.example.net/pki/ocsp");
+    assert_eq!(urls.clone().with_ocsp_base(None), urls);
+    let ocsp = url::Url::parse("http://ocsp.example.net:8081").expect("url");
+    let moved = urls.clone().with_ocsp_base(Some(&ocsp));
+    assert_eq!(moved.ocsp, "http://ocsp.example.net:8081/ocsp");
+    assert_eq!((moved.ca_issuers, moved.crl), (urls.ca_issuers, urls.crl), "only the OCSP URL moves");
+}

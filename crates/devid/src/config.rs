@@ -152,6 +152,12 @@ pub struct OcspRaw {
     /// Most responses kept in memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_capacity: Option<String>,
+    /// The responder listener's address (OCSP, CRLs, CA certificates), or `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The base URL certificates name for OCSP (`{public_url}/ocsp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 /// `[crl]`.
@@ -282,6 +288,11 @@ pub struct Config {
     pub ocsp_responder_validity: Duration,
     /// OCSP cache capacity (responses).
     pub ocsp_cache_capacity: usize,
+    /// The responder listener's address (`None`: off): OCSP, CRLs and the CA certificates,
+    /// served by `workers` single-threaded event loops.
+    pub ocsp_listen: Option<SocketAddr>,
+    /// The base URL of the OCSP responder that certificates name (`None`: `public_url`).
+    pub ocsp_public_url: Option<url::Url>,
     /// CRL validity.
     pub crl_validity: Duration,
     /// CRL shards per CA.
@@ -548,6 +559,19 @@ fn cgroup_limit(text: &str) -> Option<u64> {
     (n < (1 << 62)).then_some(n)
 }
 
+/// A base URL (`public_url`, `ocsp.public_url`): http or https, with a host, and neither a
+/// query nor a fragment, since paths are appended to it.
+fn base_url(key: &str, s: &str) -> Result<url::Url, ConfigError> {
+    let u = url::Url::parse(s).map_err(|e| bad(key, format!("'{s}' is not a URL: {e}")))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+        return Err(bad(key, format!("'{s}' must be an http:// or https:// URL with a host")));
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err(bad(key, "must not have a query or fragment"));
+    }
+    Ok(u)
+}
+
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let listen_text = raw.listen.as_deref().unwrap_or("127.0.0.1:8080");
     let listen: SocketAddr = listen_text
@@ -563,21 +587,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         Some(_) => return Err(bad("database_url", "must start with sqlite: or postgres://")),
     };
-    let public_url = match raw.public_url.as_deref() {
-        None => None,
-        Some(s) => {
-            let u = url::Url::parse(s).map_err(|e| bad("public_url", format!("'{s}' is not a URL: {e}")))?;
-            if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
-                return Err(bad(
-                    "public_url",
-                    format!("'{s}' must be an http:// or https:// URL with a host"),
-                ));
-            }
-            if u.query().is_some() || u.fragment().is_some() {
-                return Err(bad("public_url", "must not have a query or fragment"));
-            }
-            Some(u)
-        }
+    let public_url = raw.public_url.as_deref().map(|s| base_url("public_url", s)).transpose()?;
+    let ocsp_public_url =
+        raw.ocsp.public_url.as_deref().map(|s| base_url("ocsp.public_url", s)).transpose()?;
+    let ocsp_listen = match raw.ocsp.listen.as_deref().unwrap_or("off") {
+        "off" => None,
+        text => Some(text.parse::<SocketAddr>().map_err(|_| {
+            bad("ocsp.listen", format!("'{text}' is not an address like 0.0.0.0:8081 (or off)"))
+        })?),
     };
     let validity = duration(
         "issuance.validity",
@@ -776,6 +793,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ocsp_validity,
         ocsp_responder_validity,
         ocsp_cache_capacity,
+        ocsp_listen,
+        ocsp_public_url,
         crl_validity,
         crl_shards,
         token_lifetime,
@@ -876,6 +895,22 @@ mod tests {
     }
 
     #[test]
+    fn the_responder_listener_is_off_unless_configured() {
+        let c = from_toml("").expect("defaults are valid");
+        assert_eq!(c.ocsp_listen, None);
+        assert_eq!(c.ocsp_public_url, None);
+        let c = from_toml("[ocsp]\nlisten = '0.0.0.0:8081'\npublic_url = 'http://ocsp.example.net:8081'")
+            .expect("valid");
+        assert_eq!(c.ocsp_listen, Some("0.0.0.0:8081".parse().expect("address")));
+        assert_eq!(
+            c.ocsp_public_url.map(|u| u.to_string()).as_deref(),
+            Some("http://ocsp.example.net:8081/")
+        );
+        assert_eq!(from_toml("[ocsp]\nlisten = 'off'").expect("valid").ocsp_listen, None);
+        assert!(is_config_var("ocsp__listen") && is_config_var("ocsp__public_url"));
+    }
+
+    #[test]
     fn workers_are_configurable() {
         assert_eq!(from_toml("workers = '3'").expect("valid").workers, 3);
         assert_eq!(from_toml("workers = '1'").expect("valid").workers, 1);
@@ -900,6 +935,10 @@ mod tests {
             ("database_pool_size = 'few'", "database_pool_size"),
             ("database_pool_size = '1001'", "database_pool_size"),
             ("listne = '1'", "listne"),
+            ("[ocsp]\nlisten = '8081'", "ocsp.listen"),
+            ("[ocsp]\npublic_url = 'ocsp.example.net'", "ocsp.public_url"),
+            ("[ocsp]\npublic_url = 'ftp://ocsp.example.net'", "ocsp.public_url"),
+            ("[ocsp]\npublic_url = 'http://ocsp.example.net/?x=1'", "ocsp.public_url"),
         ] {
             let err = from_toml(text).expect_err(text).to_string();
             assert!(err.contains(key), "{text}: {err}");
