@@ -718,9 +718,15 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     let tls_task = tls.map(|(l, config)| {
         tokio::spawn(devid_api::tls::serve(l, config, app.clone(), stopped(stop_rx.clone())))
     });
+    // The responder's event loops keep their runtimes until the rest has stopped too: a
+    // database connection opened from one of them is registered with it.
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let responder_threads = match responder {
         None => Vec::new(),
-        Some(listeners) => serve_responder(listeners, devid_api::responder_router(state.clone()), &stop_rx)?,
+        Some(listeners) => {
+            let app = devid_api::responder_router(state.clone());
+            serve_responder(listeners, app, &stop_rx, &done_rx)?
+        }
     };
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -732,6 +738,7 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     if let Some(t) = tls_task {
         let _ = t.await;
     }
+    let _ = done_tx.send(true);
     if !responder_threads.is_empty() {
         let _ = tokio::task::spawn_blocking(move || {
             for t in responder_threads {
@@ -747,7 +754,8 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
 /// The responder listener's sockets (`ocsp.listen`): one per event loop, all bound to the
 /// same address with SO_REUSEPORT, so that the kernel spreads the connections over them
 /// and each loop accepts its own. (Only a process of the same user can bind that address
-/// as well.)
+/// as well.) Async because the sockets are made in the runtime's context, then handed over
+/// to the event loops as standard sockets.
 async fn bind_responder(
     addr: std::net::SocketAddr,
     loops: usize,
@@ -773,20 +781,23 @@ async fn bind_responder(
 
 /// Serve the responder listener: a thread per socket, each with a single-threaded runtime
 /// that accepts, reads, answers and writes on the one thread. For cached OCSP answers this
-/// serves more than the shared multi-threaded runtime can, which hands a woken connection
-/// to another thread and leaves a core idle meanwhile: on a 2-core VM with the load
-/// generator beside it, 85,000–92,000 answers/s against 70,000–78,000, p99 1.5–2.0 ms
-/// against 3.6–4.5 ms (bench/RESULTS.md). Enrollment is not served here: its work is
-/// uneven (signatures, database batches) and needs the shared runtime's balancing.
+/// serves more than the shared multi-threaded runtime can, whose workers park and wake
+/// one another and leave a part of the cores idle in between: on a 2-core VM with the
+/// load generator beside it, 84,000–96,000 answers/s against 67,000–78,000, p99 2.2–4.0 ms
+/// against 3.6–4.5 ms (bench/RESULTS.md, twentieth machine). Enrollment is not served
+/// here: its work is uneven (signatures, database batches) and needs the shared runtime's
+/// balancing. A loop stops accepting on `stop`, and ends once `done` is set.
 fn serve_responder(
     listeners: Vec<std::net::TcpListener>,
     app: axum::Router,
     stop: &tokio::sync::watch::Receiver<bool>,
+    done: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>, CliError> {
     let mut threads = Vec::with_capacity(listeners.len());
     for (i, listener) in listeners.into_iter().enumerate() {
         let app = app.clone();
         let mut stop = stop.clone();
+        let mut done = done.clone();
         let serve = move || {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -812,6 +823,7 @@ fn serve_responder(
                 if let Err(e) = served {
                     tracing::error!(error = %e, "responder listener stopped");
                 }
+                let _ = done.wait_for(|d| *d).await;
             });
         };
         let thread = std::thread::Builder::new()
