@@ -517,11 +517,22 @@ async fn replicas_on_one_postgres_agree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_responder_listener_answers_ocsp_and_publishes_nothing_else() {
     let mut install = Install::new(Backend::Postgres).await;
-    install.env.push(("DEVID_OCSP__LISTEN".into(), "127.0.0.1:0".into()));
     install.env.push(("DEVID_OCSP__PUBLIC_URL".into(), "http://ocsp.example.net:8081/".into()));
     install.env.push(("DEVID_WORKERS".into(), "3".into()));
     install.env.push(("RUST_LOG".into(), "info".into()));
-    let server = install.serve();
+    // A bad address, and one that is taken, are refused at start, naming the key.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for (addr, why) in [("8081", "is not an address"), (taken.as_str(), "cannot listen on")] {
+        let out = install.run(&["serve", "--listen", "127.0.0.1:0", "--ocsp-listen", addr]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("ocsp.listen") && err.contains(why), "{addr}: {err}");
+    }
+    // Without the flag (or `ocsp.listen`), there is no responder listener.
+    let plain = install.serve();
+    assert!(!plain.banner.iter().any(|l| l.starts_with("responder listener")), "{:?}", plain.banner);
+    plain.stop();
+    let server = install.serve_with(&["--ocsp-listen", "127.0.0.1:0"]);
     let (base, loops) = server.responder();
     assert_eq!(loops, 3, "one event loop per worker");
     assert_ne!(base, server.url(""), "a listener of its own");

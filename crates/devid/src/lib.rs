@@ -228,6 +228,9 @@ struct ServeArgs {
     /// Renewal listener (HTTPS, mutual TLS) address, or `off` [default: 127.0.0.1:8443].
     #[arg(long, value_name = "ADDR")]
     tls_listen: Option<String>,
+    /// Responder listener for brokers (OCSP, CRLs, CA certificates), or `off` [default: off].
+    #[arg(long, value_name = "ADDR")]
+    ocsp_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -476,6 +479,7 @@ fn load_config(cli: &Cli) -> Result<Config, CliError> {
         overrides.listen = a.listen.clone();
         overrides.public_url = a.public_url.clone();
         overrides.tls.listen = a.tls_listen.clone();
+        overrides.ocsp.listen = a.ocsp_listen.clone();
     }
     Ok(config::load(cli.config.as_deref(), &overrides)?)
 }
