@@ -567,6 +567,11 @@ async fn the_responder_listener_answers_ocsp_and_publishes_nothing_else() {
     let (status, _, there) = get(&server.url(&path), None).await;
     assert_eq!((status, &here), (200, &there), "the same cached answer on both listeners");
 
+    // A serial that is not cached (never issued): the store's answer, unknown.
+    let (ok, out) = d.ocsp(&url, &["-no_nonce", "-serial", "0x7f0102030405060708090a0b0c0d0e0f10111213"]);
+    assert_verified(ok, &out);
+    assert!(out.contains(": unknown"), "{out}");
+
     // A revocation reaches the responder listener.
     install.run_ok(&["revoke", &b.serial, "--reason", "keyCompromise"]);
     poll_until(PATIENCE, Duration::from_millis(20), async || {
@@ -593,6 +598,13 @@ async fn the_responder_listener_answers_ocsp_and_publishes_nothing_else() {
     for path in ["/healthz", "/readyz", "/v1/ca/chain"] {
         assert_eq!(get(&format!("{base}{path}"), None).await.0, 200, "{path}");
     }
+    // Those routes' errors are problems too, as on the API's listener.
+    let resp = http().get(format!("{base}/v1/ca/nope.cer")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(header(resp.headers(), "content-type"), "application/problem+json");
+    let resp = http().post(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(header(resp.headers(), "content-type"), "application/problem+json");
 
     // Nothing else: the API, enrollment and the metrics are not routes here.
     for path in ["/v1/devices", "/metrics", "/openapi.json"] {

@@ -169,10 +169,83 @@ pub fn router(state: AppState) -> Router {
 /// and POST), the CRLs, the CA certificates, health and readiness; nothing that needs a
 /// credential. The same handlers, middleware and rate limits as in [`router`], so an
 /// answer is the same on either listener.
-pub fn responder_router(state: AppState) -> Router {
-    let (router, _) =
-        OpenApiRouter::<AppState>::new().merge(pki::routes()).merge(ops::public_routes()).split_for_parts();
-    finish(router.merge(pki::wildcard_routes()), state)
+///
+/// The listener's event loops are single-threaded runtimes of their own, and a database
+/// connection is driven by the runtime that opened it. So the routes that read the store
+/// (readiness, a CA certificate) run on `home`, the server's shared runtime; OCSP and the
+/// CRLs answer from memory on the loop, and the publisher takes an OCSP cache miss's store
+/// lookup home itself.
+pub fn responder_router(state: AppState, home: tokio::runtime::Handle) -> Router {
+    let (router, _) = OpenApiRouter::<AppState>::new().merge(pki::routes()).split_for_parts();
+    let (public, doc) = OpenApiRouter::<AppState>::new().merge(ops::public_routes()).split_for_parts();
+    let on_home = OnRuntime {
+        home,
+        inner: public
+            .fallback(problem::not_found)
+            .method_not_allowed_fallback(problem::method_not_allowed)
+            .with_state(state.clone()),
+    };
+    let mut router = router.merge(pki::wildcard_routes());
+    // Routed by method here too, so that another method gets the same 405 as on the API's
+    // listener.
+    for (path, item) in &doc.paths.paths {
+        let mut methods = axum::routing::MethodRouter::new();
+        if item.get.is_some() {
+            methods = methods.get_service(on_home.clone());
+        }
+        if item.post.is_some() {
+            methods = methods.post_service(on_home.clone());
+        }
+        router = router.route(path, methods);
+    }
+    finish(router, state)
+}
+
+/// A router whose requests run as tasks of another runtime ([`responder_router`]).
+#[derive(Clone)]
+struct OnRuntime {
+    home: tokio::runtime::Handle,
+    inner: Router,
+}
+
+impl tower::Service<Request<axum::body::Body>> for OnRuntime {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<axum::body::Body>) -> Self::Future {
+        // The inner router matches the path again; the outer one's path parameters would
+        // be counted twice by `Path`. What a handler may read of the connection stays.
+        let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().cloned();
+        let id = req.extensions().get::<RequestId>().cloned();
+        req.extensions_mut().clear();
+        if let Some(p) = peer {
+            req.extensions_mut().insert(p);
+        }
+        if let Some(id) = id {
+            req.extensions_mut().insert(id);
+        }
+        let task = self.home.spawn(tower::ServiceExt::oneshot(self.inner.clone(), req));
+        Box::pin(async move {
+            match task.await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::error!(error = %e, "a request's task on the shared runtime failed");
+                    Ok(axum::response::IntoResponse::into_response(problem::ApiError::new(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        "internal error; see the server log",
+                    )))
+                }
+            }
+        })
+    }
 }
 
 /// The middleware every route gets, the problem+json fallbacks and the state.

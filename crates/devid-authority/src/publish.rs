@@ -259,6 +259,11 @@ pub struct Publisher {
     crls: RwLock<HashMap<(CaId, u16), Arc<CrlRecord>>>,
     crl_dirty: std::sync::Mutex<Vec<CaId>>,
     crl_wake: Notify,
+    /// The runtime the publisher was loaded on (`None`: loaded outside one). A store lookup
+    /// made while answering runs there, so that a database connection it opens is driven
+    /// by that runtime and not by the event loop the request came in on: the responder
+    /// listener's loops are single-threaded runtimes of their own, busy with answers.
+    home: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -311,6 +316,7 @@ impl Publisher {
             crls: RwLock::new(HashMap::new()),
             crl_dirty: std::sync::Mutex::new(Vec::new()),
             crl_wake: Notify::new(),
+            home: tokio::runtime::Handle::try_current().ok(),
         });
         p.load_issuers().await?;
         Ok(p)
@@ -535,7 +541,16 @@ impl Publisher {
     }
 
     async fn status_of(&self, issuer: &CaId, serial: &Serial) -> Result<Status, AuthorityError> {
-        Ok(match self.store.get_certificate(serial).await? {
+        let found = match &self.home {
+            Some(home) => {
+                let (store, serial) = (self.store.clone(), serial.clone());
+                home.spawn(async move { store.get_certificate(&serial).await })
+                    .await
+                    .map_err(|e| AuthorityError::Internal(format!("OCSP status lookup task: {e}")))??
+            }
+            None => self.store.get_certificate(serial).await?,
+        };
+        Ok(match found {
             Some(c) => record_status(issuer, &c),
             None => Status::Unknown,
         })

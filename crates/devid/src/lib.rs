@@ -728,7 +728,7 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
     let responder_threads = match responder {
         None => Vec::new(),
         Some(listeners) => {
-            let app = devid_api::responder_router(state.clone());
+            let app = devid_api::responder_router(state.clone(), tokio::runtime::Handle::current());
             serve_responder(listeners, app, &stop_rx, &done_rx)?
         }
     };
