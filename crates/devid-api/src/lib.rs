@@ -167,7 +167,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The responder listener's application (`ocsp.listen`): OCSP (RFC 6960 Appendix A.1, GET
 /// and POST), the CRLs, the CA certificates, health and readiness; nothing that needs a
-/// credential. The same handlers, middleware and rate limits as in [`router`], so an
+/// credential. The same handlers, access table and middleware as in [`router`], so an
 /// answer is the same on either listener.
 ///
 /// The listener's event loops are single-threaded runtimes of their own, and a database

@@ -723,7 +723,8 @@ async fn serve(cfg: Config) -> Result<(), CliError> {
         tokio::spawn(devid_api::tls::serve(l, config, app.clone(), stopped(stop_rx.clone())))
     });
     // The responder's event loops keep their runtimes until the rest has stopped too: a
-    // database connection opened from one of them is registered with it.
+    // socket opened from one of them is registered with it. (Its store work runs on this
+    // runtime, so none should be a database connection; this keeps it so if one ever is.)
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let responder_threads = match responder {
         None => Vec::new(),
