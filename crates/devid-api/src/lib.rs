@@ -231,7 +231,12 @@ impl tower::Service<Request<axum::body::Body>> for OnRuntime {
         if let Some(id) = id {
             req.extensions_mut().insert(id);
         }
-        let task = self.home.spawn(tower::ServiceExt::oneshot(self.inner.clone(), req));
+        // In the request's span (the trace layer calls this inside it), as on the loop.
+        let answer = tracing::Instrument::instrument(
+            tower::ServiceExt::oneshot(self.inner.clone(), req),
+            tracing::Span::current(),
+        );
+        let task = self.home.spawn(answer);
         Box::pin(async move {
             match task.await {
                 Ok(answer) => answer,

@@ -544,7 +544,8 @@ impl Publisher {
         let found = match &self.home {
             Some(home) => {
                 let (store, serial) = (self.store.clone(), serial.clone());
-                home.spawn(async move { store.get_certificate(&serial).await })
+                let lookup = async move { store.get_certificate(&serial).await };
+                home.spawn(tracing::Instrument::instrument(lookup, tracing::Span::current()))
                     .await
                     .map_err(|e| AuthorityError::Internal(format!("OCSP status lookup task: {e}")))??
             }
