@@ -9,10 +9,10 @@
 //! array parameter** (`= ANY($n)`, `INSERT … SELECT * FROM UNNEST($1, $2, …)`), and the text
 //! of a statement no longer depends on the batch: it is prepared once per connection and
 //! the driver keeps it. PostgreSQL then keeps a generic plan, which cannot see an array's
-//! length, so the statements that look rows up by a list run in transactions where only
-//! index paths are planned (`begin_keyed` and `begin_read` of the PostgreSQL store). SQLite
-//! has no array type and prepares in-process, at no round trip: it keeps one placeholder
-//! per value.
+//! length, so the statements that look rows up by a list run where only index paths are
+//! planned (transactions from `begin_keyed`, and the sessions of `keyed_reader`, of the
+//! PostgreSQL store). SQLite has no array type and prepares in-process, at no round trip:
+//! it keeps one placeholder per value.
 
 use sqlx::QueryBuilder;
 
@@ -169,6 +169,11 @@ pub(crate) fn rows<DB: Lists>(q: &mut QueryBuilder<DB>, columns: Vec<Column>) {
 
 /// [`Lists::WRITABLE_CTE`] of the backend `q` is built for.
 pub(crate) fn writable_cte<DB: Lists>(_q: &QueryBuilder<DB>) -> bool {
+    DB::WRITABLE_CTE
+}
+
+/// [`Lists::WRITABLE_CTE`] of the backend of the transaction `tx`.
+pub(crate) fn writable_cte_in<DB: Lists>(_tx: &sqlx::Transaction<'_, DB>) -> bool {
     DB::WRITABLE_CTE
 }
 

@@ -26,16 +26,27 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// server or a proxy meanwhile, and is replaced if the check fails.
 const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// How many of the store's connections serve reads by lists of keys at most: a quarter of
+/// the pool size, at least 1 (none with a pool of 1). Their callers are the group commit's
+/// batched reads, one batch of each kind at a time; the single-row forms of those reads
+/// run on the other connections.
+const KEYED_READ_CONNECTIONS: u32 = 4;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
-/// The store on PostgreSQL: one pool of up to 16 connections (or the configured
-/// [`PoolSize`](crate::PoolSize)).
+/// The store on PostgreSQL: up to 16 connections (or the configured
+/// [`PoolSize`](crate::PoolSize)), of which a quarter, at most
+/// [`KEYED_READ_CONNECTIONS`], serve the reads by lists of keys (see
+/// [`PgStore::keyed_read`]).
 ///
 /// Transactions run at READ COMMITTED; the single-use and idempotency rules are conditional
 /// writes (`UPDATE … WHERE token_used_at IS NULL`, `DELETE FROM issuance_intents …`), so
 /// concurrent callers serialize on the row and all but the first see no matching row.
 pub struct PgStore {
     pool: PgPool,
+    /// Connections whose session plans as `begin_keyed` plans a transaction, read only:
+    /// see [`PgStore::keyed_read`]. `None` with a pool size of 1.
+    keyed: Option<PgPool>,
     /// `PostgreSQL at host:port/database`: names the database in errors, without credentials.
     target: String,
     /// The vacuuming of the tables whose rows are deleted soon after they are written.
@@ -97,6 +108,27 @@ macro_rules! keyed_settings {
     () => {
         "SET LOCAL enable_seqscan = off; SET LOCAL plan_cache_mode = force_generic_plan"
     };
+    // The same for a whole session (the keyed pool's connections).
+    (session) => {
+        "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan"
+    };
+}
+
+/// The options of both pools: at most `max` connections, each checked only after it sat
+/// idle ([`CHECK_IDLE_AFTER`]).
+fn pool_options(max: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > CHECK_IDLE_AFTER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 impl PgStore {
@@ -121,35 +153,63 @@ impl PgStore {
             options.get_port(),
             options.get_database().unwrap_or_else(|| options.get_username())
         );
-        let pool = PgPoolOptions::new()
-            .max_connections(pool.0.map_or(DEFAULT_MAX_CONNECTIONS, std::num::NonZeroU32::get))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for > CHECK_IDLE_AFTER {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_with(options)
+        // The configured size bounds both pools together.
+        let max = pool.0.map_or(DEFAULT_MAX_CONNECTIONS, std::num::NonZeroU32::get);
+        let keyed_max = if max < 2 { 0 } else { (max / 4).clamp(1, KEYED_READ_CONNECTIONS) };
+        let pool = pool_options(max - keyed_max)
+            .connect_with(options.clone())
             .await
             .map_err(|e| from_sqlx(e, &target))?;
         MIGRATOR.run(&pool).await.map_err(|e| from_sqlx(e.into(), &target))?;
+        // Connected on first use: a store that never reads by lists opens none.
+        let keyed = (keyed_max > 0).then(|| {
+            pool_options(keyed_max)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::Executor::execute(
+                            conn,
+                            concat!("SET default_transaction_read_only = on; ", keyed_settings!(session)),
+                        )
+                        .await
+                        .map(|_| ())
+                    })
+                })
+                .connect_lazy_with(options)
+        });
         tracing::debug!(database = %target, "store connected and migrated");
         Ok(PgStore {
             pool,
+            keyed,
             target,
             intents: Churn::new("issuance_intents", "VACUUM (SKIP_LOCKED, TRUNCATE false) issuance_intents"),
             challenges: Churn::new("challenges", "VACUUM (SKIP_LOCKED, TRUNCATE false) challenges"),
         })
     }
 
-    /// Close the pool: wait for checked-out connections to come back, then close them all.
+    /// Close the pools: wait for checked-out connections to come back, then close them all.
     /// Calls after this fail with [`ErrorKind::Unavailable`](devid_core::ErrorKind::Unavailable).
     pub async fn close(&self) {
+        if let Some(keyed) = &self.keyed {
+            keyed.close().await;
+        }
         self.pool.close().await;
+    }
+
+    /// Where a read by a list of keys (`key = ANY($1)`, one statement per chunk of keys)
+    /// runs: a connection of the keyed pool, whose session has the planner settings that
+    /// [`Self::begin_keyed`] gives a transaction, and is read only. One round trip a
+    /// statement: such a read was a transaction with those settings before, whose `BEGIN`
+    /// and `COMMIT` were two round trips more per batch. With a pool of one connection
+    /// there is no keyed pool, and the read is still such a transaction.
+    async fn keyed_read(&self) -> Result<crate::common::KeyedRead<sqlx::Postgres>, StoreError> {
+        use crate::common::KeyedRead;
+        match &self.keyed {
+            Some(keyed) => keyed.acquire().await.map(KeyedRead::Session),
+            None => {
+                self.pool.begin_with(concat!("BEGIN READ ONLY; ", keyed_settings!())).await.map(KeyedRead::Tx)
+            }
+        }
+        .map_err(|e| self.db_err(e))
     }
 
     fn reader(&self) -> &PgPool {
@@ -202,15 +262,6 @@ impl PgStore {
     /// the setting travels with the `BEGIN`).
     async fn begin_relaxed(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
         self.pool.begin_with("BEGIN; SET LOCAL synchronous_commit = off").await.map_err(|e| self.db_err(e))
-    }
-
-    /// A read-only transaction planned as [`Self::begin_keyed`] plans, for a read by a list
-    /// of keys.
-    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        self.pool
-            .begin_with(concat!("BEGIN READ ONLY; ", keyed_settings!()))
-            .await
-            .map_err(|e| self.db_err(e))
     }
 
     fn db_err(&self, e: sqlx::Error) -> StoreError {
@@ -335,8 +386,8 @@ impl PgStore {
 
     /// Run `sql`, a read of `(text, bytea)` pairs bound as two arrays (`$1`, `$2`) whose
     /// rows carry the 1-based position of their pair (`k_i`), over `pairs` in chunks of
-    /// 1,000, in one `begin_read` transaction (the index plan, kept: see `begin_keyed`); an
-    /// answer per pair, in the pairs' order (`None`: no row).
+    /// 1,000, by [`Self::keyed_read`] (the index plan, kept: see `begin_keyed`); an answer
+    /// per pair, in the pairs' order (`None`: no row).
     async fn read_by_pairs<R, T>(
         &self,
         sql: &'static str,
@@ -348,13 +399,13 @@ impl PgStore {
     {
         const CHUNK: usize = 1000;
         let mut out: Vec<Option<T>> = pairs.iter().map(|_| None).collect();
-        let mut tx = self.begin_read().await?;
+        let mut reader = self.keyed_read().await?;
         for (n, chunk) in pairs.chunks(CHUNK).enumerate() {
             let (texts, bytes): (Vec<String>, Vec<Vec<u8>>) = chunk.iter().cloned().unzip();
             let rows: Vec<Keyed<R>> = sqlx::query_as(sql)
                 .bind(texts)
                 .bind(bytes)
-                .fetch_all(&mut *tx)
+                .fetch_all(reader.conn())
                 .await
                 .map_err(|e| self.db_err(e))?;
             for Keyed { i, row } in rows {
@@ -366,7 +417,7 @@ impl PgStore {
                 out[at] = Some(split(row)?);
             }
         }
-        tx.commit().await.map_err(|e| self.db_err(e))?;
+        reader.finish().await.map_err(|e| self.db_err(e))?;
         Ok(out)
     }
 

@@ -145,9 +145,10 @@ impl SqliteStore {
         self.begin().await
     }
 
-    /// A read transaction on the reader pool, for a read by a list of keys.
-    async fn begin_read(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        self.reader.begin().await.map_err(|e| self.db_err(e))
+    /// Where a read by a list of keys runs: a connection of the reader pool (SQLite plans
+    /// each statement for its own values).
+    async fn keyed_read(&self) -> Result<crate::common::KeyedRead<sqlx::Sqlite>, StoreError> {
+        self.reader.acquire().await.map(crate::common::KeyedRead::Session).map_err(|e| self.db_err(e))
     }
 
     fn db_err(&self, e: sqlx::Error) -> StoreError {

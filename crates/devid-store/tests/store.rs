@@ -59,7 +59,9 @@ both_backends!(
     nodes_are_counted,
     list_filters,
     batched_intents_answer_each_item,
+    batched_token_intents_answer_each_item,
     sealed_nonces_and_service_secrets,
+    batched_sealed_intents_register_devices,
     batched_completions_answer_each_item,
     certificate_bytes_are_stored_once,
     certificates_name_devices_that_exist,
@@ -1005,6 +1007,62 @@ async fn unreachable_postgres_is_unavailable() {
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
 }
 
+/// PostgreSQL: the batched reads by lists of keys answer the same whatever the pool size:
+/// with one connection (no connections of their own: a read-only transaction planned the
+/// same way), with two (one of each) and with the default (a quarter kept for them).
+#[tokio::test]
+async fn keyed_reads_answer_with_every_pool_size() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    for (n, id) in [(1u8, "r-1"), (2, "r-2"), (3, "r-3")] {
+        store.insert_device(&device(id, Some(&[n; 32])), &DeviceMeta::default(), &ev()).await.unwrap();
+        store
+            .record_intent(&pending(&serial(n.into()), &issuer, &dev_id(id), b"c", 10), Redeem::Nothing)
+            .await
+            .unwrap();
+        store.complete_issuance(&serial(n.into()), b"der", t(11), &ev()).await.unwrap();
+    }
+    let challenge = ChallengeRecord {
+        nonce_hash: vec![7; 32],
+        group: "g".into(),
+        method: "x509".into(),
+        state: None,
+        expires_at: t(100),
+        redeemed_at: None,
+    };
+    store.insert_challenges(std::slice::from_ref(&challenge), None).await.unwrap();
+    drop(store);
+    for size in [Some(1), Some(2), None] {
+        let pool = devid_store::PoolSize(size.and_then(std::num::NonZeroU32::new));
+        let store = devid_store::connect_with(&db.url, pool).await.unwrap();
+        for _ in 0..8 {
+            // More calls than the connections, so that each connection is used again.
+            let mut ids: Vec<String> = store
+                .devices_by_token_hashes(&[vec![3; 32], vec![9; 32], vec![1; 32]])
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.id.as_str().to_string())
+                .collect();
+            ids.sort();
+            assert_eq!(ids, ["r-1", "r-3"], "pool {size:?}");
+            let mut serials: Vec<Serial> = store
+                .certificates_by_serial(&[serial(2), serial(99), serial(1)])
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.serial)
+                .collect();
+            serials.sort_by_key(|s| s.to_hex());
+            assert_eq!(serials, [serial(1), serial(2)], "pool {size:?}");
+            let got = store.get_challenges(&[vec![6; 32], vec![7; 32]]).await.unwrap();
+            assert_eq!(got, vec![challenge.clone()], "pool {size:?}");
+        }
+    }
+    db.cleanup().await;
+}
+
 #[tokio::test]
 async fn closed_stores_are_unavailable() {
     let db = TestDb::new(Backend::Postgres).await;
@@ -1798,6 +1856,76 @@ async fn batched_intents_answer_each_item(backend: Backend) {
     db.cleanup().await;
 }
 
+/// `record_intents` with a batch of token redemptions and renewals only (on PostgreSQL one
+/// statement redeems and records them all): each item is answered as in the general path.
+/// A token presented twice in the batch redeems once; another device's token, a used token
+/// and a quarantined device's token are refused and write nothing; an item that redeems
+/// nothing is recorded. A serial collision in such a batch fails it whole: no token of it
+/// stays redeemed.
+async fn batched_token_intents_answer_each_item(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    for (id, tok) in [("k-1", 1u8), ("k-2", 2), ("k-3", 3), ("k-4", 4), ("k-5", 5), ("k-6", 6)] {
+        store.insert_device(&device(id, Some(&[tok; 32])), &DeviceMeta::default(), &ev()).await.unwrap();
+    }
+    // k-3's token is already used; k-4 is quarantined.
+    store
+        .record_intent(&pending(&serial(100), &issuer, &dev_id("k-3"), b"c0", 5), Redeem::Token(&[3; 32]))
+        .await
+        .unwrap();
+    store.quarantine_device(&dev_id("k-4"), RevocationReason::KeyCompromise, t(6), &ev()).await.unwrap();
+    let p = |n: u64, dev: &str| pending(&serial(n), &issuer, &dev_id(dev), b"c", 10);
+    let ps = [p(1, "k-1"), p(2, "k-1"), p(3, "k-2"), p(4, "k-3"), p(5, "k-4"), p(6, "k-5"), p(7, "k-6")];
+    let items = [
+        Intent::new(&ps[0], Redeem::Token(&[1; 32])), // ok
+        Intent::new(&ps[1], Redeem::Token(&[1; 32])), // the same token again: refused
+        Intent::new(&ps[2], Redeem::Token(&[1; 32])), // k-1's token for k-2: refused
+        Intent::new(&ps[3], Redeem::Token(&[3; 32])), // used: refused
+        Intent::new(&ps[4], Redeem::Token(&[4; 32])), // quarantined: refused
+        Intent::new(&ps[5], Redeem::Nothing),         // nothing to redeem: ok
+        Intent::new(&ps[6], Redeem::Token(&[6; 32])), // ok
+    ];
+    let results = store.record_intents(&items, false).await.unwrap();
+    let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, [true, false, false, false, false, true, true]);
+    for r in results.iter().filter(|r| r.is_err()) {
+        let err = r.as_ref().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        assert!(err.to_string().contains("enrollment token already used"), "{err}");
+    }
+    for (n, written) in (1..=7).zip(ok) {
+        assert_eq!(store.get_certificate(&serial(n)).await.unwrap().is_some(), written, "serial {n}");
+    }
+    for (id, used, status) in [
+        ("k-1", Some(t(10)), DeviceStatus::Enrolled),
+        ("k-2", None, DeviceStatus::Registered),
+        ("k-4", None, DeviceStatus::Quarantined),
+        ("k-5", None, DeviceStatus::Registered),
+        ("k-6", Some(t(10)), DeviceStatus::Enrolled),
+    ] {
+        let d = store.get_device(&dev_id(id)).await.unwrap().unwrap();
+        assert_eq!((d.token_used_at, d.status), (used, status), "{id}");
+    }
+    // A serial collision (serial 1 is recorded) fails the batch: k-2's valid token, redeemed
+    // by the same statement, is not redeemed after all.
+    let again = [p(1, "k-5"), p(8, "k-2")];
+    let dup = [Intent::new(&again[0], Redeem::Nothing), Intent::new(&again[1], Redeem::Token(&[2; 32]))];
+    assert_eq!(kind(store.record_intents(&dup, false).await), ErrorKind::Conflict);
+    assert_eq!(store.get_device(&dev_id("k-2")).await.unwrap().unwrap().token_used_at, None);
+    assert!(store.get_certificate(&serial(8)).await.unwrap().is_none());
+    // The same with a certificate's serial: complete serial 6, then name it again.
+    store.complete_issuance(&serial(6), b"der", t(11), &ev()).await.unwrap();
+    let again = [p(6, "k-5"), p(9, "k-2")];
+    let dup = [Intent::new(&again[0], Redeem::Nothing), Intent::new(&again[1], Redeem::Token(&[2; 32]))];
+    assert_eq!(kind(store.record_intents(&dup, false).await), ErrorKind::Conflict);
+    assert_eq!(store.get_device(&dev_id("k-2")).await.unwrap().unwrap().token_used_at, None);
+    // And k-2's token still works on its own.
+    store.record_intent(&p(10, "k-2"), Redeem::Token(&[2; 32])).await.unwrap();
+    assert_eq!(store.get_device(&dev_id("k-2")).await.unwrap().unwrap().token_used_at, Some(t(10)));
+    db.cleanup().await;
+}
+
 /// Stateless challenges (`Redeem::Sealed`): redeemed by inserting their hash, once, until
 /// they expire (a second redemption, in the batch or later, and an expired one are refused
 /// and write nothing); a stored challenge's hash is not redeemable that way. Expired rows
@@ -1871,6 +1999,131 @@ async fn sealed_nonces_and_service_secrets(backend: Backend) {
     }
     got.dedup();
     assert_eq!(got.len(), 1, "{got:?}");
+    db.cleanup().await;
+}
+
+/// `record_intents` with a batch of stateless challenges (and renewals) that registers new
+/// devices, as attested enrollments in a group with optional registration make: a new
+/// device is inserted once, enrolled, with its
+/// first item's metadata and one audit entry, in item order; an item whose nonce is refused
+/// registers nothing; an existing device is left as it was. A batch naming a deleted group,
+/// or with a serial collision, fails whole: no nonce stays redeemed and no device inserted.
+async fn batched_sealed_intents_register_devices(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = open(&db).await;
+    let issuer = with_ca(&*store).await;
+    let group = devid_store::GroupRecord {
+        name: "g".into(),
+        methods: vec!["x509".into()],
+        registration: "optional".into(),
+        id_source: "subject-serial".into(),
+        validity_secs: None,
+        trust_anchors: vec![],
+        crls: vec![],
+        master_key: None,
+        rate_per_minute: None,
+        created_at: t(1),
+        updated_at: t(1),
+    };
+    store.put_group(&group, false, &ev()).await.unwrap();
+    store.insert_device(&device("old", None), &DeviceMeta::default(), &ev()).await.unwrap();
+    // Nonce 9 is redeemed already.
+    let p = |n: u64, dev: &str| pending(&serial(n), &issuer, &dev_id(dev), b"c", 10);
+    let sealed = |h: &'static [u8], expires: i64| {
+        Redeem::Sealed(SealedNonce { hash: h, group: "g", method: "x509", expires_at: t(expires) })
+    };
+    store.record_intent(&p(50, "old"), sealed(&[9; 32], 100)).await.unwrap();
+    let meta = |label: &str| DeviceMeta {
+        labels: Some(format!("{{\"line\":\"{label}\"}}")),
+        group: Some("g".into()),
+        ..DeviceMeta::default()
+    };
+    let (m1, m1b, m2, m3, m4) = (meta("a"), meta("b"), meta("c"), meta("d"), meta("e"));
+    let registration = |id: &str| {
+        AuditEvent::new(t(10), format!("device:{id}"), "device.register", id, serde_json::json!({}))
+    };
+    let (a1, a1b, a2, a3, a4, a5) = (
+        registration("n-1"),
+        registration("n-1"),
+        registration("n-2"),
+        registration("n-3"),
+        registration("old"),
+        registration("n-4"),
+    );
+    let ps = [p(1, "n-1"), p(2, "n-1"), p(3, "n-2"), p(4, "n-3"), p(5, "old"), p(6, "old"), p(7, "n-4")];
+    let items = [
+        Intent { pending: &ps[0], redeem: sealed(&[1; 32], 100), register: Some((&m1, &a1)) }, // ok: n-1
+        Intent { pending: &ps[1], redeem: sealed(&[2; 32], 100), register: Some((&m1b, &a1b)) }, // ok, n-1 once
+        Intent { pending: &ps[2], redeem: sealed(&[3; 32], 10), register: Some((&m2, &a2)) },    // expired
+        Intent { pending: &ps[3], redeem: sealed(&[9; 32], 100), register: Some((&m3, &a3)) },   // used
+        Intent { pending: &ps[4], redeem: sealed(&[4; 32], 100), register: Some((&m4, &a4)) },   // exists
+        Intent::new(&ps[5], Redeem::Nothing),                                                    // ok
+        Intent { pending: &ps[6], redeem: sealed(&[1; 32], 100), register: Some((&m1, &a5)) },   // again
+    ];
+    let (head, _) = store.audit_head().await.unwrap();
+    let results = store.record_intents(&items, false).await.unwrap();
+    let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+    assert_eq!(ok, [true, true, false, false, true, true, false]);
+    for r in results.iter().filter(|r| r.is_err()) {
+        assert_eq!(r.as_ref().unwrap_err().kind(), ErrorKind::Conflict);
+    }
+    for (n, written) in (1..=7).zip(ok) {
+        assert_eq!(store.get_certificate(&serial(n)).await.unwrap().is_some(), written, "serial {n}");
+    }
+    let n1 = store.get_device(&dev_id("n-1")).await.unwrap().unwrap();
+    assert_eq!((n1.status, n1.created_at, n1.token_hash), (DeviceStatus::Enrolled, t(10), None));
+    assert_eq!(store.device_meta(&dev_id("n-1")).await.unwrap().unwrap(), m1);
+    for gone in ["n-2", "n-3", "n-4"] {
+        assert!(store.get_device(&dev_id(gone)).await.unwrap().is_none(), "{gone}");
+    }
+    let old = store.get_device(&dev_id("old")).await.unwrap().unwrap();
+    assert_eq!(old.status, DeviceStatus::Registered);
+    assert_eq!(store.device_meta(&dev_id("old")).await.unwrap().unwrap(), DeviceMeta::default());
+    let appended = store.audit_entries(head, 100).await.unwrap();
+    let appended: Vec<(i64, &str, &str)> =
+        appended.iter().map(|e| (e.seq, e.event.action.as_str(), e.event.subject.as_str())).collect();
+    assert_eq!(appended, [(head + 1, "device.register", "n-1")]);
+    assert_eq!(store.audit_head().await.unwrap().0, head + 1);
+    assert!(store.get_challenge(&[2; 32]).await.unwrap().is_some());
+    assert!(store.get_challenge(&[3; 32]).await.unwrap().is_none(), "an expired nonce writes nothing");
+
+    // A deleted group: the batch fails whole.
+    let lost = DeviceMeta { group: Some("gone".into()), ..DeviceMeta::default() };
+    let (q1, q2) = (p(8, "n-5"), p(9, "n-6"));
+    let (e5, e6) = (registration("n-5"), registration("n-6"));
+    let batch = [
+        Intent { pending: &q1, redeem: sealed(&[5; 32], 100), register: Some((&m2, &e5)) },
+        Intent { pending: &q2, redeem: sealed(&[6; 32], 100), register: Some((&lost, &e6)) },
+    ];
+    assert_eq!(kind(store.record_intents(&batch, false).await), ErrorKind::NotFound);
+    // A serial collision (serial 1 is recorded): likewise.
+    let q3 = p(1, "n-7");
+    let e7 = registration("n-7");
+    let batch = [
+        Intent { pending: &q1, redeem: sealed(&[5; 32], 100), register: Some((&m2, &e5)) },
+        Intent { pending: &q3, redeem: sealed(&[7; 32], 100), register: Some((&m2, &e7)) },
+    ];
+    assert_eq!(kind(store.record_intents(&batch, false).await), ErrorKind::Conflict);
+    for gone in ["n-5", "n-6", "n-7"] {
+        assert!(store.get_device(&dev_id(gone)).await.unwrap().is_none(), "{gone}");
+    }
+    for h in [5u8, 6, 7] {
+        assert!(store.get_challenge(&[h; 32]).await.unwrap().is_none(), "nonce {h}");
+    }
+    assert!(store.get_certificate(&serial(8)).await.unwrap().is_none());
+    assert_eq!(store.audit_head().await.unwrap().0, head + 1);
+    // Nonce 5 and device n-5 are still good on their own.
+    store
+        .record_intents(
+            &[Intent { pending: &q1, redeem: sealed(&[5; 32], 100), register: Some((&m2, &e5)) }],
+            false,
+        )
+        .await
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    assert_eq!(store.get_device(&dev_id("n-5")).await.unwrap().unwrap().status, DeviceStatus::Enrolled);
+    assert_eq!(store.audit_head().await.unwrap().0, head + 2);
     db.cleanup().await;
 }
 
