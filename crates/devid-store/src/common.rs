@@ -1854,8 +1854,9 @@ macro_rules! impl_store {
                     // for the issued ones, only if there are any.
                     //
                     // Each item's device status is a scalar subquery on the devices' primary
-                    // key, read once into `d` (a join of two `WITH` results is planned as a
-                    // nested loop over them, quadratic in the batch).
+                    // key, read once into `d` (a join of two `WITH` results may be planned as
+                    // a nested loop over them, quadratic in the batch, as the first form of
+                    // `record_token_intents!` was).
                     q.push(
                         "), d AS (SELECT k.*, (SELECT status FROM devices WHERE id = k.device_id) AS device_status \
                          FROM k), \

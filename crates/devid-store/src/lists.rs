@@ -10,7 +10,7 @@
 //! of a statement no longer depends on the batch: it is prepared once per connection and
 //! the driver keeps it. PostgreSQL then keeps a generic plan, which cannot see an array's
 //! length, so the statements that look rows up by a list run where only index paths are
-//! planned (transactions from `begin_keyed`, and the sessions of `keyed_reader`, of the
+//! planned (transactions from `begin_keyed`, and `keyed_read`: sessions set up so, of the
 //! PostgreSQL store). SQLite has no array type and prepares in-process, at no round trip:
 //! it keeps one placeholder per value.
 
