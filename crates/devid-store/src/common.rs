@@ -347,6 +347,31 @@ impl<DB: sqlx::Database> KeyedRead<DB> {
     }
 }
 
+/// The columns of the certificates that a completion makes of its intents (`taken`, with
+/// each one's DER in `der_of`), in this order: serial, issuer_id, device_id, not_before,
+/// not_after, csr_sha256, tbs_der (empty when the certificate holds it, see
+/// [`stored_tbs`]), cert_der, created_at, predecessor.
+pub(crate) fn certificate_columns(
+    taken: &[IntentRow],
+    der_of: &std::collections::HashMap<&str, &[u8]>,
+) -> Vec<crate::lists::Column> {
+    use crate::lists::Column as C;
+    vec![
+        C::Text(taken.iter().map(|t| t.serial.clone()).collect()),
+        C::Text(taken.iter().map(|t| t.issuer_id.clone()).collect()),
+        C::Text(taken.iter().map(|t| t.device_id.clone()).collect()),
+        C::Int(taken.iter().map(|t| t.not_before).collect()),
+        C::Int(taken.iter().map(|t| t.not_after).collect()),
+        C::Bytes(taken.iter().map(|t| t.csr_sha256.clone()).collect()),
+        C::Bytes(
+            taken.iter().map(|t| stored_tbs(&t.tbs_der, der_of.get(t.serial.as_str()).copied())).collect(),
+        ),
+        C::OptBytes(taken.iter().map(|t| der_of.get(t.serial.as_str()).map(|d| d.to_vec())).collect()),
+        C::Int(taken.iter().map(|t| t.created_at).collect()),
+        C::OptText(taken.iter().map(|t| t.predecessor.clone()).collect()),
+    ]
+}
+
 /// A `certificates` row left-joined with its `revocations` row.
 #[derive(sqlx::FromRow)]
 pub(crate) struct CertRow {
@@ -1817,33 +1842,11 @@ macro_rules! impl_store {
                 // instead of eight. `Some((n, last seq, head hash))`: `n` numbers taken.
                 let mut head: Option<(i64, i64, Vec<u8>)> = None;
                 if !taken.is_empty() && $crate::lists::writable_cte_in(&tx) {
-                    use $crate::lists::Column as C;
                     let mut q = sqlx::QueryBuilder::new(
                         "WITH k (serial, issuer_id, device_id, not_before, not_after, csr_sha256, tbs_der, cert_der, \
                          created_at, predecessor) AS (",
                     );
-                    $crate::lists::rows(
-                        &mut q,
-                        vec![
-                            C::Text(taken.iter().map(|t| t.serial.clone()).collect()),
-                            C::Text(taken.iter().map(|t| t.issuer_id.clone()).collect()),
-                            C::Text(taken.iter().map(|t| t.device_id.clone()).collect()),
-                            C::Int(taken.iter().map(|t| t.not_before).collect()),
-                            C::Int(taken.iter().map(|t| t.not_after).collect()),
-                            C::Bytes(taken.iter().map(|t| t.csr_sha256.clone()).collect()),
-                            C::Bytes(
-                                taken
-                                    .iter()
-                                    .map(|t| $crate::common::stored_tbs(&t.tbs_der, der_of.get(t.serial.as_str()).copied()))
-                                    .collect(),
-                            ),
-                            C::OptBytes(
-                                taken.iter().map(|t| der_of.get(t.serial.as_str()).map(|d| d.to_vec())).collect(),
-                            ),
-                            C::Int(taken.iter().map(|t| t.created_at).collect()),
-                            C::OptText(taken.iter().map(|t| t.predecessor.clone()).collect()),
-                        ],
-                    );
+                    $crate::lists::rows(&mut q, $crate::common::certificate_columns(&taken, &der_of));
                     // The devices as they are now: this statement starts after the DELETE
                     // above returned, so it sees a quarantine that committed while the
                     // DELETE waited for its lock on an intent (see `quarantine_device`). A
@@ -1907,14 +1910,6 @@ macro_rules! impl_store {
                             head = Some((n, seq, hash));
                         }
                     }
-                    for t in taken {
-                        if !forbidden.contains(&t.serial) {
-                            let der = der_of.get(t.serial.as_str()).map(|d| d.to_vec()).unwrap_or_default();
-                            let rec = t.issued(der)?;
-                            issued_here.insert(rec.serial.to_hex());
-                            stored.insert(rec.serial.to_hex(), rec);
-                        }
-                    }
                 } else if !taken.is_empty() {
                     // The devices as they are now. One quarantined between step 4 and now
                     // must not leave with a valid certificate: it is stored revoked, in
@@ -1933,38 +1928,14 @@ macro_rules! impl_store {
                          csr_sha256, tbs_der, cert_der, created_at, updated_at, predecessor) ",
                     );
                     use $crate::lists::Column as C;
-                    $crate::lists::rows(
-                        &mut q,
-                        vec![
-                            C::Text(taken.iter().map(|t| t.serial.clone()).collect()),
-                            C::Text(taken.iter().map(|t| t.issuer_id.clone()).collect()),
-                            C::Text(taken.iter().map(|t| t.device_id.clone()).collect()),
-                            C::Text(
-                                taken
-                                    .iter()
-                                    .map(|t| {
-                                        if quarantined.contains(t.device_id.as_str()) { "revoked" } else { "issued" }
-                                            .to_string()
-                                    })
-                                    .collect(),
-                            ),
-                            C::Int(taken.iter().map(|t| t.not_before).collect()),
-                            C::Int(taken.iter().map(|t| t.not_after).collect()),
-                            C::Bytes(taken.iter().map(|t| t.csr_sha256.clone()).collect()),
-                            C::Bytes(
-                                taken
-                                    .iter()
-                                    .map(|t| $crate::common::stored_tbs(&t.tbs_der, der_of.get(t.serial.as_str()).copied()))
-                                    .collect(),
-                            ),
-                            C::OptBytes(
-                                taken.iter().map(|t| der_of.get(t.serial.as_str()).map(|d| d.to_vec())).collect(),
-                            ),
-                            C::Int(taken.iter().map(|t| t.created_at).collect()),
-                            C::Int(vec![now.0; taken.len()]),
-                            C::OptText(taken.iter().map(|t| t.predecessor.clone()).collect()),
-                        ],
-                    );
+                    let mut columns = $crate::common::certificate_columns(&taken, &der_of);
+                    let status = taken
+                        .iter()
+                        .map(|t| if quarantined.contains(t.device_id.as_str()) { "revoked" } else { "issued" }.to_string())
+                        .collect();
+                    columns.insert(3, C::Text(status));
+                    columns.insert(10, C::Int(vec![now.0; taken.len()]));
+                    $crate::lists::rows(&mut q, columns);
                     q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     for t in taken.iter().filter(|t| quarantined.contains(t.device_id.as_str())) {
                         $crate::common::record_revocation!(self, tx, t.serial.as_str(), i16::from(devid_core::RevocationReason::PrivilegeWithdrawn.code()), now.0);
@@ -2002,13 +1973,14 @@ macro_rules! impl_store {
                         $crate::lists::any_text(&mut q, "id", registered.into_iter().map(str::to_string).collect());
                         q.build().execute(&mut *tx).await.map_err(|e| self.db_err(e))?;
                     }
-                    for t in taken {
-                        if !forbidden.contains(&t.serial) {
-                            let der = der_of.get(t.serial.as_str()).map(|d| d.to_vec()).unwrap_or_default();
-                            let rec = t.issued(der)?;
-                            issued_here.insert(rec.serial.to_hex());
-                            stored.insert(rec.serial.to_hex(), rec);
-                        }
+                }
+                // The certificates this call issued (not those stored revoked).
+                for t in taken {
+                    if !forbidden.contains(&t.serial) {
+                        let der = der_of.get(t.serial.as_str()).map(|d| d.to_vec()).unwrap_or_default();
+                        let rec = t.issued(der)?;
+                        issued_here.insert(rec.serial.to_hex());
+                        stored.insert(rec.serial.to_hex(), rec);
                     }
                 }
                 // Serials that had no intent: completed before (by a concurrent caller or

@@ -1735,15 +1735,7 @@ async fn batched_intents_answer_each_item(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = open(&db).await;
     let issuer = with_ca(&*store).await;
-    for (id, tok) in [("b-1", 1u8), ("b-2", 2), ("b-3", 3), ("b-4", 4), ("b-5", 5)] {
-        store.insert_device(&device(id, Some(&[tok; 32])), &DeviceMeta::default(), &ev()).await.unwrap();
-    }
-    // b-3's token is already used; b-4 is quarantined.
-    store
-        .record_intent(&pending(&serial(100), &issuer, &dev_id("b-3"), b"c0", 5), Redeem::Token(&[3; 32]))
-        .await
-        .unwrap();
-    store.quarantine_device(&dev_id("b-4"), RevocationReason::KeyCompromise, t(6), &ev()).await.unwrap();
+    token_devices(&*store, &issuer, "b", 5).await;
     let challenge = |n: u8, expires: i64| ChallengeRecord {
         nonce_hash: vec![n; 32],
         group: "g".into(),
@@ -1767,19 +1759,7 @@ async fn batched_intents_answer_each_item(backend: Backend) {
     let plain = device("b-6", None);
     store.insert_device(&plain, &DeviceMeta::default(), &ev()).await.unwrap();
     // The group the new devices register in.
-    let group = devid_store::GroupRecord {
-        name: "g".into(),
-        methods: vec!["x509".into()],
-        registration: "optional".into(),
-        id_source: "subject-serial".into(),
-        validity_secs: None,
-        trust_anchors: vec![],
-        crls: vec![],
-        master_key: None,
-        rate_per_minute: None,
-        created_at: t(1),
-        updated_at: t(1),
-    };
+    let group = optional_group("g");
     store.put_group(&group, false, &ev()).await.unwrap();
 
     let ps: Vec<PendingCert> = (1..=13)
@@ -1866,15 +1846,7 @@ async fn batched_token_intents_answer_each_item(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = open(&db).await;
     let issuer = with_ca(&*store).await;
-    for (id, tok) in [("k-1", 1u8), ("k-2", 2), ("k-3", 3), ("k-4", 4), ("k-5", 5), ("k-6", 6)] {
-        store.insert_device(&device(id, Some(&[tok; 32])), &DeviceMeta::default(), &ev()).await.unwrap();
-    }
-    // k-3's token is already used; k-4 is quarantined.
-    store
-        .record_intent(&pending(&serial(100), &issuer, &dev_id("k-3"), b"c0", 5), Redeem::Token(&[3; 32]))
-        .await
-        .unwrap();
-    store.quarantine_device(&dev_id("k-4"), RevocationReason::KeyCompromise, t(6), &ev()).await.unwrap();
+    token_devices(&*store, &issuer, "k", 6).await;
     let p = |n: u64, dev: &str| pending(&serial(n), &issuer, &dev_id(dev), b"c", 10);
     let ps = [p(1, "k-1"), p(2, "k-1"), p(3, "k-2"), p(4, "k-3"), p(5, "k-4"), p(6, "k-5"), p(7, "k-6")];
     let items = [
@@ -2012,19 +1984,7 @@ async fn batched_sealed_intents_register_devices(backend: Backend) {
     let db = TestDb::new(backend).await;
     let store = open(&db).await;
     let issuer = with_ca(&*store).await;
-    let group = devid_store::GroupRecord {
-        name: "g".into(),
-        methods: vec!["x509".into()],
-        registration: "optional".into(),
-        id_source: "subject-serial".into(),
-        validity_secs: None,
-        trust_anchors: vec![],
-        crls: vec![],
-        master_key: None,
-        rate_per_minute: None,
-        created_at: t(1),
-        updated_at: t(1),
-    };
+    let group = optional_group("g");
     store.put_group(&group, false, &ev()).await.unwrap();
     store.insert_device(&device("old", None), &DeviceMeta::default(), &ev()).await.unwrap();
     // Nonce 9 is redeemed already.
@@ -2125,6 +2085,39 @@ async fn batched_sealed_intents_register_devices(backend: Backend) {
     assert_eq!(store.get_device(&dev_id("n-5")).await.unwrap().unwrap().status, DeviceStatus::Enrolled);
     assert_eq!(store.audit_head().await.unwrap().0, head + 2);
     db.cleanup().await;
+}
+
+/// Devices `{prefix}-1` to `{prefix}-{n}`, registered with the tokens `[i; 32]`; the token of
+/// `{prefix}-3` is already used (serial 100) and `{prefix}-4` is quarantined.
+async fn token_devices(store: &dyn Store, issuer: &CaId, prefix: &str, n: u8) {
+    for i in 1..=n {
+        let id = format!("{prefix}-{i}");
+        store.insert_device(&device(&id, Some(&[i; 32])), &DeviceMeta::default(), &ev()).await.unwrap();
+    }
+    let used = dev_id(&format!("{prefix}-3"));
+    store
+        .record_intent(&pending(&serial(100), issuer, &used, b"c0", 5), Redeem::Token(&[3; 32]))
+        .await
+        .unwrap();
+    let quarantined = dev_id(&format!("{prefix}-4"));
+    store.quarantine_device(&quarantined, RevocationReason::KeyCompromise, t(6), &ev()).await.unwrap();
+}
+
+/// An x509 group with optional registration (attested devices may enroll unregistered).
+fn optional_group(name: &str) -> devid_store::GroupRecord {
+    devid_store::GroupRecord {
+        name: name.into(),
+        methods: vec!["x509".into()],
+        registration: "optional".into(),
+        id_source: "subject-serial".into(),
+        validity_secs: None,
+        trust_anchors: vec![],
+        crls: vec![],
+        master_key: None,
+        rate_per_minute: None,
+        created_at: t(1),
+        updated_at: t(1),
+    }
 }
 
 fn dev_id(id: &str) -> DeviceId {
