@@ -898,14 +898,16 @@ async fn step_one_reads(
 /// statement's time at 20,000 certificates), and the test on a seeded, analyzed store did
 /// not see it.
 ///
-/// Here one connection (a pool of one, with `auto_explain`) runs six rounds of the cycle on
-/// an empty store; another fills it with 9,000 devices and certificates through the same
-/// store calls; autovacuum is off for the tables, so that no ANALYZE changes the plans
-/// meanwhile (9,000, fewer than the 10,000 deleted intents after which the store vacuums
-/// `issuance_intents`: a VACUUM updates a table's statistics too, so the statements on it
-/// would be planned anew, on the full tables, and the test would not see the plans of the
-/// empty ones; a plan that reads a whole index reads 9,000 rows, against a budget of 30); then the first connection runs the cycle again, and the batched reads of
-/// step 1, and their plans are checked.
+/// Here one store with `auto_explain` and a pool of two (one connection for the writes and
+/// single-row reads, one for the batched reads by lists of keys: each keeps its plans) runs
+/// six rounds of the cycle on an empty store; another fills it with 9,000 devices and
+/// certificates through the same store calls; autovacuum is off for the tables, so that
+/// no ANALYZE changes the plans meanwhile (9,000, fewer than the 10,000 deleted intents
+/// after which the store vacuums `issuance_intents`: a VACUUM updates a table's statistics
+/// too, so the statements on it would be planned anew, on the full tables, and the test
+/// would not see the plans of the empty ones; a plan that reads a whole index reads 9,000
+/// rows, against a budget of 30); then the first store runs the cycle again, and the
+/// batched reads of step 1, and their plans are checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plans_made_on_an_empty_store_still_use_indexes_once_it_is_full() {
     let install = Install::new(Backend::Postgres).await;
@@ -925,7 +927,7 @@ async fn plans_made_on_an_empty_store_still_use_indexes_once_it_is_full() {
     };
     let group = group_record("plan-group", &["token", "x509"], "optional");
     let _one_at_a_time = PLAN_TEST.lock().await;
-    let store = explaining_store(&install.db.url, Some(1)).await;
+    let store = explaining_store(&install.db.url, Some(2)).await;
     store.put_group(&group, false, &audit("test.group")).await.unwrap();
     let first = devid_store::DeviceRecord {
         id: DeviceId::new("plan-first").unwrap(),
