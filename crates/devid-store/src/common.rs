@@ -1143,6 +1143,8 @@ pub(crate) use revoke_device_rows;
 ///
 /// The store type must have these inherent items:
 /// - `fn reader(&self) -> &sqlx::Pool<DB>`: the pool for single-statement reads;
+/// - `fn issuance_reader(&self) -> &sqlx::Pool<DB>`: the same for the single-row forms of
+///   the group commit's step-1 reads (PostgreSQL: beside the batched forms);
 /// - `async fn begin(&self) -> Result<sqlx::Transaction<'static, DB>, StoreError>`: a write
 ///   transaction;
 /// - `async fn begin_relaxed(&self)`: the same, for a transaction whose loss in a crash is
@@ -1347,7 +1349,7 @@ macro_rules! impl_store {
                 let row: Option<$crate::common::DeviceRow> =
                     sqlx::query_as(concat!($crate::common::device_select!(), " WHERE token_hash = $1"))
                         .bind(token_hash)
-                        .fetch_optional(self.reader())
+                        .fetch_optional(self.issuance_reader())
                         .await
                         .map_err(|e| self.db_err(e))?;
                 row.map($crate::DeviceRecord::try_from).transpose()
@@ -1475,7 +1477,7 @@ macro_rules! impl_store {
                 ))
                 .bind(id.as_str())
                 .bind(csr_sha256)
-                .fetch_optional(self.reader())
+                .fetch_optional(self.issuance_reader())
                 .await
                 .map_err(|e| self.db_err(e))?;
                 row.map($crate::common::DeviceCsrRow::split).transpose()
@@ -1504,7 +1506,7 @@ macro_rules! impl_store {
                 ))
                 .bind(serial.to_hex())
                 .bind(csr_sha256)
-                .fetch_optional(self.reader())
+                .fetch_optional(self.issuance_reader())
                 .await
                 .map_err(|e| self.db_err(e))?;
                 row.map($crate::common::RenewalRow::split).transpose()
@@ -2686,7 +2688,7 @@ macro_rules! impl_store {
                      WHERE nonce_hash = $1",
                 )
                 .bind(nonce_hash)
-                .fetch_optional(self.reader())
+                .fetch_optional(self.issuance_reader())
                 .await
                 .map_err(|e| self.db_err(e))?;
                 Ok(row.map($crate::common::challenge_from_row))

@@ -26,27 +26,40 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// server or a proxy meanwhile, and is replaced if the check fails.
 const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
-/// How many of the store's connections serve reads by lists of keys at most: a quarter of
-/// the pool size, at least 1 (none with a pool of 1). Their callers are the group commit's
-/// batched reads, one batch of each kind at a time; the single-row forms of those reads
-/// run on the other connections.
-const KEYED_READ_CONNECTIONS: u32 = 4;
+/// How many of the store's connections serve the issuance path at most (the keyed pool):
+/// half of the pool size, at least 1 (none with a pool of 1). Their callers are the group
+/// commit's queues, one batch of each kind at a time: the reads of step 1 (batched or a
+/// lone key) and, with 3 connections or more ([`KEYED_WRITE_CONNECTIONS`]), the intents'
+/// and completions' transactions.
+///
+/// sqlx hands out its idle connections in turn (first in, first out), so a pool spreads
+/// its work over every connection it ever opened. Under token enrollment at 2,000/s the
+/// issuance path's statements ran on 12 PostgreSQL backends in turn, each with cold caches
+/// for them; confined to a few, PostgreSQL's CPU per enrollment fell by 6–8 % (issue #6
+/// note, `bench/RESULTS.md`).
+const KEYED_CONNECTIONS: u32 = 6;
+/// The least keyed connections for the group commit's write transactions to run there too:
+/// the step-1 reads, the intents and the completions each have a batch in flight at once.
+const KEYED_WRITE_CONNECTIONS: u32 = 3;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// The store on PostgreSQL: up to 16 connections (or the configured
-/// [`PoolSize`](crate::PoolSize)), of which a quarter, at most
-/// [`KEYED_READ_CONNECTIONS`], serve the reads by lists of keys (see
-/// [`PgStore::keyed_read`]).
+/// [`PoolSize`](crate::PoolSize)), of which half, at most [`KEYED_CONNECTIONS`], serve
+/// the issuance path (see [`PgStore::keyed_read`] and [`PgStore::begin_keyed`]).
 ///
 /// Transactions run at READ COMMITTED; the single-use and idempotency rules are conditional
 /// writes (`UPDATE … WHERE token_used_at IS NULL`, `DELETE FROM issuance_intents …`), so
 /// concurrent callers serialize on the row and all but the first see no matching row.
 pub struct PgStore {
     pool: PgPool,
-    /// Connections whose session plans as `begin_keyed` plans a transaction, read only:
-    /// see [`PgStore::keyed_read`]. `None` with a pool size of 1.
+    /// Connections whose session plans as `begin_keyed` plans a transaction, read only
+    /// unless a transaction says otherwise: see [`PgStore::keyed_read`]. `None` with a pool
+    /// size of 1.
     keyed: Option<PgPool>,
+    /// Whether the group commit's write transactions run on `keyed` too (it has at least
+    /// [`KEYED_WRITE_CONNECTIONS`]).
+    keyed_writes: bool,
     /// `PostgreSQL at host:port/database`: names the database in errors, without credentials.
     target: String,
     /// The vacuuming of the tables whose rows are deleted soon after they are written.
@@ -155,7 +168,7 @@ impl PgStore {
         );
         // The configured size bounds both pools together.
         let max = pool.0.map_or(DEFAULT_MAX_CONNECTIONS, std::num::NonZeroU32::get);
-        let keyed_max = if max < 2 { 0 } else { (max / 4).clamp(1, KEYED_READ_CONNECTIONS) };
+        let keyed_max = if max < 2 { 0 } else { (max / 2).clamp(1, KEYED_CONNECTIONS) };
         let pool = pool_options(max - keyed_max)
             .connect_with(options.clone())
             .await
@@ -180,6 +193,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             keyed,
+            keyed_writes: keyed_max >= KEYED_WRITE_CONNECTIONS,
             target,
             intents: Churn::new("issuance_intents", "VACUUM (SKIP_LOCKED, TRUNCATE false) issuance_intents"),
             challenges: Churn::new("challenges", "VACUUM (SKIP_LOCKED, TRUNCATE false) challenges"),
@@ -216,6 +230,13 @@ impl PgStore {
         &self.pool
     }
 
+    /// Where the single-row forms of the group commit's step-1 reads run (a lone key of a
+    /// batch): the keyed pool, beside the batched forms, so that the issuance path's
+    /// statements stay on few backends (see [`KEYED_CONNECTIONS`]).
+    fn issuance_reader(&self) -> &PgPool {
+        self.keyed.as_ref().unwrap_or(&self.pool)
+    }
+
     /// The pool and the target description, for bulk seeding (`crate::seed`).
     pub(crate) fn seed_access(&self) -> (&PgPool, &str) {
         (&self.pool, &self.target)
@@ -244,17 +265,32 @@ impl PgStore {
     /// 1,983 calls of the token redemption, 816 in 4,840 of the completion's device read;
     /// the batched renewal read, 2,736 plans in 3,389 calls, 0.54 ms each, more than its
     /// execution). The settings travel with the `BEGIN`: no extra round trip.
+    ///
+    /// With enough keyed connections ([`KEYED_WRITE_CONNECTIONS`]) the transaction runs on
+    /// one of them, whose session has these settings already (`BEGIN READ WRITE` overrides
+    /// its read-only default); otherwise on the main pool, with them set for it.
     async fn begin_keyed(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        self.pool.begin_with(concat!("BEGIN; ", keyed_settings!())).await.map_err(|e| self.db_err(e))
+        match &self.keyed {
+            Some(keyed) if self.keyed_writes => keyed.begin_with("BEGIN READ WRITE").await,
+            _ => self.pool.begin_with(concat!("BEGIN; ", keyed_settings!())).await,
+        }
+        .map_err(|e| self.db_err(e))
     }
 
     /// [`Self::begin_keyed`] whose commit does not wait for its WAL flush, as
     /// [`Self::begin_relaxed`].
     async fn begin_keyed_relaxed(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        self.pool
-            .begin_with(concat!("BEGIN; ", keyed_settings!(), "; SET LOCAL synchronous_commit = off"))
-            .await
-            .map_err(|e| self.db_err(e))
+        match &self.keyed {
+            Some(keyed) if self.keyed_writes => {
+                keyed.begin_with("BEGIN READ WRITE; SET LOCAL synchronous_commit = off").await
+            }
+            _ => {
+                self.pool
+                    .begin_with(concat!("BEGIN; ", keyed_settings!(), "; SET LOCAL synchronous_commit = off"))
+                    .await
+            }
+        }
+        .map_err(|e| self.db_err(e))
     }
 
     /// A write transaction for writes that a crash may lose at no harm: the commit does

@@ -125,6 +125,12 @@ impl SqliteStore {
         &self.reader
     }
 
+    /// The single-row forms of the group commit's step-1 reads: the read connections, as
+    /// every read (`PgStore` keeps them on its keyed connections).
+    fn issuance_reader(&self) -> &SqlitePool {
+        self.reader()
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(|e| self.db_err(e))
     }

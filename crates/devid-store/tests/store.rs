@@ -1011,7 +1011,7 @@ async fn unreachable_postgres_is_unavailable() {
 /// with one connection (no connections of their own: a read-only transaction planned the
 /// same way), with two (one of each) and with the default (a quarter kept for them).
 #[tokio::test]
-async fn keyed_reads_answer_with_every_pool_size() {
+async fn keyed_connections_answer_with_every_pool_size() {
     let db = TestDb::new(Backend::Postgres).await;
     let store = open(&db).await;
     let issuer = with_ca(&*store).await;
@@ -1033,10 +1033,42 @@ async fn keyed_reads_answer_with_every_pool_size() {
     };
     store.insert_challenges(std::slice::from_ref(&challenge), None).await.unwrap();
     drop(store);
-    for size in [Some(1), Some(2), None] {
+    // 1: no keyed pool; 2 and 4: keyed reads only; 6 and the default: the group commit's
+    // writes on the keyed connections too (`BEGIN READ WRITE` on read-only sessions).
+    let (meta, issued) = (DeviceMeta::default(), ev());
+    for (k, size) in [Some(1), Some(2), Some(4), Some(6), None].into_iter().enumerate() {
         let pool = devid_store::PoolSize(size.and_then(std::num::NonZeroU32::new));
         let store = devid_store::connect_with(&db.url, pool).await.unwrap();
-        for _ in 0..8 {
+        for round in 0..8u8 {
+            // The step-1 reads of a lone key, then a token enrollment's writes (redeemed,
+            // durable and relaxed), as the group commit makes them.
+            let tag = u8::try_from(k).unwrap() * 8 + round;
+            let hash = [0x80 | tag; 32];
+            let id = dev_id(&format!("w-{tag}"));
+            store.insert_device(&device(id.as_str(), Some(&hash)), &meta, &ev()).await.unwrap();
+            let found = store.device_by_token_hash(&hash).await.unwrap().expect("by token");
+            assert_eq!(found.id, id, "pool {size:?}");
+            assert_eq!(
+                store.get_challenge(&[7; 32]).await.unwrap(),
+                Some(challenge.clone()),
+                "pool {size:?}"
+            );
+            let (d, _, prior) = store.device_for_csr(&id, b"csr-w").await.unwrap().expect("device for csr");
+            assert_eq!((d.id, prior), (id.clone(), None), "pool {size:?}");
+            let s = serial(1_000 + u64::from(tag));
+            let p = pending(&s, &issuer, &id, b"csr-w", 20);
+            let intent = Intent { pending: &p, redeem: Redeem::Token(&hash), register: None };
+            let answers = store.record_intents(std::slice::from_ref(&intent), round % 2 == 0).await.unwrap();
+            assert!(answers.iter().all(Result::is_ok), "pool {size:?}: {answers:?}");
+            let done = Completion { serial: &s, cert_der: b"der-w", audit: &issued };
+            let stored = store.complete_issuances(std::slice::from_ref(&done), t(21)).await.unwrap();
+            assert_eq!(stored.len(), 1, "pool {size:?}");
+            assert_eq!(stored[0].as_ref().unwrap().serial, s, "pool {size:?}");
+            let ctx = store.renewal_context(&s, b"csr-w").await.unwrap().expect("renewal context");
+            assert_eq!((ctx.current.serial, ctx.device.id), (s.clone(), id), "pool {size:?}");
+            // The token is spent: the same intent again is refused, on any connection.
+            let again = store.record_intents(std::slice::from_ref(&intent), false).await;
+            assert!(!matches!(again.as_deref(), Ok([Ok(())])), "pool {size:?}: {again:?}");
             // More calls than the connections, so that each connection is used again.
             let mut ids: Vec<String> = store
                 .devices_by_token_hashes(&[vec![3; 32], vec![9; 32], vec![1; 32]])
