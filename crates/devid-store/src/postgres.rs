@@ -34,9 +34,11 @@ const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 ///
 /// sqlx hands out its idle connections in turn (first in, first out), so a pool spreads
 /// its work over every connection it ever opened. Under token enrollment at 2,000/s the
-/// issuance path's statements ran on 12 PostgreSQL backends in turn, each with cold caches
-/// for them; confined to a few, PostgreSQL's CPU per enrollment fell by 6–8 % (issue #6
-/// note, `bench/RESULTS.md`).
+/// issuance path's statements ran on 13 PostgreSQL backends in turn (8 for the writes, 5
+/// for the lookups), each with cold caches for them. Confined to these connections,
+/// PostgreSQL's CPU per x509 enrollment at saturation fell from 126–144 to 112–120 µs,
+/// and per token enrollment below saturation by a few per cent (issue #6 note,
+/// `bench/RESULTS.md`, twenty-second machine).
 const KEYED_CONNECTIONS: u32 = 6;
 /// The least keyed connections for the group commit's write transactions to run there too:
 /// the step-1 reads, the intents and the completions each have a batch in flight at once.

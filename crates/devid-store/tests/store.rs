@@ -1007,9 +1007,11 @@ async fn unreachable_postgres_is_unavailable() {
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
 }
 
-/// PostgreSQL: the batched reads by lists of keys answer the same whatever the pool size:
-/// with one connection (no connections of their own: a read-only transaction planned the
-/// same way), with two (one of each) and with the default (a quarter kept for them).
+/// PostgreSQL: the issuance path's reads (batched by lists of keys, and of a lone key) and
+/// its writes answer the same whatever the pool size: with one connection (no keyed
+/// connections: a read-only transaction planned the same way), with two and four (one and
+/// two keyed, for the reads only), and with six and the default (three and six keyed, the
+/// writes there too).
 #[tokio::test]
 async fn keyed_connections_answer_with_every_pool_size() {
     let db = TestDb::new(Backend::Postgres).await;
