@@ -145,6 +145,18 @@ fn pending(serial: &Serial, issuer: &CaId, device: &DeviceId, csr: &[u8], create
     }
 }
 
+/// An unredeemed x509 challenge of group `g` with nonce hash `[n; 32]`, expiring at `expires`.
+fn challenge_record(n: u8, expires: i64) -> ChallengeRecord {
+    ChallengeRecord {
+        nonce_hash: vec![n; 32],
+        group: "g".into(),
+        method: "x509".into(),
+        state: None,
+        expires_at: t(expires),
+        redeemed_at: None,
+    }
+}
+
 fn kind<T>(r: Result<T, devid_store::StoreError>) -> ErrorKind {
     match r {
         Ok(_) => panic!("expected an error, got Ok"),
@@ -1025,14 +1037,7 @@ async fn keyed_connections_answer_with_every_pool_size() {
             .unwrap();
         store.complete_issuance(&serial(n.into()), b"der", t(11), &ev()).await.unwrap();
     }
-    let challenge = ChallengeRecord {
-        nonce_hash: vec![7; 32],
-        group: "g".into(),
-        method: "x509".into(),
-        state: None,
-        expires_at: t(100),
-        redeemed_at: None,
-    };
+    let challenge = challenge_record(7, 100);
     store.insert_challenges(std::slice::from_ref(&challenge), None).await.unwrap();
     drop(store);
     // 1: no keyed pool; 2 and 4: keyed reads only; 6 and the default: the group commit's
@@ -1596,14 +1601,7 @@ async fn groups_challenges_and_lineage(backend: Backend) {
     }
     assert!(store.get_group("doomed").await.unwrap().is_some());
 
-    let c = devid_store::ChallengeRecord {
-        nonce_hash: vec![7; 32],
-        group: "line-7".into(),
-        method: "x509".into(),
-        state: None,
-        expires_at: t(300),
-        redeemed_at: None,
-    };
+    let c = ChallengeRecord { group: "line-7".into(), ..challenge_record(7, 300) };
     store.insert_challenge(&c, Some(t(0))).await.unwrap();
     assert_eq!(store.get_challenge(&[7; 32]).await.unwrap().unwrap(), c);
     // Expired at the intent's time: refused.
@@ -1770,17 +1768,15 @@ async fn batched_intents_answer_each_item(backend: Backend) {
     let store = open(&db).await;
     let issuer = with_ca(&*store).await;
     token_devices(&*store, &issuer, "b", 5).await;
-    let challenge = |n: u8, expires: i64| ChallengeRecord {
-        nonce_hash: vec![n; 32],
-        group: "g".into(),
-        method: "x509".into(),
-        state: None,
-        expires_at: t(expires),
-        redeemed_at: None,
-    };
     store
         .insert_challenges(
-            &[challenge(7, 100), challenge(8, 9), challenge(9, 100), challenge(10, 100), challenge(11, 100)],
+            &[
+                challenge_record(7, 100),
+                challenge_record(8, 9),
+                challenge_record(9, 100),
+                challenge_record(10, 100),
+                challenge_record(11, 100),
+            ],
             Some(t(0)),
         )
         .await
@@ -1788,7 +1784,7 @@ async fn batched_intents_answer_each_item(backend: Backend) {
     // Read back together: the challenges found, in any order; an unknown hash has no row.
     let mut read = store.get_challenges(&[vec![8; 32], vec![6; 32], vec![7; 32]]).await.unwrap();
     read.sort_by(|a, b| a.nonce_hash.cmp(&b.nonce_hash));
-    assert_eq!(read, vec![challenge(7, 100), challenge(8, 9)]);
+    assert_eq!(read, vec![challenge_record(7, 100), challenge_record(8, 9)]);
     assert_eq!(store.get_challenges(&[]).await.unwrap(), vec![]);
     let plain = device("b-6", None);
     store.insert_device(&plain, &DeviceMeta::default(), &ev()).await.unwrap();
@@ -1942,14 +1938,7 @@ async fn sealed_nonces_and_service_secrets(backend: Backend) {
     let store = open(&db).await;
     let issuer = with_ca(&*store).await;
     store.insert_device(&device("s-1", None), &DeviceMeta::default(), &ev()).await.unwrap();
-    let stored = ChallengeRecord {
-        nonce_hash: vec![5; 32],
-        group: "g".into(),
-        method: "x509".into(),
-        state: None,
-        expires_at: t(100),
-        redeemed_at: None,
-    };
+    let stored = challenge_record(5, 100);
     store.insert_challenges(std::slice::from_ref(&stored), None).await.unwrap();
     let sealed = |h: &'static [u8], expires: i64| {
         Redeem::Sealed(SealedNonce { hash: h, group: "g", method: "x509", expires_at: t(expires) })
